@@ -1,0 +1,108 @@
+"""The `asyncmtl` command line.
+
+- `asyncmtl run SPEC.yaml [--workdir DIR] [--resume] [--tweeteval-dir DIR]`: run locally.
+- `asyncmtl validate SPEC.yaml...`: check specs (and their data) without running anything.
+- `asyncmtl report WORKDIR`: rebuild report.md/json and curves.png of a local run.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from asyncmtl.logs import configure
+
+
+def _load(path: str):
+    from asyncmtl.spec import SpecError, load_run_file
+
+    try:
+        return load_run_file(path)
+    except SpecError as exc:
+        print(f"error: invalid AsyncMTLRun spec\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from asyncmtl.data import DataError
+    from asyncmtl.local.runtime import LocalOptions, LocalRuntime
+    from asyncmtl.pretrained import ModelLoadError
+
+    resource = _load(args.spec)
+    opts = LocalOptions(workdir=Path(args.workdir) if args.workdir else None, resume=args.resume,
+                        tweeteval_dir=args.tweeteval_dir, poll_interval=args.poll_interval,
+                        live=False if args.no_live else None, threads=args.threads)
+    rt = LocalRuntime(resource, Path(args.spec), opts)
+    try:
+        return rt.run()
+    except (DataError, ModelLoadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from asyncmtl.data import DataError, load_task_splits
+    from asyncmtl.pretrained import ModelLoadError, resolve_pretrained
+
+    rc = 0
+    for path in args.specs:
+        resource = _load(path)
+        if args.data:
+            try:
+                for t in resource.spec.tasks:
+                    load_task_splits(t, base_dir=Path(path).resolve().parent, tweeteval_dir=args.tweeteval_dir)
+                resolve_pretrained(resource.spec.model.pretrained, Path(path).resolve().parent)
+            except (DataError, ModelLoadError) as exc:
+                print(f"{path}: error: {exc}", file=sys.stderr)
+                rc = 2
+                continue
+        print(f"{path}: ok ({resource.name}, {len(resource.spec.tasks)} tasks)")
+    return rc
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from asyncmtl.core.status import RunStatus
+    from asyncmtl.report import write_report
+    from asyncmtl.storage import FileRunStorage
+
+    wd = Path(args.workdir)
+    status = RunStatus.model_validate_json((wd / "status.json").read_text())
+    paths = write_report(status.control.run if status.control else wd.name, status, FileRunStorage(wd), wd / "staging")
+    for n, uri in paths.items():
+        print(f"{n:12s} {uri.removeprefix('file://')}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="asyncmtl", description="Asynchronous multi-task learning runs, locally or on Kubernetes.")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="Run an AsyncMTLRun locally (processes instead of pods).")
+    r.add_argument("spec")
+    r.add_argument("--workdir", help="Where control.json, status.json and logs go.")
+    r.add_argument("--resume", action="store_true", help="Continue an interrupted run.")
+    r.add_argument("--tweeteval-dir", help="TweetEval root for tweeteval:// data (or $TWEETEVAL_DIR).")
+    r.add_argument("--poll-interval", type=float, help="Seconds between reconciles.")
+    r.add_argument("--threads", type=int, help="CPU threads for the trainer.")
+    r.add_argument("--no-live", action="store_true", help="Print lines instead of a live table.")
+    r.set_defaults(func=cmd_run)
+    v = sub.add_parser("validate", help="Validate spec files (and with --data, their data).")
+    v.add_argument("specs", nargs="+")
+    v.add_argument("--data", action="store_true", help="Also read and check every data split.")
+    v.add_argument("--tweeteval-dir")
+    v.set_defaults(func=cmd_validate)
+    rep = sub.add_parser("report", help="Rebuild the report of a local run from its folder.")
+    rep.add_argument("workdir")
+    rep.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure(logging.DEBUG if args.verbose else logging.INFO)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Per-task convergence detection (paper Sec. 3), pure and I/O-free.
+
+A task has converged when its validation metric has not improved by more than `minDelta`
+for `patience` validation steps. Patience is counted in *validation steps between the best
+step and the last validation step*, i.e. `(last_step - best_step) // validation_interval`,
+never in points seen, so a validation that the observer missed (a Prometheus scrape that
+fell between two sets of a gauge, a poll that came late) neither delays nor hastens the
+decision. The trainer reports its own best-so-far (value and step) computed with the same
+`BestTracker` rule on every validation, so a missed *best* point is recovered from it.
+
+After a rewind to step `s`, `Track.cut(s)` forgets every point after `s`, so no later
+decision uses observations from the discarded steps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class ValidationPoint(BaseModel):
+    """One validation result: training step (steps) and metric value (metric points, 0-100)."""
+
+    step: int = Field(..., ge=0)
+    value: float
+
+
+@dataclass(frozen=True)
+class ConvergenceRule:
+    """The stopping rule of one task.
+
+    Attributes:
+        patience: validation steps without improvement before convergence (paper: 3).
+        min_delta: an improvement must exceed this (metric points) to count.
+        validation_interval: steps between validation steps (paper: 200).
+        min_steps: no convergence before this training step.
+        direction: "max" when higher is better (all AsyncMTL metrics), "min" otherwise.
+    """
+
+    patience: int
+    min_delta: float = 0.0
+    validation_interval: int = 200
+    min_steps: int = 0
+    direction: Literal["max", "min"] = "max"
+
+    def improves(self, value: float, best: float | None) -> bool:
+        """True when `value` beats `best` by more than `min_delta` (ties within it do not count)."""
+        if best is None:
+            return True
+        if self.direction == "max":
+            return value - best > self.min_delta
+        return best - value > self.min_delta
+
+
+class Track(BaseModel):
+    """What a runtime knows of one task's validation history (kept in the run status)."""
+
+    points: list[ValidationPoint] = Field(default_factory=list)
+    best_step: int | None = None
+    best_value: float | None = None
+    last_step: int | None = None
+    last_value: float | None = None
+    validations_seen: int = Field(0, description="Trainer's validations counter at the last observation.")
+    missed: int = Field(0, description="Validations counted by the trainer but never seen as a point.")
+
+    def validation_steps_since_best(self, interval: int) -> int:
+        """Validation steps between the best step and the last validation step."""
+        if self.best_step is None or self.last_step is None:
+            return 0
+        return max(0, self.last_step - self.best_step) // interval
+
+    def cut(self, step: int, rule: ConvergenceRule) -> "Track":
+        """The track as it was at `step` (after a rewind): later points are forgotten and
+        the best is recomputed from the points kept."""
+        kept = [p for p in self.points if p.step <= step]
+        out = Track(points=kept, validations_seen=self.validations_seen, missed=self.missed)
+        for p in kept:
+            out = out._add_point(p, rule)
+        if self.best_step is not None and self.best_step <= step and (
+            out.best_step is None or self.best_step > out.best_step
+        ):  # a best we only knew from the trainer's best-so-far
+            out.best_step, out.best_value = self.best_step, self.best_value
+        return out
+
+    def _add_point(self, p: ValidationPoint, rule: ConvergenceRule) -> "Track":
+        t = self.model_copy(deep=True)
+        t.points.append(p)
+        if rule.improves(p.value, t.best_value):
+            t.best_step, t.best_value = p.step, p.value
+        t.last_step, t.last_value = p.step, p.value
+        return t
+
+
+class TaskObservation(BaseModel):
+    """What the trainer reported for one task at one poll (sampling-proof series).
+
+    Attributes:
+        validations: the trainer's validations counter (monotonic; may reset on a restart).
+        last_step, last_value: the last validation step and its metric value.
+        best_step, best_value: the trainer's best-so-far (BestTracker rule), reset on a rewind.
+        points: validation points recovered from a time series since the last poll
+            (Prometheus range query); empty when only the latest values are known.
+    """
+
+    validations: int = 0
+    last_step: int | None = None
+    last_value: float | None = None
+    best_step: int | None = None
+    best_value: float | None = None
+    points: list[ValidationPoint] = Field(default_factory=list)
+
+
+def observe(track: Track, obs: TaskObservation, rule: ConvergenceRule) -> tuple[Track, int]:
+    """Fold one observation into a track.
+
+    Returns:
+        (new track, validations missed in this observation). A validation is missed when
+        the trainer's counter advanced by more than the number of new points seen.
+    """
+    new_points = {p.step: p for p in obs.points if track.last_step is None or p.step > track.last_step}
+    if obs.last_step is not None and obs.last_value is not None and (
+        track.last_step is None or obs.last_step > track.last_step
+    ):
+        new_points.setdefault(obs.last_step, ValidationPoint(step=obs.last_step, value=obs.last_value))
+    out = track
+    for step in sorted(new_points):
+        out = out._add_point(new_points[step], rule)
+    if out is track:
+        out = track.model_copy(deep=True)
+    # The trainer applies the same rule to every validation: a newer best it reports is one
+    # we did not see (a missed point), so adopt it.
+    if obs.best_step is not None and obs.best_value is not None and (
+        out.best_step is None or obs.best_step > out.best_step
+    ) and (out.last_step is None or obs.best_step <= out.last_step):
+        out.best_step, out.best_value = obs.best_step, obs.best_value
+    missed = 0
+    if obs.validations >= track.validations_seen:
+        missed = max(0, obs.validations - track.validations_seen - len(new_points))
+    # else: the counter went down: the trainer restarted; nothing can be said about gaps.
+    out.validations_seen = obs.validations
+    out.missed += missed
+    return out, missed
+
+
+def has_converged(track: Track, rule: ConvergenceRule) -> bool:
+    """Paper Sec. 3: no improvement for `patience` validation steps (and past `min_steps`)."""
+    if track.last_step is None or track.best_step is None:
+        return False
+    if track.last_step < rule.min_steps:
+        return False
+    return track.validation_steps_since_best(rule.validation_interval) >= rule.patience
+
+
+class BestTracker(BaseModel):
+    """Best-so-far of one task, as the trainer exports it (same rule as the detector)."""
+
+    best_step: int | None = None
+    best_value: float | None = None
+
+    def update(self, step: int, value: float, rule: ConvergenceRule) -> bool:
+        """Record a validation result; True if it is the new best."""
+        if rule.improves(value, self.best_value):
+            self.best_step, self.best_value = step, value
+            return True
+        return False

@@ -1,0 +1,44 @@
+"""Observations: what a runtime saw at one poll, the only input of `reconcile` besides spec and status.
+
+The local runtime fills them from the trainer's /metrics endpoint and its child processes;
+the operator from Prometheus and the Kubernetes API. Times are seconds since the epoch.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from asyncmtl.core.convergence import TaskObservation
+
+TrainerState = Literal["Starting", "Running", "Finished", "Failed"]
+InferenceState = Literal["Running", "Succeeded", "Failed"]
+
+
+class TrainerObservation(BaseModel):
+    """The trainer's own series (`asyncmtl_*` metrics), or None fields if not scraped yet."""
+
+    global_step: int = 0
+    applied_generation: int = Field(0, description="Last control generation the trainer applied (the ack).")
+    applied_at_step: int | None = None
+    tasks: dict[str, TaskObservation] = Field(default_factory=dict)
+
+
+class InferenceObservation(BaseModel):
+    """State of a task's soft-label inference launched for `checkpoint_step`."""
+
+    checkpoint_step: int
+    state: InferenceState
+    uri: str | None = Field(None, description="The manifest URI, when Succeeded and verified.")
+    message: str = ""
+
+
+class Observations(BaseModel):
+    """Everything reconcile may look at for one poll."""
+
+    time: float
+    trainer_state: TrainerState = "Running"
+    trainer_message: str = ""
+    metrics: TrainerObservation | None = Field(None, description="None: the metrics could not be read.")
+    metrics_error: str = ""
+    inference: dict[str, InferenceObservation] = Field(default_factory=dict)

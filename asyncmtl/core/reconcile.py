@@ -1,0 +1,275 @@
+"""`reconcile(spec, status, observations) -> (status, actions)`: every decision of a run.
+
+Pure and I/O-free: the kopf operator and the local runtime both call it on each poll and
+execute the returned actions. Given the same inputs it returns the same outputs.
+
+The method (Lu et al., NAACL 2022, Sec. 3), as decisions:
+1. Fold each task's observation into its track (`convergence.observe`) — unless a rewind
+   signal is out and not yet acknowledged, in which case the observations may describe
+   steps the rewind discards and are ignored.
+2. Tasks in Training whose track satisfies the rule (`has_converged`) converge. One signal
+   generation carries `converged(task, bestStep, rewindTo)` for all of them, where rewindTo
+   is the latest of their best steps (when several tasks converge in the same poll, the
+   least progress is discarded; each task's soft labels still come from its own best
+   checkpoint). Every task's track is cut back to rewindTo.
+3. If no task is left in Training, the same generation also carries `stop`. Otherwise
+   soft-label inference is launched for each newly converged task (phase Distilling).
+4. When a task's inference succeeded, `softLabelsReady(task, uri)` (phase KD). A failed
+   inference is retried up to `distillation.maxAttempts`, then the task is Frozen with a
+   `skipDistillation` signal and the run is Degraded.
+5. The trainer finishing after `stop` (or at maxSteps) completes the run; a trainer failure
+   fails it.
+"""
+from __future__ import annotations
+
+from asyncmtl.control import (
+    ControlDocument,
+    ConvergedSignal,
+    SkipDistillationSignal,
+    SoftLabelsReadySignal,
+    StopSignal,
+)
+from asyncmtl.core.actions import Action, Complete, EmitEvent, Fail, LaunchInference, WriteControl
+from asyncmtl.core.convergence import ConvergenceRule, has_converged, observe
+from asyncmtl.core.observations import Observations
+from asyncmtl.core.status import HISTORY_LIMIT, Condition, ConditionType, HistoryEntry, RunStatus, TaskStatus
+from asyncmtl.spec import RunSpec, TaskSpec
+
+
+def rule_for(spec: RunSpec, task: TaskSpec) -> ConvergenceRule:
+    """The convergence rule of `task` under `spec` (all AsyncMTL metrics are higher-is-better)."""
+    return ConvergenceRule(
+        patience=task.patience,
+        min_delta=task.min_delta,
+        validation_interval=spec.training.validation_interval,
+        min_steps=task.min_steps,
+        direction="max",
+    )
+
+
+class _Ctx:
+    """Mutable scratch for one reconcile call: the new status and the actions so far."""
+
+    def __init__(self, status: RunStatus, now: float, run: str) -> None:
+        self.st = status
+        self.now = now
+        self.run = run
+        self.actions: list[Action] = []
+        self.pending_signals: list = []
+
+    def event(self, reason: str, message: str, *, task: str | None = None, step: int | None = None,
+              warning: bool = False) -> None:
+        self.st.history.append(HistoryEntry(time=self.now, reason=reason, message=message, task=task, step=step))
+        del self.st.history[:-HISTORY_LIMIT]
+        self.actions.append(EmitEvent(reason=reason, message=message, type="Warning" if warning else "Normal"))
+
+    def condition(self, type_: ConditionType, status: str, reason: str, message: str = "") -> None:
+        old = self.st.condition(type_)
+        if old is not None and old.status == status and old.reason == reason and old.message == message:
+            return
+        changed_at = self.now if old is None or old.status != status else old.last_transition_time
+        new = Condition(type=type_, status=status, reason=reason, message=message, last_transition_time=changed_at)
+        self.st.conditions = [c for c in self.st.conditions if c.type != type_] + [new]
+
+    def signal(self, sig) -> None:
+        self.pending_signals.append(sig)
+
+    def flush_signals(self) -> None:
+        if not self.pending_signals:
+            return
+        assert self.st.control is not None
+        self.st.control = self.st.control.with_signals(*self.pending_signals)
+        self.st.signal_sent_at = self.now
+        self.pending_signals = []
+        self.actions.append(WriteControl(document=self.st.control))
+
+
+def reconcile(
+    spec: RunSpec,
+    status: RunStatus,
+    obs: Observations,
+    *,
+    run: str,
+    ack_timeout_seconds: float = 600.0,
+) -> tuple[RunStatus, list[Action]]:
+    """Decide what to do for one run at one poll.
+
+    Args:
+        spec: the validated run spec.
+        status: the status after the previous call (a fresh `RunStatus()` at first).
+        obs: what was seen at this poll.
+        run: the run's name (used in the control document and messages).
+        ack_timeout_seconds: a signal not acknowledged within this time (seconds) sets
+            SignalAcknowledged=False.
+
+    Returns:
+        (new status, actions to execute in order). The input status is not modified.
+    """
+    ctx = _Ctx(status.model_copy(deep=True), obs.time, run)
+    st = ctx.st
+    if st.phase in ("Succeeded", "Failed"):
+        return st, []
+
+    if st.phase == "Pending":
+        _start(spec, ctx)
+
+    if obs.trainer_state == "Failed":
+        _fail(ctx, f"trainer failed: {obs.trainer_message}".strip())
+        return st, ctx.actions
+
+    if obs.metrics is None:
+        ctx.condition("MetricsAvailable", "False", "MetricsUnavailable", obs.metrics_error or "no metrics yet")
+    else:
+        ctx.condition("MetricsAvailable", "True", "Scraped")
+        _observe(spec, ctx, obs)
+
+    _collect_inference(spec, ctx, obs)
+    ctx.flush_signals()
+    _ack_condition(ctx, ack_timeout_seconds)
+
+    if obs.trainer_state == "Finished":
+        _finish(ctx)
+    return st, ctx.actions
+
+
+def _start(spec: RunSpec, ctx: _Ctx) -> None:
+    st = ctx.st
+    st.phase = "Running"
+    st.tasks = {t.name: TaskStatus(phase="Training") for t in spec.tasks}
+    st.control = ControlDocument(run=ctx.run)
+    ctx.actions.append(WriteControl(document=st.control))
+    ctx.condition("Ready", "True", "Running", "trainer started")
+    ctx.condition("Degraded", "False", "AsExpected")
+    ctx.event("Started", f"run {ctx.run}: training {len(spec.tasks)} tasks ({spec.setting})")
+
+
+def _observe(spec: RunSpec, ctx: _Ctx, obs: Observations) -> None:
+    st = ctx.st
+    m = obs.metrics
+    assert m is not None
+    st.step = m.global_step
+    if m.applied_generation > st.acknowledged_generation:
+        st.acknowledged_generation = m.applied_generation
+        ctx.event("SignalAcknowledged", f"trainer applied control generation {m.applied_generation}"
+                  f" at step {m.applied_at_step}", step=m.applied_at_step)
+    if st.rewind_generation is not None and st.acknowledged_generation < st.rewind_generation:
+        return  # the trainer has not rewound yet: these observations may be from discarded steps
+    for name, ts in st.tasks.items():
+        task_obs = m.tasks.get(name)
+        if task_obs is None or ts.phase == "Pending":
+            continue
+        ts.track, missed = observe(ts.track, task_obs, rule_for(spec, spec.task(name)))
+        if missed:
+            ctx.event("ValidationMissed", f"task {name}: {missed} validation(s) not seen "
+                      f"(counter {task_obs.validations}); decided from the trainer's best-so-far",
+                      task=name, step=ts.track.last_step, warning=True)
+    if st.stopping:
+        return
+    newly = [n for n, ts in st.tasks.items()
+             if ts.phase == "Training" and has_converged(ts.track, rule_for(spec, spec.task(n)))]
+    if newly:
+        _converge(spec, ctx, newly)
+
+
+def _converge(spec: RunSpec, ctx: _Ctx, newly: list[str]) -> None:
+    st = ctx.st
+    rewind_to = max(st.tasks[n].track.best_step or 0 for n in newly)
+    for n in newly:
+        ts = st.tasks[n]
+        ts.phase = "Converged"
+        ts.converged_at_step = ts.track.last_step
+        ts.best_step, ts.best_value = ts.track.best_step, ts.track.best_value
+        ts.rewind_to = rewind_to
+        ctx.signal(ConvergedSignal(generation=1, task=n, best_step=ts.best_step or 0, rewind_to=rewind_to))
+        ctx.event("TaskConverged", f"task {n}: no improvement for {spec.task(n).patience} validation steps; "
+                  f"best {ts.best_value:.2f} at step {ts.best_step}, rewinding to step {rewind_to}",
+                  task=n, step=ts.converged_at_step)
+    for ts in st.tasks.values():
+        ts.track = ts.track.cut(rewind_to, _any_rule(spec))
+    remaining = [n for n, ts in st.tasks.items() if ts.phase == "Training"]
+    if not remaining:
+        st.stopping = True
+        ctx.signal(StopSignal(generation=1))
+        ctx.event("Stopping", "every task has converged: final evaluation", step=rewind_to)
+    else:
+        for n in newly:
+            ts = st.tasks[n]
+            ts.phase = "Distilling"
+            ts.inference_attempts = 1
+            ctx.actions.append(LaunchInference(task=n, checkpoint_step=ts.best_step or 0,
+                                               shards=spec.distillation.shards, attempt=1))
+            ctx.event("InferenceLaunched", f"task {n}: soft labels from step {ts.best_step} "
+                      f"in {spec.distillation.shards} shard(s)", task=n, step=ts.best_step)
+    ctx.flush_signals()
+    st.rewind_generation = st.control.generation if st.control else None
+
+
+def _any_rule(spec: RunSpec) -> ConvergenceRule:
+    # cutting a track only replays points; the task's own rule is used where it matters
+    return ConvergenceRule(patience=1, validation_interval=spec.training.validation_interval)
+
+
+def _collect_inference(spec: RunSpec, ctx: _Ctx, obs: Observations) -> None:
+    st = ctx.st
+    if st.stopping:
+        return
+    for n, ts in st.tasks.items():
+        if ts.phase != "Distilling":
+            continue
+        io = obs.inference.get(n)
+        if io is None or io.checkpoint_step != ts.best_step:
+            continue
+        if io.state == "Succeeded" and io.uri:
+            ts.phase = "KD"
+            ts.soft_labels_uri = io.uri
+            ctx.signal(SoftLabelsReadySignal(generation=1, task=n, uri=io.uri))
+            ts.kd_from_generation = st.control.generation + 1 if st.control else None
+            ctx.event("SoftLabelsReady", f"task {n}: soft labels at {io.uri}; switching to the KD loss", task=n)
+        elif io.state == "Failed":
+            if ts.inference_attempts < spec.distillation.max_attempts:
+                ts.inference_attempts += 1
+                ctx.actions.append(LaunchInference(task=n, checkpoint_step=ts.best_step or 0,
+                                                   shards=spec.distillation.shards, attempt=ts.inference_attempts))
+                ctx.event("InferenceRetried", f"task {n}: inference failed ({io.message}); "
+                          f"attempt {ts.inference_attempts} of {spec.distillation.max_attempts}",
+                          task=n, warning=True)
+            else:
+                ts.phase = "Frozen"
+                ctx.signal(SkipDistillationSignal(generation=1, task=n, reason=io.message))
+                ctx.condition("Degraded", "True", "InferenceFailed",
+                              f"task {n}: soft-label inference failed {ts.inference_attempts} times: {io.message}")
+                ctx.event("InferenceFailed", f"task {n}: giving up after {ts.inference_attempts} attempts; "
+                          "the task is frozen", task=n, warning=True)
+
+
+def _ack_condition(ctx: _Ctx, timeout: float) -> None:
+    st = ctx.st
+    gen = st.control.generation if st.control else 0
+    if gen <= st.acknowledged_generation:
+        ctx.condition("SignalAcknowledged", "True", "Acknowledged", f"generation {gen}")
+    elif st.signal_sent_at is not None and ctx.now - st.signal_sent_at > timeout:
+        ctx.condition("SignalAcknowledged", "False", "NotAcknowledged",
+                      f"generation {gen} not applied after {timeout:.0f}s (trainer at {st.acknowledged_generation})")
+    else:
+        ctx.condition("SignalAcknowledged", "Unknown", "Waiting", f"generation {gen} sent")
+
+
+def _finish(ctx: _Ctx) -> None:
+    st = ctx.st
+    st.phase = "Succeeded"
+    if st.stopping:
+        st.message = "every task converged"
+    else:
+        st.message = "trainer finished at training.maxSteps before every task converged"
+    ctx.condition("Ready", "True", "Succeeded", st.message)
+    ctx.event("Succeeded", st.message)
+    ctx.actions.append(Complete())
+
+
+def _fail(ctx: _Ctx, reason: str) -> None:
+    st = ctx.st
+    st.phase = "Failed"
+    st.message = reason
+    ctx.condition("Ready", "False", "Failed", reason)
+    ctx.event("Failed", reason, warning=True)
+    ctx.actions.append(Fail(reason=reason))

@@ -1,0 +1,1 @@
+"""The local runtime: processes instead of pods, a file instead of the ConfigMap."""

@@ -1,0 +1,81 @@
+"""Live progress of a local run (rich): per task its phase, last validation, best and patience left.
+
+On a terminal it redraws a table in place; otherwise it prints one summary line per new
+validation step, so logs stay readable in CI.
+"""
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from asyncmtl.core.status import RunStatus
+from asyncmtl.spec import RunSpec
+
+PHASE_STYLE = {"Training": "cyan", "Converged": "yellow", "Distilling": "magenta", "KD": "green", "Frozen": "red"}
+
+
+class Progress:
+    """Context manager; call `update(status, events)` after each reconcile."""
+
+    def __init__(self, spec: RunSpec, run: str, live: bool | None = None) -> None:
+        self.spec = spec
+        self.run = run
+        self.console = Console(stderr=False)
+        self.live_enabled = sys.stdout.isatty() if live is None else live
+        self._live: Live | None = None
+        self._last_key: tuple | None = None
+
+    def __enter__(self) -> "Progress":
+        if self.live_enabled:
+            self._live = Live(self.render(None), console=self.console, refresh_per_second=2, transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc)
+
+    def render(self, status: RunStatus | None):
+        """The progress table for `status` (a rich renderable)."""
+        tr = self.spec.training
+        table = Table(title=f"AsyncMTL {self.run}", expand=False)
+        for col in ("task", "phase", "last val (step)", "best (step)", "patience", "converged at"):
+            table.add_column(col)
+        step = status.step if status else 0
+        for t in self.spec.tasks:
+            ts = status.tasks.get(t.name) if status else None
+            if ts is None:
+                table.add_row(t.name, "Pending", "–", "–", "–", "–")
+                continue
+            tr_ = ts.track
+            since = tr_.validation_steps_since_best(tr.validation_interval)
+            table.add_row(
+                t.name, Text(ts.phase, style=PHASE_STYLE.get(ts.phase, "")),
+                f"{tr_.last_value:.2f} ({tr_.last_step})" if tr_.last_value is not None else "–",
+                f"{tr_.best_value:.2f} ({tr_.best_step})" if tr_.best_value is not None else "–",
+                f"{since}/{t.patience}" if ts.phase == "Training" else "–",
+                str(ts.converged_at_step) if ts.converged_at_step is not None else "–",
+            )
+        done = status.converged_count() if status else 0
+        bar = ProgressBar(total=tr.max_steps, completed=min(step, tr.max_steps), width=50)
+        header = Text(f"step {step}/{tr.max_steps} · converged {done}/{len(self.spec.tasks)} · "
+                      f"{status.phase if status else 'Pending'}")
+        return Group(header, bar, table)
+
+    def update(self, status: RunStatus, events: list[str]) -> None:
+        if self._live is not None:
+            self._live.update(self.render(status))
+            return
+        key = tuple((n, t.track.last_step, t.phase) for n, t in status.tasks.items())
+        if key != self._last_key:
+            self._last_key = key
+            parts = []
+            for n, t in status.tasks.items():
+                v = f"{t.track.last_value:.2f}" if t.track.last_value is not None else "–"
+                parts.append(f"{n}={v}[{t.phase}]")
+            print(f"[run={self.run}] step {status.step}: " + " ".join(parts), flush=True)

@@ -1,0 +1,317 @@
+"""`asyncmtl run SPEC.yaml`: the method on one machine, with processes instead of pods.
+
+The trainer runs as a child process (`python -m asyncmtl_trainer.train`); the runtime reads its
+/metrics over HTTP, calls the shared `reconcile`, writes the control file atomically (in place
+of the ConfigMap), and runs soft-label inference shards as parallel child processes (in place of
+the Indexed Job). Status is saved to `<workdir>/status.json` after every poll, so `--resume`
+continues an interrupted run. Ctrl-C stops the children cleanly.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from asyncmtl.control import write_control_file
+from asyncmtl.core.actions import Complete, EmitEvent, Fail, LaunchInference, WriteControl
+from asyncmtl.core.observations import InferenceObservation, Observations
+from asyncmtl.core.reconcile import reconcile
+from asyncmtl.core.status import RunStatus
+from asyncmtl.local.scrape import scrape
+from asyncmtl.logs import run_logger
+from asyncmtl.pretrained import resolve_pretrained
+from asyncmtl.report import write_report
+from asyncmtl.softlabels import manifest_key, write_manifest
+from asyncmtl.spec import AsyncMTLRun
+from asyncmtl.storage import LOCAL_NAMESPACE, StorageError, open_run_storage
+
+
+@dataclass
+class LocalOptions:
+    """Options of `asyncmtl run`.
+
+    Attributes:
+        workdir: where control.json, status.json and logs go (default: the run's storage folder
+            for file:// storage, else `./runs/<run>`).
+        resume: continue from status.json and the latest checkpoint.
+        tweeteval_dir: TweetEval root for `tweeteval://` data (else $TWEETEVAL_DIR).
+        poll_interval: seconds between reconciles (default: spec.metrics.pollIntervalSeconds).
+        live: draw the live progress table (default: when stdout is a terminal).
+        threads: CPU threads for the trainer (default: torch's choice).
+    """
+
+    workdir: Path | None = None
+    resume: bool = False
+    tweeteval_dir: str | None = None
+    poll_interval: float | None = None
+    live: bool | None = None
+    threads: int | None = None
+
+
+@dataclass
+class InferenceRun:
+    """The shard processes of one task's soft-label inference attempt."""
+
+    task: str
+    step: int
+    attempt: int
+    shards: int
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+    state: str = "Running"
+    uri: str | None = None
+    message: str = ""
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    """The last `lines` lines of a log file ("" if missing)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class LocalRuntime:
+    """Runs one AsyncMTLRun locally. `run()` returns the process exit code (0 = Succeeded)."""
+
+    def __init__(self, resource: AsyncMTLRun, spec_path: Path, opts: LocalOptions) -> None:
+        self.resource = resource
+        self.spec = resource.spec
+        self.name = resource.name
+        self.spec_path = spec_path.resolve()
+        self.opts = opts
+        self.log = run_logger("asyncmtl.local", self.name)
+        self.storage = open_run_storage(self.spec.storage.uri, namespace=LOCAL_NAMESPACE, run=self.name,
+                                        base_dir=os.getcwd(), endpoint_url=self.spec.storage.endpoint_url)
+        default_wd = self.storage.local_path("") or Path("runs") / self.name
+        self.workdir = (opts.workdir or default_wd).resolve()
+        self.control_path = self.workdir / "control.json"
+        self.status_path = self.workdir / "status.json"
+        self.logs = self.workdir / "logs"
+        self.trainer: subprocess.Popen | None = None
+        self.inference: dict[str, InferenceRun] = {}
+        self.status = RunStatus()
+        self.poll_interval = opts.poll_interval or self.spec.metrics.poll_interval_seconds
+        self.train_sizes: dict[str, int] = {}
+        self.events: list[str] = []
+
+    # ---- processes ---------------------------------------------------------------------------
+    def _common_args(self) -> list[str]:
+        args = ["--spec", str(self.spec_path), "--run", self.name, "--namespace", LOCAL_NAMESPACE,
+                "--workdir", str(self.workdir), "--base-dir", str(self.spec_path.parent)]
+        if self.opts.tweeteval_dir:
+            args += ["--tweeteval-dir", self.opts.tweeteval_dir]
+        return args
+
+    def _spawn(self, module: str, args: list[str], log_path: Path, threads: int | None) -> subprocess.Popen:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+                   TOKENIZERS_PARALLELISM="false")
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
+            args = [*args, "--threads", str(threads)]
+        out = log_path.open("ab")
+        # a new session: Ctrl-C in the terminal reaches the runtime only, which stops children in order
+        return subprocess.Popen([sys.executable, "-m", module, *args], stdout=out, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True, cwd=os.getcwd())
+
+    def start_trainer(self, resume: bool) -> None:
+        (self.workdir / "trainer.json").unlink(missing_ok=True)
+        args = self._common_args() + ["--control", str(self.control_path), "--metrics-port", "0",
+                                      "--metrics-addr", "127.0.0.1"]
+        if resume:
+            args.append("--resume")
+        self.trainer = self._spawn("asyncmtl_trainer.train", args, self.logs / "trainer.log", self.opts.threads)
+        self.log.info("trainer started (pid %d), log %s", self.trainer.pid, self.logs / "trainer.log")
+
+    def launch_inference(self, a: LaunchInference) -> None:
+        old = self.inference.get(a.task)
+        if old is not None:
+            self._stop_procs(old.procs)
+        threads = max(1, (os.cpu_count() or 2) // a.shards)
+        run = InferenceRun(task=a.task, step=a.checkpoint_step, attempt=a.attempt, shards=a.shards)
+        for i in range(a.shards):
+            log = self.logs / f"infer-{a.task}-{a.checkpoint_step}-a{a.attempt}-{i}.log"
+            args = self._common_args() + ["--task", a.task, "--step", str(a.checkpoint_step), "--shard", str(i),
+                                          "--shards", str(a.shards)]
+            run.procs.append(self._spawn("asyncmtl_trainer.inference", args, log, threads))
+            run.logs.append(log)
+        self.inference[a.task] = run
+
+    def _poll_inference(self, run: InferenceRun) -> None:
+        if run.state != "Running":
+            return
+        codes = [p.poll() for p in run.procs]
+        if any(c is None for c in codes):
+            if any(c not in (None, 0) for c in codes):  # one shard failed: stop the rest now
+                self._stop_procs(run.procs)
+            else:
+                return
+            codes = [p.poll() for p in run.procs]
+        bad = [i for i, c in enumerate(codes) if c != 0]
+        if bad:
+            run.state = "Failed"
+            run.message = f"shard {bad[0]} exited {codes[bad[0]]}: {tail(run.logs[bad[0]], 3)}"
+            return
+        try:
+            run.uri = write_manifest(self.storage, run.task, run.step, run.shards, self.train_sizes[run.task])
+            run.state = "Succeeded"
+        except StorageError as exc:
+            run.state, run.message = "Failed", str(exc)
+
+    @staticmethod
+    def _stop_procs(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
+        for p in procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + grace
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+    def stop_children(self) -> None:
+        procs = [p for r in self.inference.values() for p in r.procs]
+        if self.trainer is not None:
+            procs.append(self.trainer)
+        self._stop_procs(procs)
+
+    # ---- observation -------------------------------------------------------------------------
+    def observe(self) -> Observations:
+        obs = Observations(time=time.time())
+        if self.trainer is not None:
+            code = self.trainer.poll()
+            if code == 0:
+                obs.trainer_state = "Finished"
+            elif code is not None:
+                obs.trainer_state = "Failed"
+                obs.trainer_message = f"exit code {code}; log tail:\n{tail(self.logs / 'trainer.log')}"
+        info = self.workdir / "trainer.json"
+        if obs.trainer_state == "Running" and info.is_file():
+            try:
+                port = json.loads(info.read_text())["metricsPort"]
+                obs.metrics = scrape(f"http://127.0.0.1:{port}/metrics", self.name)
+            except (OSError, ValueError, KeyError) as exc:
+                obs.metrics_error = f"scrape failed: {exc}"
+        else:
+            obs.metrics_error = "trainer metrics not up yet"
+        for task, run in self.inference.items():
+            self._poll_inference(run)
+            obs.inference[task] = InferenceObservation(checkpoint_step=run.step, state=run.state, uri=run.uri,
+                                                       message=run.message)
+        return obs
+
+    # ---- main loop ---------------------------------------------------------------------------
+    def save_status(self) -> None:
+        tmp = self.status_path.with_suffix(".tmp")
+        tmp.write_text(self.status.model_dump_json(by_alias=True, indent=1))
+        tmp.replace(self.status_path)
+
+    def preflight(self) -> None:
+        """Validate every data split (file:line errors) and the encoder path before anything starts.
+
+        Raises:
+            asyncmtl.data.DataError, asyncmtl.pretrained.ModelLoadError: as found.
+        """
+        from asyncmtl.data import load_split
+
+        for t in self.spec.tasks:
+            for split in ("train", "validation", "test"):
+                s = load_split(t, split, base_dir=self.spec_path.parent, tweeteval_dir=self.opts.tweeteval_dir)
+                if split == "train" and s is not None:
+                    self.train_sizes[t.name] = len(s)
+        resolve_pretrained(self.spec.model.pretrained, self.spec_path.parent)
+
+    def _resume_state(self) -> bool:
+        if not self.status_path.is_file():
+            self.log.info("nothing to resume in %s: starting a new run", self.workdir)
+            return False
+        self.status = RunStatus.model_validate_json(self.status_path.read_text())
+        for name, ts in self.status.tasks.items():
+            if ts.phase == "Distilling" and ts.best_step is not None:
+                if self.storage.exists(manifest_key(name, ts.best_step)):
+                    run = InferenceRun(task=name, step=ts.best_step, attempt=ts.inference_attempts, shards=0,
+                                       state="Succeeded", uri=self.storage.uri(manifest_key(name, ts.best_step)))
+                    self.inference[name] = run
+                else:
+                    self.launch_inference(LaunchInference(task=name, checkpoint_step=ts.best_step,
+                                                          shards=self.spec.distillation.shards,
+                                                          attempt=max(1, ts.inference_attempts)))
+        return True
+
+    def run(self) -> int:
+        """Preflight, start, reconcile until Succeeded or Failed. Returns 0 on success."""
+        from asyncmtl.local.progress import Progress
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.preflight()
+        resumed = self.opts.resume and self._resume_state()
+        if resumed and self.status.phase in ("Succeeded", "Failed"):
+            self.log.info("run already %s", self.status.phase)
+            return 0 if self.status.phase == "Succeeded" else 1
+        if not resumed:
+            for sub in ("checkpoints", "softlabels", "reports", "model"):
+                self.storage.delete_prefix(sub)
+            self.control_path.unlink(missing_ok=True)
+        progress = Progress(self.spec, self.name, live=self.opts.live)
+        if not resumed:
+            self.status, actions = reconcile(self.spec, self.status, Observations(time=time.time(), metrics_error="starting"),
+                                             run=self.name)
+            self._apply(actions)
+        self.save_status()
+        self.start_trainer(resume=resumed)
+        try:
+            with progress:
+                while True:
+                    time.sleep(self.poll_interval)
+                    obs = self.observe()
+                    self.status, actions = reconcile(self.spec, self.status, obs, run=self.name,
+                                                     ack_timeout_seconds=self.spec.metrics.ack_timeout_seconds)
+                    self.save_status()
+                    done = self._apply(actions)
+                    progress.update(self.status, self.events)
+                    if done is not None:
+                        break
+        except KeyboardInterrupt:
+            self.log.warning("interrupted: stopping children; continue with `asyncmtl run %s --resume`", self.spec_path)
+            self.stop_children()
+            self.save_status()
+            return 130
+        return self._finish(done)
+
+    def _apply(self, actions) -> str | None:
+        result = None
+        for a in actions:
+            if isinstance(a, WriteControl):
+                write_control_file(self.control_path, a.document)
+            elif isinstance(a, LaunchInference):
+                self.launch_inference(a)
+            elif isinstance(a, EmitEvent):
+                msg = f"{a.reason}: {a.message}"
+                self.events.append(msg)
+                (self.log.warning if a.type == "Warning" else self.log.info)("%s", msg)
+            elif isinstance(a, Complete):
+                result = "Succeeded"
+            elif isinstance(a, Fail):
+                result = "Failed"
+        return result
+
+    def _finish(self, outcome: str) -> int:
+        self.stop_children()
+        paths = write_report(self.name, self.status, self.storage, self.workdir / "staging")
+        print(f"\nRun {self.name}: {self.status.phase} — {self.status.message}")
+        for n, uri in paths.items():
+            print(f"  {n:12s} {uri.removeprefix('file://')}")
+        if self.storage.exists("model/asyncmtl.json"):
+            print(f"  {'model':12s} {self.storage.uri('model').removeprefix('file://')}")
+        return 0 if outcome == "Succeeded" else 1

@@ -1,0 +1,54 @@
+"""Read the trainer's /metrics over HTTP into `TrainerObservation` (prometheus-client's parser)."""
+from __future__ import annotations
+
+import math
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from asyncmtl import metric_names as M
+from asyncmtl.core.convergence import TaskObservation
+from asyncmtl.core.observations import TrainerObservation
+
+
+def _num(v: float | None) -> float | None:
+    return None if v is None or math.isnan(v) else v
+
+
+def parse_trainer_metrics(text: str, run: str) -> TrainerObservation:
+    """Parse the Prometheus text exposition of one trainer (samples of other runs are ignored)."""
+    per_task: dict[str, dict[str, float]] = {}
+    trainer: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.labels.get("run") != run:
+                continue
+            task = s.labels.get("task")
+            if task is not None and s.name in (f"{M.VALIDATIONS}_total", M.VALIDATION_LAST_STEP, M.VALIDATION_LAST_VALUE,
+                                               M.VALIDATION_BEST_STEP, M.VALIDATION_BEST_VALUE):
+                per_task.setdefault(task, {})[s.name] = s.value
+            elif task is None and s.name in (M.GLOBAL_STEP, M.CONTROL_GENERATION, M.CONTROL_APPLIED_STEP):
+                trainer[s.name] = s.value
+    tasks = {}
+    for task, d in per_task.items():
+        last_step, best_step = _num(d.get(M.VALIDATION_LAST_STEP)), _num(d.get(M.VALIDATION_BEST_STEP))
+        tasks[task] = TaskObservation(
+            validations=int(d.get(f"{M.VALIDATIONS}_total", 0)),
+            last_step=int(last_step) if last_step is not None else None,
+            last_value=_num(d.get(M.VALIDATION_LAST_VALUE)),
+            best_step=int(best_step) if best_step is not None else None,
+            best_value=_num(d.get(M.VALIDATION_BEST_VALUE)),
+        )
+    applied_step = _num(trainer.get(M.CONTROL_APPLIED_STEP))
+    return TrainerObservation(
+        global_step=int(trainer.get(M.GLOBAL_STEP, 0) or 0),
+        applied_generation=int(trainer.get(M.CONTROL_GENERATION, 0) or 0),
+        applied_at_step=int(applied_step) if applied_step is not None else None,
+        tasks=tasks,
+    )
+
+
+def scrape(url: str, run: str, timeout: float = 5.0) -> TrainerObservation:
+    """GET `url` (the trainer's /metrics) and parse it. Raises OSError when unreachable."""
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return parse_trainer_metrics(r.read().decode(), run)

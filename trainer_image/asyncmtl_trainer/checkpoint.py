@@ -1,0 +1,151 @@
+"""Checkpoints at each validation step: safetensors weights + optimizer, scheduler and RNG state.
+
+Layout (storage key): `checkpoints/step-<8 digits>/{model.safetensors, training_state.pt, state.json}`;
+`state.json` is written last, holds the sha256 of the other two files, and marks the checkpoint
+complete. Retention keeps the latest checkpoint and, for every task still needing one, its best
+and previous best (the previous covers a best that moved between a convergence decision and the
+trainer applying it); everything else is deleted.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from asyncmtl.storage import RunStorage, StorageError, sha256_file
+
+log = logging.getLogger(__name__)
+PREFIX = "checkpoints"
+
+
+def key_for(step: int) -> str:
+    return f"{PREFIX}/step-{step:08d}"
+
+
+@dataclass
+class CheckpointState:
+    """The JSON part of a checkpoint. `trackers`: task -> {bestStep, bestValue, prevBestStep,
+    lastStep, lastValue}; `validations`: task -> count; `history`: task -> [[step, value], ...]."""
+
+    step: int
+    applied_generation: int
+    trackers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    validations: dict[str, int] = field(default_factory=dict)
+    history: dict[str, list[list[float]]] = field(default_factory=dict)
+    sha256: dict[str, str] = field(default_factory=dict)
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpointer:
+    """Saves, loads, lists and prunes one run's checkpoints in `storage` (via `scratch` for remote stores)."""
+
+    def __init__(self, storage: RunStorage, scratch: Path) -> None:
+        self.storage = storage
+        self.scratch = scratch
+
+    def _local_dir(self, step: int) -> Path:
+        p = self.storage.local_path(key_for(step))
+        return p if p is not None else self.scratch / key_for(step)
+
+    def save(self, step: int, model: torch.nn.Module, optimizer, scheduler, state: CheckpointState) -> None:
+        """Write a complete checkpoint for `step` (state.json last)."""
+        from safetensors.torch import save_model
+
+        d = self._local_dir(step)
+        d.mkdir(parents=True, exist_ok=True)
+        save_model(model, str(d / "model.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+                   d / "training_state.pt")
+        state.sha256 = {n: sha256_file(d / n) for n in ("model.safetensors", "training_state.pt")}
+        for n in ("model.safetensors", "training_state.pt"):
+            self.storage.put_file(f"{key_for(step)}/{n}", d / n)
+        self.storage.put_bytes(f"{key_for(step)}/state.json", json.dumps(state.__dict__).encode())
+
+    def steps(self) -> list[int]:
+        """Steps of complete checkpoints (with a state.json), ascending."""
+        out = set()
+        for k in self.storage.list(PREFIX):
+            parts = k.split("/")
+            if len(parts) == 3 and parts[2] == "state.json" and parts[1].startswith("step-"):
+                out.add(int(parts[1][5:]))
+        return sorted(out)
+
+    def read_state(self, step: int) -> CheckpointState:
+        try:
+            raw = json.loads(self.storage.get_bytes(f"{key_for(step)}/state.json"))
+        except StorageError:
+            raise StorageError(f"checkpoint at step {step} not found") from None
+        return CheckpointState(**raw)
+
+    def fetch(self, step: int) -> tuple[Path, CheckpointState]:
+        """Local folder of checkpoint `step` with verified files, and its state.
+
+        Raises:
+            StorageError: missing, or a file's sha256 does not match state.json.
+        """
+        state = self.read_state(step)
+        d = self._local_dir(step)
+        for name, digest in state.sha256.items():
+            p = self.storage.get_file(f"{key_for(step)}/{name}", d / name)
+            if sha256_file(p) != digest:
+                raise StorageError(f"checkpoint step {step}: {name} does not match its sha256")
+        return d, state
+
+    def load_weights(self, step: int, model: torch.nn.Module) -> CheckpointState:
+        """Load only the model weights of checkpoint `step` into `model`."""
+        from safetensors.torch import load_model
+
+        d, state = self.fetch(step)
+        load_model(model, str(d / "model.safetensors"), device=str(next(model.parameters()).device))
+        return state
+
+    def load(self, step: int, model: torch.nn.Module, optimizer, scheduler) -> CheckpointState:
+        """Restore weights, optimizer, scheduler and RNG state of checkpoint `step`."""
+        state = self.load_weights(step, model)
+        d = self._local_dir(step)
+        ts = torch.load(d / "training_state.pt", weights_only=False, map_location=next(model.parameters()).device)
+        optimizer.load_state_dict(ts["optimizer"])
+        scheduler.load_state_dict(ts["scheduler"])
+        set_rng_state(ts["rng"])
+        return state
+
+    def prune(self, keep: set[int]) -> list[int]:
+        """Delete every checkpoint whose step is not in `keep`; returns the deleted steps."""
+        gone = [s for s in self.steps() if s not in keep]
+        for s in gone:
+            self.storage.delete_prefix(key_for(s))
+            if self.storage.local_path(key_for(s)) is None:
+                import shutil
+
+                shutil.rmtree(self.scratch / key_for(s), ignore_errors=True)
+        return gone
+
+
+def retained_steps(latest: int | None, bests: dict[str, tuple[int | None, int | None]], needing: set[str]) -> set[int]:
+    """Steps to keep: the latest, and the best and previous best of every task in `needing`.
+
+    bests: task -> (best step, previous best step).
+    """
+    keep = {latest} if latest is not None else set()
+    for t in needing:
+        best, prev = bests.get(t, (None, None))
+        keep.update(s for s in (best, prev) if s is not None)
+    return keep

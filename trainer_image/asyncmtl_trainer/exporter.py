@@ -1,0 +1,74 @@
+"""Prometheus exporter of the trainer (prometheus-client), on its own registry (no global state).
+
+Metric names and meanings: `asyncmtl.metric_names`.
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from asyncmtl import metric_names as M
+
+
+class TrainerExporter:
+    """Holds and serves the trainer's series for one run. `port` 0 binds a free port."""
+
+    def __init__(self, run: str, tasks: list[str], *, registry: CollectorRegistry | None = None) -> None:
+        self.run = run
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.validations = Counter(M.VALIDATIONS, "Validation steps run, per task", ["run", "task"], registry=r)
+        self.last_step = Gauge(M.VALIDATION_LAST_STEP, "Step of the last validation", ["run", "task"], registry=r)
+        self.last_value = Gauge(M.VALIDATION_LAST_VALUE, "Metric value (0-100) at the last validation", ["run", "task"], registry=r)
+        self.best_step = Gauge(M.VALIDATION_BEST_STEP, "Step of the best-so-far validation value", ["run", "task"], registry=r)
+        self.best_value = Gauge(M.VALIDATION_BEST_VALUE, "Best-so-far validation value (minDelta rule)", ["run", "task"], registry=r)
+        self.train_loss = Gauge(M.TRAIN_LOSS, "Mean training loss since the last export", ["run", "task", "kind"], registry=r)
+        self.train_examples = Counter(M.TRAIN_EXAMPLES, "Training examples seen", ["run", "task", "kind"], registry=r)
+        self.global_step = Gauge(M.GLOBAL_STEP, "Optimizer steps", ["run"], registry=r)
+        self.examples_per_second = Gauge(M.EXAMPLES_PER_SECOND, "Training examples per second", ["run"], registry=r)
+        self.control_generation = Gauge(M.CONTROL_GENERATION, "Last control generation applied", ["run"], registry=r)
+        self.control_step = Gauge(M.CONTROL_APPLIED_STEP, "Step at which the last control generation was applied", ["run"], registry=r)
+        self.task_mode = Gauge(M.TASK_MODE, "1 for the task's current training mode", ["run", "task", "mode"], registry=r)
+        self.trainer_state = Gauge(M.TRAINER_STATE, "1 for the trainer's current state", ["run", "state"], registry=r)
+        self.rewinds = Counter(M.REWINDS, "Rewinds applied", ["run"], registry=r)
+        for t in tasks:
+            self.validations.labels(run, t)
+            for kind in M.LOSS_KINDS:
+                self.train_examples.labels(run, t, kind)
+        self.rewinds.labels(run)
+        self.set_state("starting")
+        self._server = None
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> int:
+        """Start the HTTP endpoint in a daemon thread; returns the bound port."""
+        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+        self._server = server
+        return int(server.server_port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def set_state(self, state: str) -> None:
+        for s in M.TRAINER_STATES:
+            self.trainer_state.labels(self.run, s).set(1.0 if s == state else 0.0)
+
+    def set_mode(self, task: str, mode: str) -> None:
+        for m in M.TASK_MODES:
+            self.task_mode.labels(self.run, task, m).set(1.0 if m == mode else 0.0)
+
+    def record_validation(self, task: str, step: int, value: float, best_step: int | None, best_value: float | None) -> None:
+        """Export one validation result. The best is set before the counter so a scrape never sees
+        a counted validation without its best."""
+        self.set_task_state(task, step, value, best_step, best_value)
+        self.validations.labels(self.run, task).inc()
+
+    def set_task_state(self, task: str, step: int | None, value: float | None, best_step: int | None,
+                       best_value: float | None) -> None:
+        """Set last/best gauges (also after a rewind, to the restored state; NaN when unknown)."""
+        nan = float("nan")
+        self.last_step.labels(self.run, task).set(nan if step is None else step)
+        self.last_value.labels(self.run, task).set(nan if value is None else value)
+        self.best_step.labels(self.run, task).set(nan if best_step is None else best_step)
+        self.best_value.labels(self.run, task).set(nan if best_value is None else best_value)

@@ -1,0 +1,95 @@
+"""Soft-label inference (entry point `asyncmtl-infer`): one shard of one task from one checkpoint.
+
+For (checkpoint step, task, shard i of n) it loads the model weights of the task's best
+checkpoint, runs the task's head over its slice of the task's training split (no grad,
+batches sorted by length) and writes the shard's outputs (fp16 logits, or values for
+regression, with example ids) and sha256 to storage. The manifest is written afterwards by
+whoever checks every shard (`asyncmtl.softlabels.write_manifest`), or by `--manifest`.
+
+On a cluster the shard index comes from `$JOB_COMPLETION_INDEX` (Indexed Job).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from asyncmtl.data import load_split
+from asyncmtl.logs import configure, run_logger
+from asyncmtl.softlabels import shard_range, write_manifest
+from asyncmtl.storage import open_run_storage
+from asyncmtl_trainer.batching import TokenizedSplit, eval_batches, tokenize_split
+from asyncmtl_trainer.checkpoint import Checkpointer
+from asyncmtl_trainer.model import build_model
+from asyncmtl_trainer.softlabels import write_shard
+from asyncmtl_trainer.train import load_spec_for_entrypoint
+
+
+def subset(split: TokenizedSplit, start: int, end: int) -> TokenizedSplit:
+    """Examples [start, end) of a split (ids keep their position in the whole split)."""
+    tt = split.token_type_ids[start:end] if split.token_type_ids is not None else None
+    return TokenizedSplit(split.task, split.split, split.input_ids[start:end], tt, split.labels[start:end])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit 0 when the shard (and, with --manifest, the manifest) is written; 1 on error."""
+    configure()
+    p = argparse.ArgumentParser(prog="asyncmtl-infer", description="Soft labels for one shard of one task.")
+    p.add_argument("--spec", required=True)
+    p.add_argument("--run")
+    p.add_argument("--namespace", default="local")
+    p.add_argument("--task", required=True)
+    p.add_argument("--step", type=int, required=True, help="Checkpoint step (the task's best).")
+    p.add_argument("--shard", type=int, default=None, help="Shard index (default: $JOB_COMPLETION_INDEX or 0).")
+    p.add_argument("--shards", type=int, default=1)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--base-dir")
+    p.add_argument("--tweeteval-dir")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--manifest", action="store_true", help="Only verify all shards and write the manifest.")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec, name = load_spec_for_entrypoint(args.spec)
+    run = args.run or name or "run"
+    log = run_logger(__name__, run)
+    base_dir = Path(args.base_dir) if args.base_dir else Path(args.spec).resolve().parent
+    storage = open_run_storage(spec.storage.uri, namespace=args.namespace, run=run, base_dir=os.getcwd(),
+                               endpoint_url=spec.storage.endpoint_url)
+    task = spec.task(args.task)
+    split = load_split(task, "train", base_dir=base_dir, tweeteval_dir=args.tweeteval_dir)
+    assert split is not None
+    if args.manifest:
+        uri = write_manifest(storage, task.name, args.step, args.shards, len(split))
+        log.info("manifest written: %s", uri)
+        return 0
+    index = args.shard if args.shard is not None else int(os.environ.get("JOB_COMPLETION_INDEX", "0"))
+    t0 = time.perf_counter()
+    model, tokenizer, _ = build_model(spec, base_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() and spec.training.device != "cpu" else "cpu")
+    model.to(device)
+    Checkpointer(storage, Path(args.workdir) / "staging").load_weights(args.step, model)
+    model.eval()
+    tok = tokenize_split(task, split, tokenizer, spec.model.max_length, Path(args.workdir) / "cache")
+    start, end = shard_range(len(tok), index, args.shards)
+    part = subset(tok, start, end)
+    outputs = torch.empty(len(part), int(task.num_labels or 1), dtype=torch.float32)
+    pad = int(tokenizer.pad_token_id or 0)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.training.precision)
+    with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        for idx, ids, mask, tt in eval_batches(part, spec.training.eval_batch_size, pad):
+            pooled = model(ids.to(device), mask.to(device), tt.to(device))
+            outputs[idx] = model.head(task.name, pooled).float().cpu()
+    ids = torch.arange(start, end, dtype=torch.int64)
+    key = write_shard(storage, task.name, args.step, index, args.shards, ids, outputs)
+    log.info("task %s step %d shard %d/%d: %d rows in %.1fs -> %s", task.name, args.step, index, args.shards,
+             len(part), time.perf_counter() - t0, storage.uri(key))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

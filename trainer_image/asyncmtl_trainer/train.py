@@ -1,0 +1,538 @@
+"""The AsyncMTL trainer (entry point `asyncmtl-train`).
+
+Trains one shared encoder with a head per task on mixed-task batches, minimising the sum of
+the task losses (paper Eq. 3): supervised losses (Eq. 1) for tasks still training, KD losses
+(Eq. 2) against soft labels for converged tasks. It validates every `validationInterval`
+steps, checkpoints at each validation step, exports sampling-proof metrics, and obeys the
+control file (see `asyncmtl.control`): rewind on `converged`, switch to KD on
+`softLabelsReady`, final evaluation on `stop`. It knows nothing of Kubernetes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from asyncmtl.control import ControlDocument, read_control_file
+from asyncmtl.core.convergence import BestTracker
+from asyncmtl.core.reconcile import rule_for
+from asyncmtl.data import load_task_splits
+from asyncmtl.logs import configure, run_logger
+from asyncmtl.spec import RunSpec, TaskType
+from asyncmtl.storage import RunStorage, open_run_storage
+from asyncmtl_trainer.batching import TaskSampler, TokenizedSplit, eval_batches, make_batch, tokenize_split
+from asyncmtl_trainer.checkpoint import Checkpointer, CheckpointState, retained_steps
+from asyncmtl_trainer.exporter import TrainerExporter
+from asyncmtl_trainer.losses import kd_loss, supervised_loss
+from asyncmtl_trainer.metrics import compute_metrics
+from asyncmtl_trainer.model import MultiTaskModel, build_model, save_multitask_model
+from asyncmtl_trainer.softlabels import read_soft_labels
+
+HISTORY_KEY = "reports/history.jsonl"
+FINAL_KEY = "reports/final.json"
+BEST_SCORES_KEY = "reports/best_checkpoint_scores.json"
+LOSS_EXPORT_EVERY = 10  # steps between loss/throughput exports
+
+
+@dataclass
+class TrainerOptions:
+    """Where the trainer reads and writes (command-line flags of `asyncmtl-train`).
+
+    Attributes:
+        run: run name. namespace: storage namespace (`local` for local runs).
+        control_path: the control file (a ConfigMap key mounted as a file on a cluster).
+        workdir: scratch space (token cache, checkpoint staging, `trainer.json` with the bound port).
+        base_dir: folder that relative data and model paths in the spec resolve against.
+        metrics_port: Prometheus port (0 = any free port). resume: continue from the latest checkpoint.
+    """
+
+    run: str
+    namespace: str
+    control_path: Path
+    workdir: Path
+    base_dir: Path | None = None
+    tweeteval_dir: str | None = None
+    metrics_port: int = 9400
+    metrics_addr: str = "0.0.0.0"
+    resume: bool = False
+    control_poll_seconds: float = 0.5
+
+
+class TaskState:
+    """What the trainer tracks per task: mode, best-so-far (with previous best) and history."""
+
+    def __init__(self) -> None:
+        self.mode = "supervised"  # supervised | pending | kd | frozen
+        self.best = BestTracker()
+        self.prev_best_step: int | None = None
+        self.last_step: int | None = None
+        self.last_value: float | None = None
+        self.history: list[list[float]] = []
+        self.validations = 0
+        self.pinned_step: int | None = None  # checkpoint the soft labels are made from
+
+    def to_json(self) -> dict:
+        return {"bestStep": self.best.best_step, "bestValue": self.best.best_value, "prevBestStep": self.prev_best_step,
+                "lastStep": self.last_step, "lastValue": self.last_value}
+
+    def restore(self, d: dict, history: list[list[float]]) -> None:
+        self.best = BestTracker(best_step=d.get("bestStep"), best_value=d.get("bestValue"))
+        self.prev_best_step = d.get("prevBestStep")
+        self.last_step, self.last_value = d.get("lastStep"), d.get("lastValue")
+        self.history = [list(p) for p in history]
+
+
+class Trainer:
+    """One training run. Construct, then `run()`; raises on unrecoverable errors."""
+
+    def __init__(self, spec: RunSpec, opts: TrainerOptions, storage: RunStorage) -> None:
+        self.spec = spec
+        self.opts = opts
+        self.storage = storage
+        self.log = run_logger(__name__, opts.run)
+        self.task_specs = {t.name: t for t in spec.tasks}
+        self.device = self._device()
+        self.states = {t.name: TaskState() for t in spec.tasks}
+        self.soft: dict[str, torch.Tensor] = {}
+        self.step = 0
+        self.applied_generation = 0
+        self.stop_requested = False
+        self.exporter = TrainerExporter(opts.run, list(self.task_specs))
+        self.checkpointer = Checkpointer(storage, opts.workdir / "staging")
+        self._control_sig: tuple | None = None
+        self._loss_sums: dict[tuple[str, str], list] = {}
+        self._examples_since = 0
+        self._train_time = 0.0
+        self.best_scores: dict[str, dict] = {}
+
+    # ---- setup -------------------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        want = self.spec.training.device
+        if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+            return torch.device("cuda")
+        return torch.device("cpu")
+
+    def setup(self) -> None:
+        """Load data (validated), tokenizer and model; build optimizer and scheduler; serve metrics."""
+        from transformers import get_linear_schedule_with_warmup
+
+        tr = self.spec.training
+        torch.manual_seed(tr.seed)
+        np.random.seed(tr.seed)
+        t0 = time.perf_counter()
+        self.model, self.tokenizer, _ = build_model(self.spec, self.opts.base_dir)
+        self.model.to(self.device)
+        self.pad_id = int(self.tokenizer.pad_token_id or 0)
+        cache = self.opts.workdir / "cache"
+        self.train: dict[str, TokenizedSplit] = {}
+        self.val: dict[str, TokenizedSplit] = {}
+        self.test: dict[str, TokenizedSplit] = {}
+        for name, t in self.task_specs.items():
+            splits = load_task_splits(t, base_dir=self.opts.base_dir, tweeteval_dir=self.opts.tweeteval_dir)
+            self.train[name] = tokenize_split(t, splits["train"], self.tokenizer, self.spec.model.max_length, cache)
+            self.val[name] = tokenize_split(t, splits["validation"], self.tokenizer, self.spec.model.max_length, cache)
+            if "test" in splits:
+                self.test[name] = tokenize_split(t, splits["test"], self.tokenizer, self.spec.model.max_length, cache)
+        self.sampler = TaskSampler({n: len(s) for n, s in self.train.items()},
+                                   {n: t.sampling_weight for n, t in self.task_specs.items()}, tr.batch_size, tr.seed)
+        no_decay = ("bias", "LayerNorm.weight", "layer_norm", "norm.weight")
+        groups = [
+            {"params": [p for n, p in self.model.named_parameters() if not any(k in n for k in no_decay)], "weight_decay": tr.weight_decay},
+            {"params": [p for n, p in self.model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
+        ]
+        self.optimizer = torch.optim.AdamW(groups, lr=tr.learning_rate)
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, tr.warmup, tr.max_steps)
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tr.precision)
+        self.scaler = torch.amp.GradScaler(enabled=(tr.precision == "fp16" and self.device.type == "cuda"))
+        for name in self.task_specs:
+            self.exporter.set_mode(name, "supervised")
+        self.log.info("setup done in %.1fs: %d tasks, train sizes %s, device %s", time.perf_counter() - t0,
+                      len(self.train), {n: len(s) for n, s in self.train.items()}, self.device)
+
+    def serve_metrics(self) -> int:
+        port = self.exporter.serve(self.opts.metrics_port, self.opts.metrics_addr)
+        self.opts.workdir.mkdir(parents=True, exist_ok=True)
+        info = {"metricsPort": port, "pid": os.getpid()}
+        (self.opts.workdir / "trainer.json").write_text(json.dumps(info))
+        self.log.info("metrics on port %d", port)
+        return port
+
+    # ---- control -----------------------------------------------------------------------------
+    def _read_control(self) -> ControlDocument | None:
+        p = self.opts.control_path
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            return None
+        sig = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if sig == self._control_sig:
+            return None
+        doc = read_control_file(p)
+        self._control_sig = sig
+        return doc
+
+    def poll_control(self) -> None:
+        """Apply the control signals issued since the last applied generation (cheap when unchanged)."""
+        doc = self._read_control()
+        if doc is None or doc.generation <= self.applied_generation:
+            return
+        new = doc.since(self.applied_generation)
+        for gen in sorted({s.generation for s in new}):
+            self.apply_generation([s for s in new if s.generation == gen], gen)
+
+    def apply_generation(self, signals: list, generation: int) -> None:
+        """Apply one generation's signals together, then acknowledge it through the metrics."""
+        converged = [s for s in signals if s.kind == "converged"]
+        for s in converged:
+            st = self.states[s.task]
+            st.mode = "pending"
+            st.pinned_step = s.best_step
+            self.exporter.set_mode(s.task, "pending")
+            self._score_best_checkpoint(s.task, s.best_step)
+            self.log.info("task %s converged (best step %d): supervised loss dropped", s.task, s.best_step)
+        if converged:
+            self.rewind(converged[0].rewind_to)
+        for s in signals:
+            if s.kind == "softLabelsReady":
+                self.soft[s.task] = read_soft_labels(s.uri, expected_examples=len(self.train[s.task])).to(self.device)
+                self.states[s.task].mode = "kd"
+                self.states[s.task].pinned_step = None
+                self.exporter.set_mode(s.task, "kd")
+                self._history_event("kd", step=self.step, task=s.task)
+                self.log.info("task %s: soft labels loaded from %s; KD loss from step %d", s.task, s.uri, self.step)
+            elif s.kind == "skipDistillation":
+                self.states[s.task].mode = "frozen"
+                self.states[s.task].pinned_step = None
+                self.exporter.set_mode(s.task, "frozen")
+                self.log.warning("task %s frozen: %s", s.task, s.reason)
+            elif s.kind == "stop":
+                self.stop_requested = True
+                self.log.info("stop signal: final evaluation follows")
+        self.applied_generation = generation
+        self.exporter.control_step.labels(self.opts.run).set(self.step)
+        self.exporter.control_generation.labels(self.opts.run).set(generation)
+
+    def rewind(self, step: int) -> None:
+        """Restore model, optimizer, scheduler, RNG and trackers from the checkpoint at `step`
+        and delete later checkpoints (paper Sec. 3: rewind to θ̂_t)."""
+        state = self.checkpointer.load(step, self.model, self.optimizer, self.scheduler)
+        self.step = state.step
+        for name, st in self.states.items():
+            st.restore(state.trackers.get(name, {}), state.history.get(name, []))
+            self.exporter.set_task_state(name, st.last_step, st.last_value, st.best.best_step, st.best.best_value)
+        self.checkpointer.prune({s for s in self.checkpointer.steps() if s <= step})
+        self.exporter.global_step.labels(self.opts.run).set(self.step)
+        self.exporter.rewinds.labels(self.opts.run).inc()
+        self._history_event("rewind", step=step)
+        self.log.info("rewound to step %d", step)
+
+    def _history_event(self, event: str, **fields) -> None:
+        """Append a non-validation record (rewind, kd) to the history file, in order with validations."""
+        self.storage.append_line(HISTORY_KEY, json.dumps({"event": event, "time": time.time(), **fields}))
+
+    def _score_best_checkpoint(self, task: str, step: int) -> None:
+        """Score `task` on validation and test with the weights of checkpoint `step` (its best)."""
+        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.checkpointer.load_weights(step, self.model)
+        scores = {"step": step, "validation": self.evaluate(task, self.val[task])}
+        if task in self.test:
+            scores["test"] = self.evaluate(task, self.test[task])
+        self.model.load_state_dict(current)
+        self.best_scores[task] = scores
+        self.storage.put_bytes(BEST_SCORES_KEY, json.dumps(self.best_scores, indent=1).encode())
+
+    # ---- training ----------------------------------------------------------------------------
+    def active_tasks(self) -> list[str]:
+        return [n for n, s in self.states.items() if s.mode in ("supervised", "kd")]
+
+    def paused(self) -> bool:
+        pending = any(s.mode == "pending" for s in self.states.values())
+        if pending and self.spec.distillation.while_pending == "Pause":
+            return True
+        return not self.active_tasks()
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def train_step(self, batch) -> dict[str, torch.Tensor]:
+        """One optimizer step on a mixed batch; returns per-task losses (detached, 0-dim)."""
+        self.model.train()
+        batch = batch.to(self.device)
+        with self._autocast():
+            pooled = self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+            losses: dict[str, torch.Tensor] = {}
+            for task, rows in batch.rows.items():
+                mode = self.states[task].mode
+                logits = self.model.head(task, pooled[rows])
+                ttype = self.task_specs[task].type
+                if mode == "supervised":
+                    losses[task] = supervised_loss(ttype, logits, batch.labels[task])
+                elif mode == "kd":
+                    teacher = self.soft[task][batch.example_ids[task].to(self.device)]
+                    losses[task] = kd_loss(ttype, logits, teacher, self.spec.distillation.temperature)
+        total = sum(losses.values())  # paper Eq. 3
+        self.scaler.scale(total).backward()
+        if self.spec.training.max_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.training.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        for task, loss in losses.items():
+            kind = "kd" if self.states[task].mode == "kd" else "supervised"
+            acc = self._loss_sums.setdefault((task, kind), [torch.zeros((), device=self.device), 0, 0])
+            acc[0] += loss.detach()
+            acc[1] += 1
+            acc[2] += int(batch.rows[task].numel())
+        return {t: l.detach() for t, l in losses.items()}
+
+    def _export_losses(self) -> None:
+        for (task, kind), (s, n, ex) in self._loss_sums.items():
+            if n:
+                self.exporter.train_loss.labels(self.opts.run, task, kind).set(float(s) / n)
+                self.exporter.train_examples.labels(self.opts.run, task, kind).inc(ex)
+        self._loss_sums.clear()
+        if self._train_time > 0:
+            self.exporter.examples_per_second.labels(self.opts.run).set(self._examples_since / self._train_time)
+        self._examples_since, self._train_time = 0, 0.0
+        self.exporter.global_step.labels(self.opts.run).set(self.step)
+
+    @torch.no_grad()
+    def predict(self, task: str, split: TokenizedSplit) -> np.ndarray:
+        """Raw outputs for every example of `split`, in split order: (n, num_labels) float32."""
+        self.model.eval()
+        out = torch.empty(len(split), int(self.task_specs[task].num_labels or 1), dtype=torch.float32)
+        for idx, ids, mask, tt in eval_batches(split, self.spec.training.eval_batch_size, self.pad_id):
+            with self._autocast():
+                pooled = self.model(ids.to(self.device), mask.to(self.device), tt.to(self.device))
+                out[idx] = self.model.head(task, pooled).float().cpu()
+        return out.numpy()
+
+    def evaluate(self, task: str, split: TokenizedSplit) -> dict[str, float]:
+        """All metrics of `task` on `split` (0-100)."""
+        return compute_metrics(self.task_specs[task].type, self.predict(task, split), split.labels.numpy())
+
+    def validate(self) -> None:
+        """Validation step: score every task, update trackers and metrics, append to the history."""
+        now = time.time()
+        for name, t in self.task_specs.items():
+            metrics = self.evaluate(name, self.val[name])
+            value = metrics[t.metric.value]
+            st = self.states[name]
+            old_best = st.best.best_step
+            if st.best.update(self.step, value, rule_for(self.spec, t)) and old_best is not None:
+                st.prev_best_step = old_best
+            st.last_step, st.last_value = self.step, value
+            st.history.append([self.step, value])
+            st.validations += 1
+            self.exporter.record_validation(name, self.step, value, st.best.best_step, st.best.best_value)
+            self.storage.append_line(HISTORY_KEY, json.dumps({
+                "time": now, "step": self.step, "task": name, "metric": t.metric.value, "value": value,
+                "metrics": metrics, "mode": st.mode, "generation": self.applied_generation,
+                "bestStep": st.best.best_step, "bestValue": st.best.best_value}))
+        self.log.info("step %d validation: %s", self.step,
+                      ", ".join(f"{n}={s.last_value:.2f}{'*' if s.best.best_step == self.step else ''}[{s.mode}]"
+                                for n, s in self.states.items()))
+
+    def save_checkpoint(self) -> None:
+        state = CheckpointState(
+            step=self.step, applied_generation=self.applied_generation,
+            trackers={n: s.to_json() for n, s in self.states.items()},
+            validations={n: s.validations for n, s in self.states.items()},
+            history={n: s.history for n, s in self.states.items()},
+        )
+        self.checkpointer.save(self.step, self.model, self.optimizer, self.scheduler, state)
+        needing = {n for n, s in self.states.items() if s.mode == "supervised"}
+        keep = retained_steps(self.step, {n: (s.best.best_step, s.prev_best_step) for n, s in self.states.items()}, needing)
+        keep |= {s.pinned_step for s in self.states.values() if s.pinned_step is not None}
+        self.checkpointer.prune(keep)
+
+    # ---- resume ------------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Continue from the latest checkpoint and re-derive task modes from the control signals
+        the checkpoint had applied (later signals are applied by the loop as usual)."""
+        steps = self.checkpointer.steps()
+        if not steps:
+            self.log.info("resume: no checkpoint yet, starting from step 0")
+            return
+        state = self.checkpointer.load(steps[-1], self.model, self.optimizer, self.scheduler)
+        self.step = state.step
+        for name, st in self.states.items():
+            st.restore(state.trackers.get(name, {}), state.history.get(name, []))
+            st.validations = state.validations.get(name, 0)
+            if st.validations:
+                self.exporter.validations.labels(self.opts.run, name).inc(st.validations)
+            self.exporter.set_task_state(name, st.last_step, st.last_value, st.best.best_step, st.best.best_value)
+        if self.storage.exists(BEST_SCORES_KEY):
+            self.best_scores = json.loads(self.storage.get_bytes(BEST_SCORES_KEY))
+        doc = read_control_file(self.opts.control_path)
+        if doc is not None:
+            for s in doc.signals:
+                if s.generation > state.applied_generation:
+                    continue
+                if s.kind == "converged":
+                    self.states[s.task].mode, self.states[s.task].pinned_step = "pending", s.best_step
+                elif s.kind == "softLabelsReady":
+                    self.soft[s.task] = read_soft_labels(s.uri, expected_examples=len(self.train[s.task])).to(self.device)
+                    self.states[s.task].mode, self.states[s.task].pinned_step = "kd", None
+                elif s.kind == "skipDistillation":
+                    self.states[s.task].mode, self.states[s.task].pinned_step = "frozen", None
+                elif s.kind == "stop":
+                    self.stop_requested = True
+            self.applied_generation = state.applied_generation
+        for name, st in self.states.items():
+            self.exporter.set_mode(name, st.mode)
+        self.exporter.control_generation.labels(self.opts.run).set(self.applied_generation)
+        self.log.info("resumed at step %d, control generation %d", self.step, self.applied_generation)
+
+    # ---- main loop ---------------------------------------------------------------------------
+    def run(self) -> dict:
+        """Train until `stop` or `maxSteps`, then run the final evaluation. Returns the final report."""
+        tr = self.spec.training
+        if self.opts.resume:
+            self.resume()
+        self.exporter.set_state("training")
+        self.exporter.global_step.labels(self.opts.run).set(self.step)
+        while True:
+            self.poll_control()
+            if self.stop_requested or self.step >= tr.max_steps:
+                break
+            if self.paused():
+                self.exporter.set_state("paused")
+                time.sleep(self.opts.control_poll_seconds)
+                continue
+            self.exporter.set_state("training")
+            t0 = time.perf_counter()
+            draw = self.sampler.draw(self.step, self.applied_generation, self.active_tasks())
+            self.train_step(make_batch(draw, self.train, self.pad_id))
+            self.step += 1
+            self._train_time += time.perf_counter() - t0
+            self._examples_since += len(draw)
+            if self.step % LOSS_EXPORT_EVERY == 0:
+                self._export_losses()
+            if self.step % tr.validation_interval == 0:
+                self._export_losses()
+                self.validate()
+                self.save_checkpoint()
+        return self.finalize()
+
+    def finalize(self) -> dict:
+        """Final evaluation (validation and test of the final model, test of each unconverged task's
+        best checkpoint), the final model for serving, and `reports/final.json`."""
+        self.exporter.set_state("finalizing")
+        self.log.info("final evaluation at step %d", self.step)
+        for name, st in self.states.items():
+            if name not in self.best_scores and st.best.best_step is not None and st.best.best_step in self.checkpointer.steps():
+                self._score_best_checkpoint(name, st.best.best_step)
+        report: dict = {"run": self.opts.run, "step": self.step, "stopped": "stop" if self.stop_requested else "maxSteps",
+                        "controlGeneration": self.applied_generation, "tasks": {}}
+        for name, t in self.task_specs.items():
+            st = self.states[name]
+            entry = {
+                "type": t.type.value, "metric": t.metric.value, "mode": st.mode,
+                "finalValidation": self.evaluate(name, self.val[name]),
+                "bestCheckpoint": self.best_scores.get(name),
+            }
+            if name in self.test:
+                entry["finalTest"] = self.evaluate(name, self.test[name])
+            report["tasks"][name] = entry
+        staging = self.opts.workdir / "staging" / "model"
+        target = self.storage.local_path("model")
+        save_multitask_model(self.model, self.tokenizer, self.spec, target or staging)
+        if target is None:
+            for p in staging.rglob("*"):
+                if p.is_file():
+                    self.storage.put_file(f"model/{p.relative_to(staging)}", p)
+        self.storage.put_bytes(FINAL_KEY, json.dumps(report, indent=1).encode())
+        self.exporter.set_state("finished")
+        self.log.info("finished: report at %s", self.storage.uri(FINAL_KEY))
+        return report
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="asyncmtl-train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--spec", required=True, help="AsyncMTLRun YAML/JSON (the whole resource or its spec).")
+    p.add_argument("--run", help="Run name (default: metadata.name).")
+    p.add_argument("--namespace", default="local", help="Storage namespace (default: local).")
+    p.add_argument("--control", required=True, help="Control file path (JSON).")
+    p.add_argument("--workdir", required=True, help="Scratch folder (token cache, staging).")
+    p.add_argument("--base-dir", help="Folder relative data/model paths resolve against (default: the spec's folder).")
+    p.add_argument("--tweeteval-dir", default=None, help="TweetEval root (or $TWEETEVAL_DIR).")
+    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (default: spec.metrics.port).")
+    p.add_argument("--metrics-addr", default="0.0.0.0")
+    p.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint.")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads.")
+    return p
+
+
+def load_spec_for_entrypoint(path: str) -> tuple[RunSpec, str | None]:
+    """Read a spec file given to an entry point: a full AsyncMTLRun or a bare spec.
+
+    Raises:
+        asyncmtl.spec.SpecError: invalid.
+    """
+    import yaml
+
+    from asyncmtl.spec import load_run_file, parse_run
+
+    raw = yaml.safe_load(Path(path).read_text())
+    if isinstance(raw, dict) and "apiVersion" in raw:
+        run = load_run_file(path)
+        return run.spec, run.name
+    doc = {"apiVersion": "asyncmtl.dev/v1alpha1", "kind": "AsyncMTLRun", "metadata": {"name": "run"}, "spec": raw}
+    return parse_run(doc, file=path).spec, None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`asyncmtl-train`: exit 0 after the final evaluation, 2 for a bad spec or data, 1 otherwise."""
+    from asyncmtl.data import DataError
+    from asyncmtl.spec import SpecError
+    from asyncmtl_trainer.model import ModelLoadError
+
+    configure()
+    args = build_arg_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        spec, name = load_spec_for_entrypoint(args.spec)
+    except SpecError as exc:
+        print(f"invalid spec:\n{exc}", file=sys.stderr)
+        return 2
+    run = args.run or name or "run"
+    base_dir = Path(args.base_dir) if args.base_dir else Path(args.spec).resolve().parent
+    opts = TrainerOptions(run=run, namespace=args.namespace, control_path=Path(args.control), workdir=Path(args.workdir),
+                          base_dir=base_dir, tweeteval_dir=args.tweeteval_dir,
+                          metrics_port=spec.metrics.port if args.metrics_port is None else args.metrics_port,
+                          metrics_addr=args.metrics_addr, resume=args.resume)
+    log = run_logger(__name__, run)
+    storage = open_run_storage(spec.storage.uri, namespace=args.namespace, run=run, base_dir=os.getcwd(),
+                               endpoint_url=spec.storage.endpoint_url)
+    trainer = Trainer(spec, opts, storage)
+    try:
+        trainer.serve_metrics()
+        trainer.setup()
+        trainer.run()
+    except (DataError, ModelLoadError) as exc:
+        log.error("%s", exc)
+        return 2
+    except Exception:
+        log.exception("trainer failed")
+        return 1
+    finally:
+        trainer.exporter.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
