@@ -3,6 +3,7 @@
 - `asyncmtl run SPEC.yaml [--workdir DIR] [--resume] [--tweeteval-dir DIR]`: run locally.
 - `asyncmtl validate SPEC.yaml...`: check specs (and their data) without running anything.
 - `asyncmtl report WORKDIR`: rebuild report.md/json and curves.png of a local run.
+- `asyncmtl spec-doc`: print the spec reference generated from the models.
 """
 from __future__ import annotations
 
@@ -74,6 +75,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_spec_doc(args: argparse.Namespace) -> int:
+    from asyncmtl.specdoc import render
+
+    sys.stdout.write(render())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="asyncmtl", description="Asynchronous multi-task learning runs, locally or on Kubernetes.")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -95,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="Rebuild the report of a local run from its folder.")
     rep.add_argument("workdir")
     rep.set_defaults(func=cmd_report)
+    sd = sub.add_parser("spec-doc", help="Print the spec reference (Markdown) generated from the models.")
+    sd.set_defaults(func=cmd_spec_doc)
     return p
 
 

@@ -34,7 +34,6 @@ class _Strict(BaseModel):
         alias_generator=to_camel,
         populate_by_name=True,
         extra="forbid",
-        validate_assignment=True,
         frozen=False,
     )
 

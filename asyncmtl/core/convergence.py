@@ -45,12 +45,12 @@ class ConvergenceRule:
     direction: Literal["max", "min"] = "max"
 
     def improves(self, value: float, best: float | None) -> bool:
-        """True when `value` beats `best` by more than `min_delta` (ties within it do not count)."""
+        """True when `value` beats `best` by more than `min_delta` (ties within it do not count;
+        differences within 1e-9 of `min_delta` are ties, so float noise does not decide)."""
         if best is None:
             return True
-        if self.direction == "max":
-            return value - best > self.min_delta
-        return best - value > self.min_delta
+        gain = value - best if self.direction == "max" else best - value
+        return gain > self.min_delta + 1e-9
 
 
 class Track(BaseModel):
@@ -74,7 +74,7 @@ class Track(BaseModel):
         """The track as it was at `step` (after a rewind): later points are forgotten and
         the best is recomputed from the points kept."""
         kept = [p for p in self.points if p.step <= step]
-        out = Track(points=kept, validations_seen=self.validations_seen, missed=self.missed)
+        out = Track(validations_seen=self.validations_seen, missed=self.missed)
         for p in kept:
             out = out._add_point(p, rule)
         if self.best_step is not None and self.best_step <= step and (
@@ -128,11 +128,11 @@ def observe(track: Track, obs: TaskObservation, rule: ConvergenceRule) -> tuple[
         out = out._add_point(new_points[step], rule)
     if out is track:
         out = track.model_copy(deep=True)
-    # The trainer applies the same rule to every validation: a newer best it reports is one
-    # we did not see (a missed point), so adopt it.
+    # The trainer applies the same rule to every validation, seen or missed by us, so its
+    # best-so-far is authoritative whenever it reports one.
     if obs.best_step is not None and obs.best_value is not None and (
-        out.best_step is None or obs.best_step > out.best_step
-    ) and (out.last_step is None or obs.best_step <= out.last_step):
+        out.last_step is None or obs.best_step <= out.last_step
+    ):
         out.best_step, out.best_value = obs.best_step, obs.best_value
     missed = 0
     if obs.validations >= track.validations_seen:

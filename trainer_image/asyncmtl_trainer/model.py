@@ -65,7 +65,7 @@ def build_model(spec: RunSpec, base_dir: Path | None = None) -> tuple[MultiTaskM
 
 
 def save_tiny_random_encoder(out_dir: str | Path, *, hidden: int = 32, layers: int = 2, heads: int = 2,
-                             tokenizer_from: str = MINILM_PACKAGE, seed: int = 0) -> Path:
+                             tokenizer_from: str = MINILM_PACKAGE, seed: int = 0, dropout: float = 0.1) -> Path:
     """Write a tiny randomly initialised BERT (and the MiniLM tokenizer) to `out_dir`.
 
     For tests and benchmarks: it loads through the same `AutoModel.from_pretrained` path as a
@@ -78,7 +78,8 @@ def save_tiny_random_encoder(out_dir: str | Path, *, hidden: int = 32, layers: i
     tok = AutoTokenizer.from_pretrained(str(resolve_pretrained(tokenizer_from)), local_files_only=True)
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                     num_attention_heads=heads, intermediate_size=hidden * 2, max_position_embeddings=128)
+                     num_attention_heads=heads, intermediate_size=hidden * 2, max_position_embeddings=128,
+                     hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     BertModel(cfg, add_pooling_layer=False).save_pretrained(out)
     tok.save_pretrained(out)
     return out

@@ -413,19 +413,29 @@ class Trainer:
                 time.sleep(self.opts.control_poll_seconds)
                 continue
             self.exporter.set_state("training")
-            t0 = time.perf_counter()
-            draw = self.sampler.draw(self.step, self.applied_generation, self.active_tasks())
-            self.train_step(make_batch(draw, self.train, self.pad_id))
-            self.step += 1
-            self._train_time += time.perf_counter() - t0
-            self._examples_since += len(draw)
-            if self.step % LOSS_EXPORT_EVERY == 0:
-                self._export_losses()
-            if self.step % tr.validation_interval == 0:
-                self._export_losses()
-                self.validate()
-                self.save_checkpoint()
+            self.step_once()
         return self.finalize()
+
+    def next_batch(self):
+        """The mixed batch for the current step (deterministic in seed, step and control generation)."""
+        draw = self.sampler.draw(self.step, self.applied_generation, self.active_tasks())
+        return make_batch(draw, self.train, self.pad_id)
+
+    def step_once(self) -> dict[str, torch.Tensor]:
+        """Train one step; at a validation step, validate and checkpoint. Returns the step's task losses."""
+        t0 = time.perf_counter()
+        batch = self.next_batch()
+        losses = self.train_step(batch)
+        self.step += 1
+        self._train_time += time.perf_counter() - t0
+        self._examples_since += batch.size
+        if self.step % LOSS_EXPORT_EVERY == 0:
+            self._export_losses()
+        if self.step % self.spec.training.validation_interval == 0:
+            self._export_losses()
+            self.validate()
+            self.save_checkpoint()
+        return losses
 
     def finalize(self) -> dict:
         """Final evaluation (validation and test of the final model, test of each unconverged task's

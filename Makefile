@@ -1,0 +1,40 @@
+# AsyncMTL developer entry points. Everything installs into ./.venv (Python >= 3.11).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TWEETEVAL_DIR ?= $(abspath ../shared/data/tweeteval)
+export TWEETEVAL_DIR
+
+.PHONY: setup demo test test-fast bench tweeteval spec-doc clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	# torch is pinned to the CPU-capable 2.13.0 wheel; everything else comes with the extras
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed ## install AsyncMTL with every extra into .venv
+
+demo: setup ## the main job: the quickstart run on the built-in benchmark (about 10 minutes on 2 CPU cores)
+	$(BIN)/asyncmtl run manifests/examples/quickstart.yaml
+
+test: setup ## the whole test suite (CI runs this)
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: setup ## unit tests only
+	$(BIN)/python -m pytest -q -m "not slow" tests/unit
+
+bench: setup ## trainer overhead against a bare PyTorch loop
+	$(BIN)/python benchmarks/trainer_overhead.py
+
+tweeteval: setup ## the TweetEval joint run (needs TWEETEVAL_DIR; under 90 minutes on 2 CPU cores)
+	$(BIN)/asyncmtl run manifests/examples/tweeteval-joint.yaml --tweeteval-dir $(TWEETEVAL_DIR)
+
+spec-doc: setup ## regenerate docs/spec-reference.md from the spec models
+	$(BIN)/asyncmtl spec-doc > docs/spec-reference.md
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

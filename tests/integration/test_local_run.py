@@ -1,0 +1,68 @@
+"""End to end: `asyncmtl run` on a tiny random BERT and a small TweetEval slice.
+
+Real processes (trainer, inference shards), real HTTP metrics, the real control file.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+
+def tweeteval_task(name: str, num_labels: int, **extra) -> dict:
+    data = {"train": f"tweeteval://{name}/train", "validation": f"tweeteval://{name}/val",
+            "test": f"tweeteval://{name}/test", "maxTrainExamples": 240, "maxValidationExamples": 120,
+            "maxTestExamples": 120, "allowEmptyText": True}
+    t = {"name": name, "type": "binary" if num_labels == 2 else "multiclass", "metric": "accuracy",
+         "patience": 2, "data": data}
+    if num_labels > 2:
+        t["numLabels"] = num_labels
+    t.update(extra)
+    return t
+
+
+def test_local_run_ends_succeeded_with_tasks_switched_to_kd(tmp_path, tiny_model, tweeteval_dir):
+    doc = {
+        "apiVersion": "asyncmtl.dev/v1alpha1", "kind": "AsyncMTLRun", "metadata": {"name": "e2e"},
+        "spec": {
+            "model": {"pretrained": str(tiny_model), "maxLength": 48},
+            "tasks": [tweeteval_task("emotion", 4), tweeteval_task("hate", 2), tweeteval_task("irony", 2),
+                      tweeteval_task("offensive", 2)],
+            "training": {"batchSize": 16, "learningRate": 1e-3, "maxSteps": 600, "validationInterval": 10, "seed": 1},
+            "distillation": {"whilePending": "Pause", "shards": 2},
+            "storage": {"uri": "file://./store"},
+            "metrics": {"pollIntervalSeconds": 0.3},
+        },
+    }
+    spec = tmp_path / "e2e.yaml"
+    spec.write_text(yaml.safe_dump(doc, sort_keys=False))
+    r = subprocess.run([sys.executable, "-m", "asyncmtl.cli", "run", str(spec), "--no-live",
+                        "--tweeteval-dir", str(tweeteval_dir)], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    run_dir = tmp_path / "store" / "local" / "e2e"
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:] + (run_dir / "logs" / "trainer.log").read_text()[-3000:]
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["phase"] == "Succeeded"
+    kd = [n for n, t in status["tasks"].items() if t["phase"] == "KD"]
+    assert len(kd) >= 2, status["tasks"]
+    # every KD task got its soft labels from a complete manifest of its best checkpoint
+    for n in kd:
+        t = status["tasks"][n]
+        manifest = json.loads(Path(t["softLabelsUri"].removeprefix("file://")).read_text())
+        assert manifest["step"] == t["bestStep"] and manifest["numExamples"] == 240
+    # the trainer acknowledged every signal, and the report and plot exist
+    control = json.loads((run_dir / "control.json").read_text())
+    assert status["acknowledgedGeneration"] == control["generation"] >= 2 * len(kd)
+    report = json.loads((run_dir / "reports" / "report.json").read_text())
+    assert {t["task"] for t in report["tasks"]} == {"emotion", "hate", "irony", "offensive"}
+    assert all(t["test_final"] is not None for t in report["tasks"])
+    assert (run_dir / "reports" / "curves.png").stat().st_size > 10_000
+    assert "report.md" in r.stdout and "curves.png" in r.stdout
+    assert (run_dir / "model" / "asyncmtl.json").is_file()
+    # retention: only the checkpoints still needed are left
+    assert len(list((run_dir / "checkpoints").iterdir())) <= 1 + 2 * 4

