@@ -231,6 +231,9 @@ class LocalRuntime:
                 if split == "train" and s is not None:
                     self.train_sizes[t.name] = len(s)
         resolve_pretrained(self.spec.model.pretrained, self.spec_path.parent)
+        check = getattr(self.storage, "check", None)
+        if check is not None:  # object stores: bucket reachable, credentials work
+            check()
 
     def _resume_state(self) -> bool:
         if not self.status_path.is_file():

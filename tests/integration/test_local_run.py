@@ -63,6 +63,13 @@ def test_local_run_ends_succeeded_with_tasks_switched_to_kd(tmp_path, tiny_model
     assert all(t["test_final"] is not None for t in report["tasks"])
     assert (run_dir / "reports" / "curves.png").stat().st_size > 10_000
     assert "report.md" in r.stdout and "curves.png" in r.stdout
-    assert (run_dir / "model" / "asyncmtl.json").is_file()
+    # the final model loads for serving and predicts every task
+    from asyncmtl_trainer.model import load_multitask_model
+
+    model, tokenizer, meta = load_multitask_model(run_dir / "model")
+    enc = tokenizer(["what a day"], return_tensors="pt")
+    pooled = model(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids"))
+    assert {t["name"]: tuple(model.head(t["name"], pooled).shape) for t in meta["tasks"]} == {
+        "emotion": (1, 4), "hate": (1, 2), "irony": (1, 2), "offensive": (1, 2)}
     # retention: only the checkpoints still needed are left
     assert len(list((run_dir / "checkpoints").iterdir())) <= 1 + 2 * 4

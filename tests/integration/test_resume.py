@@ -1,0 +1,68 @@
+"""Ctrl-C stops every child cleanly; `--resume` continues the run to the end."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from tests.conftest import builtin_task, run_doc
+
+pytestmark = pytest.mark.slow
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_interrupt_then_resume(tmp_path, tiny_model):
+    tasks = [builtin_task("sentiment", patience=2), builtin_task("sarcasm", patience=2),
+             builtin_task("rating", "regression", labelRange=[1, 5], patience=2)]
+    for t in tasks:
+        t["data"].update(maxTrainExamples=200, maxValidationExamples=60, maxTestExamples=60)
+    doc = run_doc(tasks, model=str(tiny_model), name="resume",
+                  training={"batchSize": 16, "learningRate": 1e-3, "maxSteps": 300, "validationInterval": 10},
+                  storage={"uri": "file://./store"}, metrics={"pollIntervalSeconds": 0.3})
+    spec = tmp_path / "resume.yaml"
+    spec.write_text(yaml.safe_dump(doc, sort_keys=False))
+    cmd = [sys.executable, "-m", "asyncmtl.cli", "run", str(spec), "--no-live"]
+    run_dir = tmp_path / "store" / "local" / "resume"
+    p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    status = {}
+    while time.monotonic() < deadline:
+        try:
+            status = json.loads((run_dir / "status.json").read_text())
+        except (OSError, ValueError):
+            status = {}
+        if status.get("step", 0) >= 30:
+            break
+        assert p.poll() is None, p.stdout.read()
+        time.sleep(0.2)
+    assert status.get("step", 0) >= 30, "the run never got going"
+    trainer_pid = json.loads((run_dir / "trainer.json").read_text())["pid"]
+    p.send_signal(signal.SIGINT)
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 130, out
+    assert "--resume" in out
+    assert not _alive(trainer_pid)
+    interrupted = json.loads((run_dir / "status.json").read_text())
+    assert interrupted["phase"] == "Running"
+
+    r = subprocess.run(cmd + ["--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    final = json.loads((run_dir / "status.json").read_text())
+    assert final["phase"] == "Succeeded"
+    assert "resumed at step" in (run_dir / "logs" / "trainer.log").read_text()
+    # nothing from before the interruption was lost: the history keeps the first validations
+    history = [json.loads(line) for line in (run_dir / "reports" / "history.jsonl").read_text().splitlines()]
+    assert min(h["step"] for h in history if "value" in h) == 10
