@@ -3,6 +3,7 @@
 - `asyncmtl run SPEC.yaml [--workdir DIR] [--resume] [--tweeteval-dir DIR]`: run locally.
 - `asyncmtl validate SPEC.yaml...`: check specs (and their data) without running anything.
 - `asyncmtl report WORKDIR`: rebuild report.md/json and curves.png of a local run.
+- `asyncmtl crd`: print the CustomResourceDefinition generated from the spec models.
 - `asyncmtl spec-doc`: print the spec reference generated from the models.
 """
 from __future__ import annotations
@@ -75,6 +76,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_crd(args: argparse.Namespace) -> int:
+    from asyncmtl.crd import render
+
+    sys.stdout.write(render())
+    return 0
+
+
 def cmd_spec_doc(args: argparse.Namespace) -> int:
     from asyncmtl.specdoc import render
 
@@ -103,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="Rebuild the report of a local run from its folder.")
     rep.add_argument("workdir")
     rep.set_defaults(func=cmd_report)
+    c = sub.add_parser("crd", help="Print the AsyncMTLRun CustomResourceDefinition generated from the models.")
+    c.set_defaults(func=cmd_crd)
     sd = sub.add_parser("spec-doc", help="Print the spec reference (Markdown) generated from the models.")
     sd.set_defaults(func=cmd_spec_doc)
     return p

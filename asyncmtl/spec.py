@@ -133,13 +133,13 @@ class TaskSpec(_Strict):
     """One task: a head on the shared encoder, its data, and its convergence rule."""
 
     name: str = Field(..., pattern=_DNS_LABEL, max_length=40, description="Task name (DNS label).")
-    type: TaskType
+    type: TaskType = Field(..., description="Head and loss family.")
     num_labels: int | None = Field(
         None, ge=1, le=100000,
         description="Output size: 2 for binary, the class count for multiclass/multilabel, 1 for regression.",
     )
     metric: Metric | None = Field(None, description="Validation metric; default by type.")
-    data: DataSpec
+    data: DataSpec = Field(..., description="Where the task's splits live.")
     text_fields: list[str] = Field(
         default_factory=lambda: ["text"], min_length=1, max_length=2,
         description="Input column(s): one text, or a text pair.",
@@ -258,19 +258,52 @@ class MetricsSpec(_Strict):
     )
 
 
+class Toleration(_Strict):
+    """A pod toleration (Kubernetes `core/v1 Toleration`)."""
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(None, ge=0)
+
+
+class ClusterSpec(_Strict):
+    """How the operator runs the trainer and inference pods (ignored by `asyncmtl run`)."""
+
+    image: str = Field("asyncmtl/trainer:0.1.0", min_length=1, description="Trainer image (training and inference).")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    resources: dict[str, dict[str, str]] = Field(
+        default_factory=lambda: {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "16Gi"}},
+        description="Training container resources, e.g. {limits: {nvidia.com/gpu: '1'}}.",
+    )
+    inference_resources: dict[str, dict[str, str]] | None = Field(
+        None, description="Inference container resources (default: same as training)."
+    )
+    inference_parallelism: int = Field(2, ge=1, le=1024, description="Inference pods running at once.")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    priority_class_name: str | None = None
+    service_account_name: str | None = Field(None, description="Service account of trainer and inference pods.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra pod and Job labels (e.g. kueue.x-k8s.io/queue-name).")
+    backoff_limit: int = Field(3, ge=0, le=100, description="Pod retries of the training Job (resumes from the latest checkpoint).")
+
+
 class RunSpec(_Strict):
     """`spec` of an AsyncMTLRun."""
 
-    model: ModelSpec
-    tasks: list[TaskSpec] = Field(..., min_length=1, max_length=64)
+    model: ModelSpec = Field(..., description="The shared pretrained encoder.")
+    tasks: list[TaskSpec] = Field(..., min_length=1, max_length=64, description="The tasks, one head each.")
     setting: Literal["joint", "sequential"] = Field("joint", description="Paper Sec. 3: joint or sequential.")
-    order: list[str] | Literal["smallest-first", "largest-first", "easiest-first"] | None = Field(
-        None, description="Sequential setting only (reserved)."
+    order: Literal["smallest-first", "largest-first", "easiest-first", "explicit"] | None = Field(
+        None, description="Sequential setting only (reserved): the order tasks are added in."
     )
-    training: TrainingSpec = Field(default_factory=TrainingSpec)
-    distillation: DistillationSpec = Field(default_factory=DistillationSpec)
-    storage: StorageSpec = Field(default_factory=StorageSpec)
-    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    task_order: list[str] | None = Field(None, description="Sequential setting with order: explicit (reserved).")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation settings.")
+    distillation: DistillationSpec = Field(default_factory=DistillationSpec, description="Knowledge distillation (paper Eq. 2).")
+    storage: StorageSpec = Field(default_factory=StorageSpec, description="Artifact storage.")
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec, description="Trainer metrics endpoint and polling.")
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec, description="Pods on a cluster (ignored locally).")
 
     @model_validator(mode="after")
     def _cross_field(self) -> "RunSpec":
@@ -283,6 +316,8 @@ class RunSpec(_Strict):
             raise _FieldError(("setting",), "'sequential' is reserved and not supported by this version; use 'joint'")
         if self.order is not None:
             raise _FieldError(("order",), "only applies to setting: sequential")
+        if self.task_order is not None:
+            raise _FieldError(("taskOrder",), "only applies to setting: sequential with order: explicit")
         if self.training.warmup >= self.training.max_steps:
             raise _FieldError(("training", "warmup"), "must be smaller than training.maxSteps")
         return self

@@ -1,0 +1,96 @@
+"""The CRD is generated from the models, is structural, and accepts exactly what the models accept."""
+from __future__ import annotations
+
+import copy
+
+import jsonschema
+import pytest
+import yaml
+
+from asyncmtl.crd import crd, render
+from tests.conftest import REPO, builtin_task, run_doc
+
+EXAMPLES = sorted((REPO / "manifests").rglob("*.yaml"))
+
+
+def _to_jsonschema(node):
+    """OpenAPI v3.0 (nullable, x-kubernetes-*) -> JSON Schema draft 4 for validation."""
+    if isinstance(node, list):
+        return [_to_jsonschema(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    n = {k: _to_jsonschema(v) for k, v in node.items() if not k.startswith("x-kubernetes-") and k != "default"}
+    if node.get("nullable"):
+        n.pop("nullable")
+        if "type" in n:
+            n["type"] = [n["type"], "null"]
+        if "enum" in n:
+            n["enum"] = [*n["enum"], None]
+    if node.get("type") == "object" and "properties" in node and not node.get("x-kubernetes-preserve-unknown-fields") \
+            and "additionalProperties" not in node:
+        n["additionalProperties"] = False  # what the API server's strict field validation does
+    return n
+
+
+@pytest.fixture(scope="module")
+def validator():
+    schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return jsonschema.Draft4Validator(_to_jsonschema(schema))
+
+
+def test_crd_file_matches_the_models():
+    assert (REPO / "crds" / "asyncmtlrun.yaml").read_text() == render(), "run `asyncmtl crd > crds/asyncmtlrun.yaml`"
+
+
+def _walk(node, path="$"):
+    if isinstance(node, dict):
+        yield path, node
+        for k, v in node.items():
+            yield from _walk(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _walk(v, f"{path}[{i}]")
+
+
+def test_schema_is_structural():
+    schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for path, node in _walk(schema):
+        if path.endswith(".properties") or path.endswith(".default"):
+            continue
+        for bad in ("$ref", "anyOf", "oneOf", "allOf", "prefixItems", "title", "$defs", "const"):
+            assert bad not in node, f"{path} has {bad}"
+        if "properties" in node or "items" in node:
+            assert "type" in node, f"{path} has no type"
+        assert node.get("additionalProperties") is not False, path
+
+
+def test_printer_columns_and_names():
+    v = crd()["spec"]["versions"][0]
+    assert [c["name"] for c in v["additionalPrinterColumns"]] == ["Phase", "Setting", "Converged", "Step", "Age"]
+    assert v["subresources"] == {"status": {}}
+    assert crd()["spec"]["names"]["shortNames"] and crd()["spec"]["names"]["categories"]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_example_validates_against_the_crd(path, validator):
+    for doc in yaml.safe_load_all(path.read_text()):
+        if doc and doc.get("kind") == "AsyncMTLRun":
+            validator.validate(doc)
+
+
+@pytest.mark.parametrize("mutate,where", [
+    (lambda s: s["tasks"][0].update(patience=0), "patience"),
+    (lambda s: s["tasks"][0].update(type="ranking"), "type"),
+    (lambda s: s["tasks"][0].update(bogus=1), "bogus"),
+    (lambda s: s.pop("model"), "model"),
+    (lambda s: s["training"].update(batchSize=0), "batchSize"),
+    (lambda s: s["distillation"].update(whilePending="Later"), "whilePending"),
+    (lambda s: s["tasks"][0].update(name="Bad_Name"), "name"),
+    (lambda s: s["distillation"].update(temperature=0), "temperature"),
+])
+def test_the_crd_rejects_what_the_models_reject(validator, mutate, where):
+    doc = run_doc([builtin_task("sentiment")], training={"maxSteps": 1000}, distillation={})
+    validator.validate(copy.deepcopy(doc))
+    mutate(doc["spec"])
+    errors = list(validator.iter_errors(doc))
+    assert errors and any(where in (str(e.path) + e.message) for e in errors), [e.message for e in errors]
