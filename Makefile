@@ -5,7 +5,9 @@ BIN    := $(VENV)/bin
 TWEETEVAL_DIR ?= $(abspath ../shared/data/tweeteval)
 export TWEETEVAL_DIR
 
-.PHONY: setup demo test test-fast bench tweeteval spec-doc clean
+PROMETHEUS := .tools/prometheus/usr/bin/prometheus
+
+.PHONY: setup tools demo test test-fast bench tweeteval spec-doc clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +20,19 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.installed ## install AsyncMTL with every extra into .venv
 
+$(PROMETHEUS):
+	# Debian's prometheus 2.42, unpacked without its service setup (operator tests start it themselves)
+	mkdir -p .tools/prometheus
+	cd .tools && (apt-get download prometheus 2>/dev/null || (apt-get update -qq && apt-get download prometheus))
+	dpkg-deb -x .tools/prometheus_*.deb .tools/prometheus && rm -f .tools/prometheus_*.deb
+	$(PROMETHEUS) --version | head -1
+
+tools: $(PROMETHEUS) ## test tools that are not Python packages (Prometheus)
+
 demo: setup ## the main job: the quickstart run on the built-in benchmark (about 10 minutes on 2 CPU cores)
 	$(BIN)/asyncmtl run manifests/examples/quickstart.yaml
 
-test: setup ## the whole test suite (CI runs this)
+test: setup tools ## the whole test suite (CI runs this)
 	$(BIN)/python -m pytest -q -ra
 
 test-fast: setup ## unit tests only

@@ -37,9 +37,10 @@ def shard_range(n: int, index: int, count: int) -> tuple[int, int]:
     return start, start + base + (1 if index < extra else 0)
 
 
-def write_manifest(storage: RunStorage, task: str, step: int, count: int, num_examples: int) -> str:
-    """Verify all `count` shards (present, sha256 matching, rows adding up to `num_examples`)
-    and write the manifest. Returns the manifest's URI.
+def write_manifest(storage: RunStorage, task: str, step: int, count: int, num_examples: int | None = None) -> str:
+    """Verify all `count` shards (present, sha256 matching, rows adding up to `num_examples`, or,
+    when None, to the split size every shard's sidecar records) and write the manifest.
+    Returns the manifest's URI.
 
     Raises:
         StorageError: a shard is missing, mismatches its checksum, or rows are missing.
@@ -57,6 +58,12 @@ def write_manifest(storage: RunStorage, task: str, step: int, count: int, num_ex
         shards.append({"key": key.rsplit("/", 1)[1], "rows": int(meta["rows"]), "sha256": meta["sha256"]})
         total += int(meta["rows"])
         num_labels = int(meta["numLabels"])
+        if num_examples is None:
+            num_examples = meta.get("total")
+        elif meta.get("total") not in (None, num_examples):
+            raise StorageError(f"soft labels {task}@{step}: shard {i} was made for {meta['total']} examples, not {num_examples}")
+    if num_examples is None:
+        raise StorageError(f"soft labels {task}@{step}: the shards do not record the split size")
     if total != num_examples:
         raise StorageError(f"soft labels {task}@{step}: {total} rows for {num_examples} training examples")
     manifest = {"task": task, "step": step, "numExamples": num_examples, "numLabels": num_labels, "shards": shards}

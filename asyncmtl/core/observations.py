@@ -39,6 +39,8 @@ class Observations(BaseModel):
     time: float
     trainer_state: TrainerState = "Running"
     trainer_message: str = ""
+    trainer_blocked_reason: str = Field("", description="Why the trainer is not running (ImagePullBackOff, Unschedulable, ...).")
+    trainer_blocked_message: str = ""
     metrics: TrainerObservation | None = Field(None, description="None: the metrics could not be read.")
     metrics_error: str = ""
     inference: dict[str, InferenceObservation] = Field(default_factory=dict)

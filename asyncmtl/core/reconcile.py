@@ -123,6 +123,7 @@ def reconcile(
         ctx.condition("MetricsAvailable", "True", "Scraped")
         _observe(spec, ctx, obs)
 
+    _trainer_readiness(ctx, obs)
     _collect_inference(spec, ctx, obs)
     ctx.flush_signals()
     _ack_condition(ctx, ack_timeout_seconds)
@@ -130,6 +131,17 @@ def reconcile(
     if obs.trainer_state == "Finished":
         _finish(ctx)
     return st, ctx.actions
+
+
+def _trainer_readiness(ctx: _Ctx, obs: Observations) -> None:
+    """Ready=False with the cause while the trainer cannot run (image pull, scheduling, quota)."""
+    ready = ctx.st.condition("Ready")
+    if obs.trainer_blocked_reason:
+        if ready is None or ready.reason != obs.trainer_blocked_reason:
+            ctx.event("TrainerBlocked", f"{obs.trainer_blocked_reason}: {obs.trainer_blocked_message}", warning=True)
+        ctx.condition("Ready", "False", obs.trainer_blocked_reason, obs.trainer_blocked_message)
+    elif ready is not None and ready.status != "True":
+        ctx.condition("Ready", "True", "Running", "trainer running")
 
 
 def _start(spec: RunSpec, ctx: _Ctx) -> None:
@@ -160,6 +172,8 @@ def _observe(spec: RunSpec, ctx: _Ctx, obs: Observations) -> None:
             continue
         ts.track, missed = observe(ts.track, task_obs, rule_for(spec, spec.task(name)))
         if missed:
+            ctx.condition("MetricsAvailable", "True", "ValidationsMissed",
+                          f"task {name}: {ts.track.missed} validation(s) seen only through the trainer's counter")
             ctx.event("ValidationMissed", f"task {name}: {missed} validation(s) not seen "
                       f"(counter {task_obs.validations}); decided from the trainer's best-so-far",
                       task=name, step=ts.track.last_step, warning=True)

@@ -269,3 +269,18 @@ def test_reconcile_does_not_modify_its_input():
     before = sim.status.model_dump()
     reconcile(sim.spec, sim.status, sim.obs(metrics=False, trainer_state="Failed"), run="r")
     assert sim.status.model_dump() == before
+
+
+def test_a_blocked_trainer_sets_ready_false_with_the_cause_once():
+    sim = Sim(make_spec())
+    sim.poll(metrics=False)
+    obs = sim.obs(metrics=False)
+    obs.trainer_blocked_reason, obs.trainer_blocked_message = "ImagePullBackOff", "pull access denied for asyncmtl/trainer"
+    sim.status, actions = reconcile(sim.spec, sim.status, obs, run="r")
+    ready = sim.status.condition("Ready")
+    assert (ready.status, ready.reason) == ("False", "ImagePullBackOff") and "pull access denied" in ready.message
+    assert [a.reason for a in actions if isinstance(a, EmitEvent)] == ["TrainerBlocked"]
+    sim.status, actions = reconcile(sim.spec, sim.status, obs, run="r")
+    assert not [a for a in actions if isinstance(a, EmitEvent)]  # no Event storm while it stays blocked
+    sim.poll()
+    assert sim.status.condition("Ready").status == "True"

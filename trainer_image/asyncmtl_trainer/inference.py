@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             pooled = model(ids.to(device), mask.to(device), tt.to(device))
             outputs[idx] = model.head(task.name, pooled).float().cpu()
     ids = torch.arange(start, end, dtype=torch.int64)
-    key = write_shard(storage, task.name, args.step, index, args.shards, ids, outputs)
+    key = write_shard(storage, task.name, args.step, index, args.shards, ids, outputs, total=len(tok))
     log.info("task %s step %d shard %d/%d: %d rows in %.1fs -> %s", task.name, args.step, index, args.shards,
              len(part), time.perf_counter() - t0, storage.uri(key))
     return 0

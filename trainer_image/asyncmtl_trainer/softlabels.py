@@ -10,15 +10,15 @@ from asyncmtl.storage import RunStorage, StorageError, open_uri, sha256_bytes
 
 
 def write_shard(storage: RunStorage, task: str, step: int, index: int, count: int,
-                ids: torch.Tensor, outputs: torch.Tensor) -> str:
+                ids: torch.Tensor, outputs: torch.Tensor, total: int | None = None) -> str:
     """Write one shard (`ids: (rows,)`, `outputs: (rows, num_labels)` stored as fp16) and its
-    sidecar JSON (rows, numLabels, sha256). Returns the shard key."""
+    sidecar JSON (rows, numLabels, sha256, and `total`, the split size). Returns the shard key."""
     from safetensors.torch import save
 
     data = save({"ids": ids.to(torch.int64).contiguous(), "outputs": outputs.to(torch.float16).contiguous()})
     key = shard_key(task, step, index, count)
     storage.put_bytes(key, data)
-    meta = {"rows": int(ids.shape[0]), "numLabels": int(outputs.shape[1]), "sha256": sha256_bytes(data)}
+    meta = {"rows": int(ids.shape[0]), "numLabels": int(outputs.shape[1]), "sha256": sha256_bytes(data), "total": total}
     storage.put_bytes(key + ".json", json.dumps(meta).encode())
     return key
 

@@ -1,0 +1,160 @@
+"""Manifests of a run's children (pure functions): control ConfigMap, training Job, metrics
+Service, soft-label inference Indexed Job. Names are deterministic, so creating a child that
+already exists is a no-op (an operator restart never duplicates one).
+
+Every pod runs with the Pod Security `restricted` profile's security context.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from asyncmtl.control import CONTROL_FILE_NAME, ControlDocument
+from asyncmtl.crd import GROUP
+from asyncmtl.spec import AsyncMTLRun
+
+CONTROL_MOUNT = "/etc/asyncmtl/control"
+SPEC_KEY = "run.yaml"
+WORKDIR = "/var/lib/asyncmtl"
+RUN_LABEL = f"{GROUP}/run"
+ROLE_LABEL = f"{GROUP}/role"
+TASK_LABEL = f"{GROUP}/task"
+MAX_NAME = 63
+
+POD_SECURITY_CONTEXT = {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+                        "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY_CONTEXT = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                              "capabilities": {"drop": ["ALL"]}}
+
+
+def child_name(*parts: str) -> str:
+    """`-`-joined parts, at most 63 characters (a DNS label); long names keep a hash suffix."""
+    name = "-".join(p for p in parts if p)
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[:MAX_NAME - 9].rstrip('-')}-{digest}"
+
+
+def control_name(run: str) -> str:
+    return child_name(run, "control")
+
+
+def train_name(run: str) -> str:
+    return child_name(run, "train")
+
+
+def metrics_service_name(run: str) -> str:
+    return child_name(run, "metrics")
+
+
+def inference_name(run: str, task: str, step: int, attempt: int = 1) -> str:
+    return child_name(run, "infer", task, str(step), f"r{attempt}" if attempt > 1 else "")
+
+
+def labels(run: str, role: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    out = {"app.kubernetes.io/name": "asyncmtl", "app.kubernetes.io/managed-by": "asyncmtl-operator",
+           RUN_LABEL: run, ROLE_LABEL: role}
+    out.update(extra or {})
+    return out
+
+
+def control_configmap(run: AsyncMTLRun, doc: ControlDocument, spec_yaml: str) -> dict[str, Any]:
+    """The control ConfigMap: `control.json` (the signals) and `run.yaml` (the spec the pods read)."""
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": control_name(run.name), "labels": labels(run.name, "control")},
+            "data": {CONTROL_FILE_NAME: doc.to_json(), SPEC_KEY: spec_yaml}}
+
+
+def _env(run: AsyncMTLRun) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "TRANSFORMERS_OFFLINE", "value": "1"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": "HOME", "value": WORKDIR},
+    ]
+    st = run.spec.storage
+    if st.endpoint_url:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": st.endpoint_url})
+    if st.credentials_secret:
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": st.credentials_secret, "key": key}}})
+    return env
+
+
+def _pod_spec(run: AsyncMTLRun, container: dict[str, Any], restart: str) -> dict[str, Any]:
+    c = run.spec.cluster
+    pod: dict[str, Any] = {
+        "restartPolicy": restart,
+        "securityContext": POD_SECURITY_CONTEXT,
+        "containers": [container],
+        "volumes": [
+            # the whole ConfigMap as a folder: a subPath mount would never see updates
+            {"name": "control", "configMap": {"name": control_name(run.name)}},
+            {"name": "work", "emptyDir": {}},
+            {"name": "tmp", "emptyDir": {}},  # the root filesystem is read-only
+        ],
+    }
+    if c.node_selector:
+        pod["nodeSelector"] = c.node_selector
+    if c.tolerations:
+        pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in c.tolerations]
+    if c.priority_class_name:
+        pod["priorityClassName"] = c.priority_class_name
+    if c.service_account_name:
+        pod["serviceAccountName"] = c.service_account_name
+    pod["automountServiceAccountToken"] = False  # the trainer never talks to the API
+    return pod
+
+
+def _container(run: AsyncMTLRun, name: str, args: list[str], resources: dict[str, dict[str, str]],
+               ports: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    c = run.spec.cluster
+    out: dict[str, Any] = {
+        "name": name, "image": c.image, "imagePullPolicy": c.image_pull_policy, "args": args,
+        "env": _env(run), "resources": resources, "securityContext": CONTAINER_SECURITY_CONTEXT,
+        "volumeMounts": [{"name": "control", "mountPath": CONTROL_MOUNT, "readOnly": True},
+                         {"name": "work", "mountPath": WORKDIR}, {"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if ports:
+        out["ports"] = ports
+    return out
+
+
+def training_job(run: AsyncMTLRun, namespace: str) -> dict[str, Any]:
+    """The training Job: one pod, retried up to `cluster.backoffLimit` times; the trainer always
+    starts with `--resume`, so a retried pod continues from the latest checkpoint and the control
+    generation it had applied."""
+    c = run.spec.cluster
+    args = ["asyncmtl-train", "--spec", f"{CONTROL_MOUNT}/{SPEC_KEY}", "--run", run.name, "--namespace", namespace,
+            "--control", f"{CONTROL_MOUNT}/{CONTROL_FILE_NAME}", "--workdir", WORKDIR,
+            "--metrics-port", str(run.spec.metrics.port or 9400), "--resume"]
+    ports = [{"name": "metrics", "containerPort": run.spec.metrics.port or 9400}]
+    lab = labels(run.name, "train", c.labels)
+    return {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": train_name(run.name), "labels": lab},
+            "spec": {"backoffLimit": c.backoff_limit, "template": {
+                "metadata": {"labels": lab},
+                "spec": _pod_spec(run, _container(run, "trainer", args, c.resources, ports), "Never")}}}
+
+
+def metrics_service(run: AsyncMTLRun) -> dict[str, Any]:
+    """A Service selecting the trainer pod's metrics port (for scraping and debugging)."""
+    port = run.spec.metrics.port or 9400
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": metrics_service_name(run.name), "labels": labels(run.name, "metrics")},
+            "spec": {"selector": {RUN_LABEL: run.name, ROLE_LABEL: "train"},
+                     "ports": [{"name": "metrics", "port": port, "targetPort": "metrics"}]}}
+
+
+def inference_job(run: AsyncMTLRun, namespace: str, task: str, step: int, shards: int, attempt: int = 1) -> dict[str, Any]:
+    """An Indexed Job: completion i computes shard i ($JOB_COMPLETION_INDEX) of `task`'s soft labels."""
+    c = run.spec.cluster
+    args = ["asyncmtl-infer", "--spec", f"{CONTROL_MOUNT}/{SPEC_KEY}", "--run", run.name, "--namespace", namespace,
+            "--task", task, "--step", str(step), "--shards", str(shards), "--workdir", WORKDIR]
+    lab = labels(run.name, "infer", {**c.labels, TASK_LABEL: task})
+    return {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": inference_name(run.name, task, step, attempt), "labels": lab},
+            "spec": {"completionMode": "Indexed", "completions": shards,
+                     "parallelism": min(shards, c.inference_parallelism), "backoffLimit": 2 * shards,
+                     "template": {"metadata": {"labels": lab},
+                                  "spec": _pod_spec(run, _container(run, "infer", args, c.inference_resources or c.resources),
+                                                    "Never")}}}

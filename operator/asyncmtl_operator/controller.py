@@ -1,0 +1,311 @@
+"""One run on a cluster: create its children, then on every timer tick observe, reconcile, act.
+
+Observations come from Prometheus (the trainer's series), the Kubernetes API (the training Job
+and its pods, inference Jobs) and storage (soft-label shards, verified before the manifest is
+written). Decisions come from `asyncmtl.core.reconcile`. Actions: patch the control ConfigMap,
+create an Indexed inference Job, post an Event, set the phase. The status patch is returned to
+kopf, which applies it after the handler; actions are idempotent (deterministic names, the
+control document's generations), so a tick that fails half-way is simply repeated.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import yaml
+
+from asyncmtl.control import ControlDocument, ConvergedSignal
+from asyncmtl.core.actions import Complete, EmitEvent, Fail, LaunchInference, WriteControl
+from asyncmtl.core.observations import InferenceObservation, Observations
+from asyncmtl.core.reconcile import reconcile
+from asyncmtl.core.status import RunStatus
+from asyncmtl.softlabels import write_manifest
+from asyncmtl.spec import AsyncMTLRun, SpecError, parse_run
+from asyncmtl.storage import RunStorage, StorageError, open_run_storage
+from asyncmtl_operator import children
+from asyncmtl_operator.kube import Kube
+from asyncmtl_operator.operator_metrics import OperatorMetrics
+from asyncmtl_operator.prometheus import PrometheusClient, PrometheusError
+
+STATUS_KEY = "asyncmtl"  # the full RunStatus, under status.asyncmtl
+WAITING_REASONS = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
+                   "CreateContainerError", "CrashLoopBackOff"}
+
+
+@dataclass
+class OperatorConfig:
+    """Operator settings, from the environment.
+
+    PROMETHEUS_URL; ASYNCMTL_TIMER_INTERVAL (seconds between ticks per run, default 5);
+    ASYNCMTL_STALE_AFTER (seconds after which the newest trainer sample is stale, default 120);
+    ASYNCMTL_OPERATOR_METRICS_PORT (0 disables, default 8080).
+    """
+
+    prometheus_url: str = "http://prometheus-operated.monitoring:9090"
+    timer_interval: float = 5.0
+    stale_after: float = 120.0
+    metrics_port: int = 8080
+
+    @classmethod
+    def from_env(cls) -> "OperatorConfig":
+        return cls(prometheus_url=os.environ.get("PROMETHEUS_URL", cls.prometheus_url),
+                   timer_interval=float(os.environ.get("ASYNCMTL_TIMER_INTERVAL", cls.timer_interval)),
+                   stale_after=float(os.environ.get("ASYNCMTL_STALE_AFTER", cls.stale_after)),
+                   metrics_port=int(os.environ.get("ASYNCMTL_OPERATOR_METRICS_PORT", cls.metrics_port)))
+
+
+@dataclass
+class RunMemory:
+    """Per-run, in-memory only: when it was last polled (bounds the Prometheus window)."""
+
+    last_poll: float | None = None
+
+
+@dataclass
+class Controller:
+    """Shared by every run the operator handles."""
+
+    config: OperatorConfig
+    kube: Kube
+    metrics: OperatorMetrics
+    post_event: Callable[[dict, str, str, str], None]
+    prometheus: PrometheusClient | None = None
+    memory: dict[tuple[str, str], RunMemory] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.prometheus is None:
+            self.prometheus = PrometheusClient(self.config.prometheus_url)
+
+    # ---- helpers ---------------------------------------------------------------------------
+    @staticmethod
+    def parse(body: dict[str, Any]) -> AsyncMTLRun:
+        """The resource as models. Raises SpecError (cross-field rules the CRD cannot express)."""
+        doc = {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec")}
+        doc["metadata"] = {k: v for k, v in (body.get("metadata") or {}).items()
+                           if k in ("name", "namespace", "labels")}
+        return parse_run(doc, file=f"{doc['metadata'].get('namespace')}/{doc['metadata'].get('name')}")
+
+    def storage(self, run: AsyncMTLRun, namespace: str) -> RunStorage:
+        """The run's storage, with the credentials of `spec.storage.credentialsSecret` when given."""
+        st = run.spec.storage
+        if st.uri.startswith("s3://") and st.credentials_secret:
+            from asyncmtl.storage_s3 import S3RunStorage, parse_s3_uri
+            import boto3
+            from botocore.config import Config
+
+            from asyncmtl.storage_s3 import RETRIES
+
+            creds = self.kube.read_secret(st.credentials_secret, namespace)
+            client = boto3.client("s3", endpoint_url=st.endpoint_url, aws_access_key_id=creds.get("AWS_ACCESS_KEY_ID"),
+                                  aws_secret_access_key=creds.get("AWS_SECRET_ACCESS_KEY"), config=Config(retries=RETRIES))
+            bucket, prefix = parse_s3_uri(st.uri)
+            return S3RunStorage(bucket, "/".join(p for p in (prefix, namespace, run.name) if p),
+                                endpoint_url=st.endpoint_url, client=client)
+        return open_run_storage(st.uri, namespace=namespace, run=run.name, endpoint_url=st.endpoint_url)
+
+    # ---- create ------------------------------------------------------------------------------
+    def create(self, body: dict[str, Any], namespace: str, adopt: Callable[[dict], None],
+               logger: logging.Logger) -> dict[str, Any]:
+        """Validate, check storage, create the children. Returns the status patch.
+
+        Raises:
+            StorageError: storage not reachable (the caller retries later; no pod was created).
+        """
+        name = body["metadata"]["name"]
+        try:
+            run = self.parse(body)
+        except SpecError as exc:
+            msg = "; ".join(f"{i.path}: {i.message}" for i in exc.issues)
+            logger.error("[run=%s] invalid spec: %s", name, msg)
+            self.post_event(body, "Warning", "InvalidSpec", msg)
+            return {"phase": "Failed", "message": f"invalid spec: {msg}", "conditions": [
+                {"type": "Ready", "status": "False", "reason": "InvalidSpec", "message": msg,
+                 "lastTransitionTime": _iso(time.time())}]}
+        storage = self.storage(run, namespace)
+        check = getattr(storage, "check", None)
+        if check is not None:
+            check()  # before any GPU is requested
+        status, actions = reconcile(run.spec, RunStatus(), Observations(time=time.time(), metrics_error="starting"),
+                                    run=name)
+        doc = next(a.document for a in actions if isinstance(a, WriteControl))
+        spec_yaml = yaml.safe_dump({"apiVersion": body["apiVersion"], "kind": body["kind"],
+                                    "metadata": {"name": name, "namespace": namespace},
+                                    "spec": body["spec"]}, sort_keys=False)
+        for child in (children.control_configmap(run, doc, spec_yaml), children.metrics_service(run),
+                      children.training_job(run, namespace)):
+            adopt(child)
+            created = self.kube.create(child, namespace)
+            logger.info("[run=%s] %s %s %s", name, child["kind"], child["metadata"]["name"],
+                        "created" if created else "already exists")
+        self._apply_events(body, actions)
+        return self.status_patch(body, status)
+
+    # ---- tick --------------------------------------------------------------------------------
+    def tick(self, body: dict[str, Any], namespace: str, adopt: Callable[[dict], None],
+             logger: logging.Logger) -> dict[str, Any] | None:
+        """One poll of one run. Returns the status patch, or None when there is nothing to do."""
+        name = body["metadata"]["name"]
+        raw = (body.get("status") or {}).get(STATUS_KEY)
+        if raw is None:
+            return None  # not created yet (or invalid: create set phase Failed without a status)
+        status = RunStatus.model_validate(raw)
+        if status.phase in ("Succeeded", "Failed"):
+            return None
+        run = self.parse(body)
+        now = time.time()
+        mem = self.memory.setdefault((namespace, name), RunMemory())
+        window = (now - mem.last_poll + 2 * self.config.timer_interval) if mem.last_poll else 600.0
+        obs = Observations(time=now)
+        point_times: dict[str, dict[int, float]] = {}
+        try:
+            snap = self.prometheus.snapshot(name, namespace, window)
+            if snap is None:
+                obs.metrics_error = "no trainer series in Prometheus yet"
+            elif now - snap.newest_sample > self.config.stale_after:
+                obs.metrics_error = (f"stale: the newest trainer sample is {now - snap.newest_sample:.0f}s old "
+                                     f"(limit {self.config.stale_after:.0f}s); no decision on stale data")
+            else:
+                obs.metrics = snap.trainer
+                point_times = snap.point_times
+        except PrometheusError as exc:
+            obs.metrics_error = f"Prometheus unreachable: {exc}"
+        self._observe_trainer(run, namespace, obs)
+        storage = self.storage(run, namespace)
+        self._observe_inference(run, namespace, status, storage, obs, logger)
+        new, actions = reconcile(run.spec, status, obs, run=name, ack_timeout_seconds=run.spec.metrics.ack_timeout_seconds)
+        mem.last_poll = now
+        self._measure(status, new, point_times, now, logger, name)
+        self._apply(body, run, namespace, new, actions, adopt, logger)
+        self.metrics.reconciles.labels("ok").inc()
+        return self.status_patch(body, new)
+
+    def _observe_trainer(self, run: AsyncMTLRun, namespace: str, obs: Observations) -> None:
+        job = self.kube.get_job(children.train_name(run.name), namespace)
+        if job is None:
+            obs.trainer_state, obs.trainer_message = "Failed", "the training Job is gone"
+            return
+        st = job.get("status") or {}
+        for c in st.get("conditions") or []:
+            if c.get("status") == "True" and c.get("type") in ("Complete", "SuccessCriteriaMet"):
+                obs.trainer_state = "Finished"
+                return
+            if c.get("status") == "True" and c.get("type") in ("Failed", "FailureTarget"):
+                obs.trainer_state = "Failed"
+                obs.trainer_message = f"training Job failed: {c.get('reason')}: {c.get('message')}"
+                return
+        if (st.get("succeeded") or 0) >= 1:
+            obs.trainer_state = "Finished"
+            return
+        for pod in self.kube.list_pods(namespace, {children.RUN_LABEL: run.name, children.ROLE_LABEL: "train"}):
+            reason, message = pod_problem(pod)
+            if reason:
+                obs.trainer_blocked_reason, obs.trainer_blocked_message = reason, message
+                return
+
+    def _observe_inference(self, run: AsyncMTLRun, namespace: str, status: RunStatus, storage: RunStorage,
+                           obs: Observations, logger: logging.Logger) -> None:
+        for task, ts in status.tasks.items():
+            if ts.phase != "Distilling" or ts.best_step is None:
+                continue
+            job = self.kube.get_job(children.inference_name(run.name, task, ts.best_step, ts.inference_attempts),
+                                    namespace)
+            if job is None:
+                continue
+            st = job.get("status") or {}
+            completions = (job.get("spec") or {}).get("completions") or run.spec.distillation.shards
+            failed = next((c for c in st.get("conditions") or []
+                           if c.get("type") == "Failed" and c.get("status") == "True"), None)
+            if failed is not None:
+                obs.inference[task] = InferenceObservation(checkpoint_step=ts.best_step, state="Failed",
+                                                           message=f"{failed.get('reason')}: {failed.get('message')}")
+            elif (st.get("succeeded") or 0) >= completions:
+                try:
+                    uri = write_manifest(storage, task, ts.best_step, completions)
+                    obs.inference[task] = InferenceObservation(checkpoint_step=ts.best_step, state="Succeeded", uri=uri)
+                except StorageError as exc:
+                    logger.warning("[run=%s] task %s: inference Job done but shards do not check out: %s", run.name, task, exc)
+                    obs.inference[task] = InferenceObservation(checkpoint_step=ts.best_step, state="Failed", message=str(exc))
+            else:
+                obs.inference[task] = InferenceObservation(checkpoint_step=ts.best_step, state="Running")
+
+    def _measure(self, old: RunStatus, new: RunStatus, point_times: dict[str, dict[int, float]], now: float,
+                 logger: logging.Logger, name: str) -> None:
+        if new.acknowledged_generation > old.acknowledged_generation and old.signal_sent_at is not None:
+            self.metrics.decision_to_ack.observe(max(0.0, now - old.signal_sent_at))
+        old_gen = old.control.generation if old.control else 0
+        for sig in (new.control.signals if new.control else []):
+            if sig.generation <= old_gen or not isinstance(sig, ConvergedSignal):
+                continue
+            step = new.tasks[sig.task].converged_at_step
+            seen = point_times.get(sig.task, {}).get(step) if step is not None else None
+            if seen is not None:
+                self.metrics.sample_to_decision.observe(max(0.0, now - seen))
+                logger.info("[run=%s] task %s converged: decided %.1fs after its deciding point (step %s) became "
+                            "visible in Prometheus (timer interval %.1fs)", name, sig.task, now - seen, step,
+                            self.config.timer_interval)
+
+    # ---- actions -----------------------------------------------------------------------------
+    def _apply(self, body: dict[str, Any], run: AsyncMTLRun, namespace: str, status: RunStatus, actions: list,
+               adopt: Callable[[dict], None], logger: logging.Logger) -> None:
+        for a in actions:
+            if isinstance(a, WriteControl):
+                self.kube.patch_configmap_data(children.control_name(run.name), namespace,
+                                               {"control.json": a.document.to_json()})
+                logger.info("[run=%s] control generation %d written", run.name, a.document.generation)
+            elif isinstance(a, LaunchInference):
+                job = children.inference_job(run, namespace, a.task, a.checkpoint_step, a.shards, a.attempt)
+                adopt(job)
+                created = self.kube.create(job, namespace)
+                logger.info("[run=%s] inference Job %s %s", run.name, job["metadata"]["name"],
+                            "created" if created else "already exists")
+            elif isinstance(a, EmitEvent):
+                self.post_event(body, a.type, a.reason, a.message)
+                logger.info("[run=%s] %s: %s", run.name, a.reason, a.message)
+            elif isinstance(a, (Complete, Fail)):
+                logger.info("[run=%s] %s: %s", run.name, status.phase, status.message)
+
+    def _apply_events(self, body: dict[str, Any], actions: list) -> None:
+        for a in actions:
+            if isinstance(a, EmitEvent):
+                self.post_event(body, a.type, a.reason, a.message)
+
+    # ---- status ------------------------------------------------------------------------------
+    @staticmethod
+    def status_patch(body: dict[str, Any], status: RunStatus) -> dict[str, Any]:
+        """The user-facing status fields plus the full run status under `asyncmtl`."""
+        tasks = {n: {"phase": t.phase, "bestStep": t.best_step if t.best_step is not None else t.track.best_step,
+                     "bestValue": t.best_value if t.best_value is not None else t.track.best_value,
+                     "convergedAtStep": t.converged_at_step, "softLabelsUri": t.soft_labels_uri,
+                     "lastStep": t.track.last_step, "lastValue": t.track.last_value}
+                 for n, t in status.tasks.items()}
+        return {
+            "phase": status.phase,
+            "message": status.message,
+            "converged": f"{status.converged_count()}/{len(status.tasks)}",
+            "step": status.step,
+            "observedGeneration": (body.get("metadata") or {}).get("generation"),
+            "tasks": tasks,
+            "conditions": [{"type": c.type, "status": c.status, "reason": c.reason, "message": c.message,
+                            "lastTransitionTime": _iso(c.last_transition_time)} for c in status.conditions],
+            STATUS_KEY: status.model_dump(mode="json", by_alias=True),
+        }
+
+
+def pod_problem(pod: dict[str, Any]) -> tuple[str, str]:
+    """(reason, message) when a pod cannot run: image pull errors, unschedulable (e.g. no GPU fits)."""
+    st = pod.get("status") or {}
+    for cs in (st.get("containerStatuses") or []) + (st.get("initContainerStatuses") or []):
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in WAITING_REASONS:
+            return waiting["reason"], waiting.get("message") or ""
+    for c in st.get("conditions") or []:
+        if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+            return "Unschedulable", c.get("message") or "no node fits the pod"
+    return "", ""
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

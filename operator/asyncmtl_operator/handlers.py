@@ -1,0 +1,99 @@
+"""kopf handlers for AsyncMTLRun (run: `kopf run -m asyncmtl_operator.handlers --all-namespaces`).
+
+- startup: settings (finalizer and progress annotations under asyncmtl.dev, no namespace
+  scanning), the Kubernetes client, the operator's metrics endpoint.
+- create: validate (cross-field rules -> phase Failed with the field path, no pod), check storage,
+  create the control ConfigMap, metrics Service and training Job, owned by the run.
+- timer (every $ASYNCMTL_TIMER_INTERVAL seconds): one reconcile poll (see controller.py).
+- delete: children go with their owner (garbage collection); stored artifacts are kept unless
+  `spec.storage.cleanupOnDelete` is true.
+Docs: kopf.readthedocs.io (handlers, timers, settings, kopf.adopt, kopf.event).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from asyncmtl.crd import GROUP, PLURAL, VERSION
+from asyncmtl.storage import StorageError
+from asyncmtl_operator.controller import Controller, OperatorConfig
+from asyncmtl_operator.kube import Kube
+from asyncmtl_operator.operator_metrics import OperatorMetrics
+
+TIMER_INTERVAL = float(os.environ.get("ASYNCMTL_TIMER_INTERVAL", "5"))
+
+
+def _post_event(body: dict, type_: str, reason: str, message: str) -> None:
+    kopf.event(body, type=type_, reason=reason, message=message[:1024])
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In-cluster service account, else $KUBECONFIG (read at login time)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.scanning.disabled = True  # -n NAMESPACE works without listing namespaces
+    settings.posting.level = logging.INFO
+    config = OperatorConfig.from_env()
+    metrics = OperatorMetrics()
+    if config.metrics_port:
+        port = metrics.serve(config.metrics_port)
+        logger.info("operator metrics on port %d", port)
+    memo.controller = Controller(config=config, kube=Kube(), metrics=metrics, post_event=_post_event)
+    logger.info("AsyncMTL operator: Prometheus at %s, timer every %.1fs", config.prometheus_url, TIMER_INTERVAL)
+
+
+@kopf.on.cleanup()
+def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    controller = memo.get("controller")
+    if controller is not None:
+        controller.metrics.close()
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+def on_create(body: kopf.Body, namespace: str, memo: kopf.Memo, patch: kopf.Patch, logger: logging.Logger,
+              **_: Any) -> None:
+    controller: Controller = memo.controller
+    try:
+        status = controller.create(dict(body), namespace, lambda child: kopf.adopt(child, owner=body), logger)
+    except StorageError as exc:
+        patch.status["conditions"] = [{"type": "Ready", "status": "False", "reason": "StorageUnavailable",
+                                       "message": str(exc)}]
+        controller.metrics.errors.labels("storage").inc()
+        raise kopf.TemporaryError(f"storage not usable, no pod started: {exc}", delay=30) from exc
+    patch.status.update(status)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_INTERVAL, initial_delay=TIMER_INTERVAL)
+def on_timer(body: kopf.Body, namespace: str, memo: kopf.Memo, patch: kopf.Patch, logger: logging.Logger,
+             **_: Any) -> None:
+    controller: Controller = memo.controller
+    try:
+        status = controller.tick(dict(body), namespace, lambda child: kopf.adopt(child, owner=body), logger)
+    except StorageError as exc:
+        controller.metrics.errors.labels("storage").inc()
+        raise kopf.TemporaryError(f"storage: {exc}", delay=TIMER_INTERVAL) from exc
+    except Exception:
+        controller.metrics.errors.labels("unexpected").inc()
+        raise
+    if status is not None:
+        patch.status.update(status)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, when=lambda spec, **_: bool((spec.get("storage") or {}).get("cleanupOnDelete")))
+def on_delete(body: kopf.Body, namespace: str, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    controller: Controller = memo.controller
+    run = controller.parse(dict(body))
+    storage = controller.storage(run, namespace)
+    for prefix in ("checkpoints", "softlabels", "reports", "model"):
+        storage.delete_prefix(prefix)
+    logger.info("[run=%s] stored artifacts deleted (storage.cleanupOnDelete)", run.name)

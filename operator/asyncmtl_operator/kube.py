@@ -1,0 +1,82 @@
+"""The Kubernetes API, as the operator uses it (kubernetes Python client, synchronous).
+
+Configuration: in-cluster service account, else `$KUBECONFIG` / `~/.kube/config`.
+Creating a child that already exists (HTTP 409) counts as success: child names are
+deterministic, so a retried or restarted operator never duplicates one.
+Verbs used (the Helm chart's RBAC grants exactly these): configmaps get/create/patch;
+services create; jobs get/create; pods list; secrets get; events create (kopf).
+"""
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+log = logging.getLogger(__name__)
+
+
+class Kube:
+    """Thin wrapper over the core/v1 and batch/v1 APIs, returning plain dicts."""
+
+    def __init__(self, api_client: kubernetes.client.ApiClient | None = None) -> None:
+        if api_client is None:
+            import os
+
+            try:
+                kubernetes.config.load_incluster_config()
+            except kubernetes.config.ConfigException:
+                # $KUBECONFIG read now: the client library reads it only once, when imported
+                kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+            api_client = kubernetes.client.ApiClient()
+        self.api = api_client
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.batch = kubernetes.client.BatchV1Api(api_client)
+
+    def _plain(self, obj: Any) -> dict[str, Any]:
+        return self.api.sanitize_for_serialization(obj)
+
+    def create(self, obj: dict[str, Any], namespace: str) -> bool:
+        """Create a ConfigMap, Service or Job. Returns False if it already existed."""
+        kind = obj["kind"]
+        fn = {"ConfigMap": self.core.create_namespaced_config_map, "Service": self.core.create_namespaced_service,
+              "Job": self.batch.create_namespaced_job}[kind]
+        try:
+            fn(namespace, obj)
+            return True
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+
+    def patch_configmap_data(self, name: str, namespace: str, data: dict[str, str]) -> None:
+        self.core.patch_namespaced_config_map(name, namespace, {"data": data})
+
+    def get_configmap(self, name: str, namespace: str) -> dict[str, Any] | None:
+        try:
+            return self._plain(self.core.read_namespaced_config_map(name, namespace))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def get_job(self, name: str, namespace: str) -> dict[str, Any] | None:
+        try:
+            return self._plain(self.batch.read_namespaced_job(name, namespace))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list_pods(self, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+        """Pods with all `labels` (filtered here too, so a server ignoring selectors cannot mislead)."""
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        items = self._plain(self.core.list_namespaced_pod(namespace, label_selector=selector)).get("items", [])
+        return [p for p in items if all((p.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in labels.items())]
+
+    def read_secret(self, name: str, namespace: str) -> dict[str, str]:
+        """The decoded data of a Secret."""
+        data = self._plain(self.core.read_namespaced_secret(name, namespace)).get("data") or {}
+        return {k: base64.b64decode(v).decode() for k, v in data.items()}

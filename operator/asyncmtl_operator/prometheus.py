@@ -1,0 +1,144 @@
+"""Reading a run's trainer series from Prometheus's HTTP API (`/api/v1/query`).
+
+Series are selected by the trainer's `run` label and the `namespace` target label that the
+PodMonitor (or a static scrape config) attaches. Per poll:
+1. one instant query for the sampling-proof values (validations counter, last and best value
+   and step, global step, control generation applied and its step);
+2. one instant query of range selectors over the time since the last poll, which returns raw
+   samples (not resampled, unlike `query_range`), paired by timestamp into validation points;
+3. `timestamp()` of the global step, to refuse stale data.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+
+from asyncmtl import metric_names as M
+from asyncmtl.core.convergence import TaskObservation, ValidationPoint
+from asyncmtl.core.observations import TrainerObservation
+
+
+class PrometheusError(RuntimeError):
+    """Prometheus could not be queried (unreachable, HTTP error, query error)."""
+
+
+@dataclass
+class Snapshot:
+    """What one poll read: the observation, the newest sample time (seconds since the epoch),
+    and for each task the sample time of its newest validation point."""
+
+    trainer: TrainerObservation
+    newest_sample: float
+    point_times: dict[str, dict[int, float]]
+
+
+class PrometheusClient:
+    """A minimal client of the Prometheus HTTP API (docs: prometheus.io, "HTTP API")."""
+
+    def __init__(self, url: str, timeout: float = 5.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def query(self, promql: str) -> list[dict]:
+        """Instant query; returns `data.result`. Raises PrometheusError."""
+        q = urllib.parse.urlencode({"query": promql})
+        try:
+            with urllib.request.urlopen(f"{self.url}/api/v1/query?{q}", timeout=self.timeout) as r:
+                body = json.loads(r.read())
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise PrometheusError(f"{self.url}: {exc}") from exc
+        if body.get("status") != "success":
+            raise PrometheusError(f"{self.url}: {body.get('errorType')}: {body.get('error')}")
+        return body["data"]["result"]
+
+    def snapshot(self, run: str, namespace: str, window_seconds: float) -> Snapshot | None:
+        """The run's trainer series now, with points from the last `window_seconds`.
+        None when Prometheus has no series of this run yet. Raises PrometheusError."""
+        sel = f'run="{run}",namespace="{namespace}"'
+        names = "|".join([f"{M.VALIDATIONS}_total", M.VALIDATION_LAST_STEP, M.VALIDATION_LAST_VALUE,
+                          M.VALIDATION_BEST_STEP, M.VALIDATION_BEST_VALUE, M.GLOBAL_STEP, M.CONTROL_GENERATION,
+                          M.CONTROL_APPLIED_STEP])
+        current = self.query(f'{{__name__=~"{names}",{sel}}}')
+        if not current:
+            return None
+        per_task: dict[str, dict[str, float]] = {}
+        trainer: dict[str, float] = {}
+        for s in current:
+            name, task = s["metric"]["__name__"], s["metric"].get("task")
+            value = float(s["value"][1])
+            (per_task.setdefault(task, {}) if task else trainer)[name] = value
+        window = max(1, int(math.ceil(window_seconds)))
+        ranged = self.query(
+            f'{{__name__=~"{M.VALIDATION_LAST_STEP}|{M.VALIDATION_LAST_VALUE}|{M.REWINDS}_total",{sel}}}[{window}s]')
+        raw: dict[str, dict[str, dict[float, float]]] = {}
+        since = 0.0
+        for s in ranged:
+            task = s["metric"].get("task")
+            samples = {float(t): float(v) for t, v in s["values"]}
+            if task:
+                raw.setdefault(task, {})[s["metric"]["__name__"]] = samples
+            elif s["metric"]["__name__"] == f"{M.REWINDS}_total" and samples:
+                since = _rewind_time(samples)
+        if since:  # samples before the last rewind in the window describe discarded steps
+            raw = {t: {n: {ts: v for ts, v in ser.items() if ts >= since} for n, ser in d.items()} for t, d in raw.items()}
+        ts = self.query(f'timestamp({M.GLOBAL_STEP}{{{sel}}})')
+        newest = max((float(s["value"][1]) for s in ts), default=0.0)
+        tasks: dict[str, TaskObservation] = {}
+        point_times: dict[str, dict[int, float]] = {}
+        for task, d in per_task.items():
+            points, times = _pair_points(raw.get(task, {}))
+            point_times[task] = times
+            tasks[task] = TaskObservation(
+                validations=int(d.get(f"{M.VALIDATIONS}_total", 0)),
+                last_step=_int(d.get(M.VALIDATION_LAST_STEP)), last_value=_num(d.get(M.VALIDATION_LAST_VALUE)),
+                best_step=_int(d.get(M.VALIDATION_BEST_STEP)), best_value=_num(d.get(M.VALIDATION_BEST_VALUE)),
+                points=points)
+        obs = TrainerObservation(global_step=_int(trainer.get(M.GLOBAL_STEP)) or 0,
+                                 applied_generation=_int(trainer.get(M.CONTROL_GENERATION)) or 0,
+                                 applied_at_step=_int(trainer.get(M.CONTROL_APPLIED_STEP)), tasks=tasks)
+        return Snapshot(trainer=obs, newest_sample=newest, point_times=point_times)
+
+
+def _num(v: float | None) -> float | None:
+    return None if v is None or math.isnan(v) else v
+
+
+def _int(v: float | None) -> int | None:
+    v = _num(v)
+    return None if v is None else int(v)
+
+
+def _rewind_time(samples: dict[float, float]) -> float:
+    """Time of the first sample showing the rewinds counter's final value within the window
+    (0 when it did not change in the window)."""
+    times = sorted(samples)
+    last = samples[times[-1]]
+    if samples[times[0]] == last:
+        return 0.0
+    return next(t for t in times if samples[t] == last and all(samples[u] == last for u in times if u >= t))
+
+
+def _pair_points(series: dict[str, dict[float, float]]) -> tuple[list[ValidationPoint], dict[int, float]]:
+    """(step, value) pairs from samples of the last-step and last-value gauges taken at the same
+    scrape; a step seen at several scrapes keeps its first sample time (when it became visible)."""
+    steps, values = series.get(M.VALIDATION_LAST_STEP, {}), series.get(M.VALIDATION_LAST_VALUE, {})
+    points: dict[int, ValidationPoint] = {}
+    first_seen: dict[int, float] = {}
+    for t in sorted(set(steps) & set(values)):
+        s, v = steps[t], values[t]
+        if math.isnan(s) or math.isnan(v):
+            continue
+        step = int(s)
+        if step not in points:
+            points[step] = ValidationPoint(step=step, value=v)
+            first_seen[step] = t
+    return [points[k] for k in sorted(points)], first_seen
+
+
+def now() -> float:
+    return time.time()

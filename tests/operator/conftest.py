@@ -1,0 +1,120 @@
+"""Fixtures for operator tests: emulated API server, real Prometheus, moto S3, a driven trainer exporter."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.operator.emulator import EmulatedCluster
+from tests.operator.prometheus_server import PrometheusServer, find_prometheus, free_port
+
+TIMER = 1.0  # seconds between operator ticks in these tests
+os.environ.setdefault("ASYNCMTL_TIMER_INTERVAL", str(TIMER))  # read when the handlers module is imported
+
+
+@pytest.fixture()
+def cluster(tmp_path, monkeypatch):
+    with EmulatedCluster() as c:
+        monkeypatch.setenv("KUBECONFIG", str(c.kubeconfig(tmp_path / "kubeconfig")))
+        yield c
+
+
+@pytest.fixture()
+def kube(cluster):
+    import kubernetes
+
+    kubernetes.config.load_kube_config(config_file=os.environ["KUBECONFIG"])
+    return kubernetes.client.ApiClient()
+
+
+@pytest.fixture()
+def s3(monkeypatch):
+    """moto's S3 server on loopback; AWS credentials in the environment; yields (endpoint, bucket)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+                 "AWS_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(k, v)
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="runs")
+    yield endpoint, "runs"
+    server.stop()
+
+
+class FakeTrainer:
+    """The trainer's real exporter (TrainerExporter) on a free port, driven by the test."""
+
+    def __init__(self, run: str, tasks: list[str]) -> None:
+        from asyncmtl_trainer.exporter import TrainerExporter
+
+        self.run = run
+        self.exporter = TrainerExporter(run, tasks)
+        self.port = self.exporter.serve(free_port(), "127.0.0.1")
+        self.best: dict[str, tuple[int, float]] = {}
+        self.generation = 0
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def validate(self, step: int, values: dict[str, float]) -> None:
+        self.exporter.global_step.labels(self.run).set(step)
+        for task, v in values.items():
+            b = self.best.get(task)
+            if b is None or v > b[1]:
+                self.best[task] = (step, v)
+            self.exporter.record_validation(task, step, v, *self.best[task])
+
+    def rewind(self, step: int, values: dict[str, float]) -> None:
+        """What the trainer does on `converged(..., rewindTo=step)`: state as of the checkpoint."""
+        self.exporter.global_step.labels(self.run).set(step)
+        for task, v in values.items():
+            if self.best[task][0] > step:
+                self.best[task] = (step, v)
+            self.exporter.set_task_state(task, step, v, *self.best[task])
+        self.exporter.rewinds.labels(self.run).inc()
+
+    def ack(self, generation: int, step: int) -> None:
+        self.exporter.control_step.labels(self.run).set(step)
+        self.exporter.control_generation.labels(self.run).set(generation)
+        self.generation = generation
+
+    def close(self) -> None:
+        self.exporter.close()
+
+
+@pytest.fixture()
+def prometheus_binary() -> str:
+    binary = find_prometheus()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("Prometheus not found: `make tools` unpacks the Debian package into .tools/")
+        pytest.skip("Prometheus not found (run `make tools`)")
+    return binary
+
+
+def start_prometheus(binary: str, workdir: Path, targets: list[str], namespace: str = "default") -> PrometheusServer:
+    workdir.mkdir(parents=True, exist_ok=True)
+    return PrometheusServer(binary, workdir, targets, {"namespace": namespace}).start()
+
+
+def wait_until(fn, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
+    """Poll `fn` until it returns a truthy value; return it. Raises TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+        except Exception as exc:  # the object may not exist yet
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not reached within {timeout}s (last: {last!r})")
