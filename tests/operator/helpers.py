@@ -13,9 +13,10 @@ NS = "default"
 
 def make_run(name: str, *, endpoint: str, tasks=("a", "b"), patience: int = 2, **spec) -> dict:
     ts = [builtin_task("sentiment", patience=patience) | {"name": t} for t in tasks]
-    doc = run_doc(ts, name=name, setting="joint", training={"validationInterval": 100, "maxSteps": 5000},
-                  storage={"uri": "s3://runs/exp", "endpointUrl": endpoint}, distillation={"shards": 2},
-                  **spec)
+    fields = {"setting": "joint", "training": {"validationInterval": 100, "maxSteps": 5000},
+              "storage": {"uri": "s3://runs/exp", "endpointUrl": endpoint}, "distillation": {"shards": 2}}
+    fields.update(spec)
+    doc = run_doc(ts, name=name, **fields)
     doc["metadata"]["namespace"] = NS
     return doc
 

@@ -1,0 +1,148 @@
+"""The operator under failure: invalid spec, restart mid-run, Prometheus outage, failing inference,
+a trainer pod that cannot start. Same real components as the lifecycle test."""
+from __future__ import annotations
+
+import time
+
+import kubernetes
+import pytest
+from kopf.testing import KopfRunner
+
+from tests.operator.conftest import TIMER, FakeTrainer, start_prometheus, wait_until
+from tests.operator.helpers import (NS, apply_run, events, exists, fail_job, get_run, make_run, operator_args,
+                                    signals)
+from tests.operator.prometheus_server import PrometheusServer
+
+
+@pytest.fixture()
+def setup(cluster, kube, s3, prometheus_binary, tmp_path, monkeypatch):
+    endpoint, _ = s3
+    trainer = FakeTrainer("f", ["a", "b"])
+    prom = start_prometheus(prometheus_binary, tmp_path / "prom", [trainer.target])
+    monkeypatch.setenv("PROMETHEUS_URL", prom.url)
+    monkeypatch.setenv("ASYNCMTL_OPERATOR_METRICS_PORT", "0")
+    yield kube, endpoint, trainer, prom
+    prom.stop()
+    trainer.close()
+
+
+def plateau_a(trainer: FakeTrainer, prom: PrometheusServer, steps=(100, 200, 300, 400)) -> None:
+    values = {100: 50.0, 200: 60.0, 300: 59.0, 400: 58.0}
+    for step in steps:
+        trainer.validate(step, {"a": values[step], "b": step / 10})
+        prom.wait_for(f'asyncmtl_validation_last_step{{task="a"}} == {step}')
+        time.sleep(TIMER)
+
+
+def test_invalid_spec_fails_with_the_path_and_starts_nothing(cluster, kube, s3, monkeypatch):
+    monkeypatch.setenv("PROMETHEUS_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("ASYNCMTL_OPERATOR_METRICS_PORT", "0")
+    doc = make_run("bad", endpoint=s3[0], tasks=("a", "a"))  # the CRD cannot express unique names
+    with KopfRunner(operator_args(), timeout=60) as runner:
+        apply_run(kube, doc)
+        st = wait_until(lambda: get_run(kube, "bad").get("status", {}).get("phase") == "Failed"
+                        and get_run(kube, "bad")["status"], what="Failed")
+        time.sleep(2 * TIMER)
+    assert runner.exit_code == 0, runner.output
+    (ready,) = [c for c in st["conditions"] if c["type"] == "Ready"]
+    assert ready["status"] == "False" and ready["reason"] == "InvalidSpec"
+    assert "spec.tasks[1].name: duplicate task name" in ready["message"]
+    assert not exists(kube, "Job", "bad-train") and not exists(kube, "ConfigMap", "bad-control")
+    assert "InvalidSpec" in [e["reason"] for e in events(kube, "bad")]
+
+
+def test_restart_mid_run_duplicates_nothing(setup):
+    kube, endpoint, trainer, prom = setup
+    with KopfRunner(operator_args(), timeout=60) as runner:
+        apply_run(kube, make_run("f", endpoint=endpoint))
+        wait_until(lambda: get_run(kube, "f").get("status", {}).get("phase") == "Running", what="Running")
+        plateau_a(trainer, prom)
+        wait_until(lambda: exists(kube, "Job", "f-infer-a-200"), what="inference Job")
+    assert runner.exit_code == 0, runner.output
+    before = get_run(kube, "f")["status"]
+    # a new operator process picks the run up from its status
+    with KopfRunner(operator_args(), timeout=60) as runner:
+        trainer.rewind(200, {"a": 60.0, "b": 20.0})
+        trainer.ack(1, 200)
+        wait_until(lambda: get_run(kube, "f")["status"]["asyncmtl"]["acknowledgedGeneration"] == 1, what="ack seen")
+        time.sleep(3 * TIMER)
+    assert runner.exit_code == 0, runner.output
+    after = get_run(kube, "f")["status"]
+    assert [s["task"] for s in signals(kube, "f", "converged")] == ["a"]  # no signal issued twice
+    assert after["asyncmtl"]["control"]["generation"] == before["asyncmtl"]["control"]["generation"] == 1
+    jobs = kubernetes.client.BatchV1Api(kube).list_namespaced_job(NS).items
+    assert sorted(j.metadata.name for j in jobs) == ["f-infer-a-200", "f-train"]
+    assert after["tasks"]["a"]["phase"] == "Distilling"
+
+
+def test_prometheus_outage_blocks_decisions_until_it_is_back(setup, prometheus_binary, tmp_path):
+    kube, endpoint, trainer, prom = setup
+    with KopfRunner(operator_args(), timeout=90) as runner:
+        apply_run(kube, make_run("f", endpoint=endpoint))
+        wait_until(lambda: get_run(kube, "f").get("status", {}).get("phase") == "Running", what="Running")
+        plateau_a(trainer, prom, steps=(100, 200, 300))
+        prom.stop()
+        trainer.validate(400, {"a": 58.0, "b": 40.0})  # the deciding point, while nobody can see it
+        cond = wait_until(lambda: next((c for c in get_run(kube, "f")["status"]["conditions"]
+                                        if c["type"] == "MetricsAvailable" and c["status"] == "False"), None),
+                          what="MetricsAvailable=False")
+        assert "Prometheus unreachable" in cond["message"]
+        time.sleep(3 * TIMER)
+        assert not signals(kube, "f", "converged")  # nothing decided without metrics
+        # Prometheus comes back (fresh storage, same address): the decision follows from the sampling-proof series
+        (tmp_path / "prom2").mkdir()
+        back = PrometheusServer(prometheus_binary, tmp_path / "prom2", [trainer.target], {"namespace": NS})
+        back.port, back.url = prom.port, prom.url
+        back.start()
+        try:
+            conv = wait_until(lambda: signals(kube, "f", "converged"), timeout=30, what="decision after recovery")
+            assert (conv[0]["task"], conv[0]["bestStep"]) == ("a", 200)
+            wait_until(lambda: any(c["type"] == "MetricsAvailable" and c["status"] == "True"
+                                   for c in get_run(kube, "f")["status"]["conditions"]), what="MetricsAvailable=True")
+        finally:
+            back.stop()
+    assert runner.exit_code == 0, runner.output
+
+
+def test_failing_inference_is_retried_then_the_run_is_degraded(setup, monkeypatch):
+    kube, endpoint, trainer, prom = setup
+    with KopfRunner(operator_args(), timeout=90) as runner:
+        apply_run(kube, make_run("f", endpoint=endpoint, distillation={"shards": 2, "maxAttempts": 2}))
+        wait_until(lambda: get_run(kube, "f").get("status", {}).get("phase") == "Running", what="Running")
+        plateau_a(trainer, prom)
+        wait_until(lambda: exists(kube, "Job", "f-infer-a-200"), what="first inference Job")
+        trainer.rewind(200, {"a": 60.0, "b": 20.0})
+        trainer.ack(1, 200)
+        fail_job(kube, "f-infer-a-200")
+        wait_until(lambda: exists(kube, "Job", "f-infer-a-200-r2"), what="retry Job")
+        fail_job(kube, "f-infer-a-200-r2")
+        st = wait_until(lambda: get_run(kube, "f")["status"]["tasks"]["a"]["phase"] == "Frozen" and get_run(kube, "f")["status"],
+                        what="Frozen")
+    assert runner.exit_code == 0, runner.output
+    deg = next(c for c in st["conditions"] if c["type"] == "Degraded")
+    assert deg["status"] == "True" and deg["reason"] == "InferenceFailed" and "BackoffLimitExceeded" in deg["message"]
+    assert [s["task"] for s in signals(kube, "f", "skipDistillation")] == ["a"]
+    assert st["phase"] == "Running"  # b keeps training
+    reasons = [e["reason"] for e in events(kube, "f")]
+    assert "InferenceRetried" in reasons and "InferenceFailed" in reasons
+
+
+def test_a_trainer_pod_that_cannot_pull_its_image_is_named_in_the_status(setup):
+    kube, endpoint, trainer, prom = setup
+    core = kubernetes.client.CoreV1Api(kube)
+    with KopfRunner(operator_args(), timeout=60) as runner:
+        apply_run(kube, make_run("f", endpoint=endpoint))
+        wait_until(lambda: get_run(kube, "f").get("status", {}).get("phase") == "Running", what="Running")
+        # what the Job controller and kubelet would report for the trainer pod
+        core.create_namespaced_pod(NS, {"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": "f-train-x1", "labels": {"asyncmtl.dev/run": "f", "asyncmtl.dev/role": "train"}},
+            "spec": {"containers": [{"name": "trainer", "image": "asyncmtl/trainer:nope"}]}})
+        core.patch_namespaced_pod_status("f-train-x1", NS, {"status": {"phase": "Pending", "containerStatuses": [{
+            "name": "trainer", "ready": False, "restartCount": 0, "image": "asyncmtl/trainer:nope", "imageID": "",
+            "state": {"waiting": {"reason": "ImagePullBackOff",
+                                  "message": "Back-off pulling image \"asyncmtl/trainer:nope\""}}}]}})
+        ready = wait_until(lambda: next((c for c in get_run(kube, "f")["status"]["conditions"]
+                                         if c["type"] == "Ready" and c["status"] == "False"), None), what="Ready=False")
+    assert runner.exit_code == 0, runner.output
+    assert ready["reason"] == "ImagePullBackOff" and "asyncmtl/trainer:nope" in ready["message"]
+    assert "TrainerBlocked" in [e["reason"] for e in events(kube, "f")]
