@@ -23,7 +23,7 @@ from asyncmtl.core.observations import InferenceObservation, Observations
 from asyncmtl.core.reconcile import reconcile
 from asyncmtl.core.status import RunStatus
 from asyncmtl.softlabels import write_manifest
-from asyncmtl.spec import AsyncMTLRun, SpecError, parse_run
+from asyncmtl.spec import AsyncMTLRun, SpecError, SpecIssue, parse_run
 from asyncmtl.storage import RunStorage, StorageError, open_run_storage
 from asyncmtl_operator import children
 from asyncmtl_operator.kube import Kube
@@ -41,20 +41,29 @@ class OperatorConfig:
 
     PROMETHEUS_URL; ASYNCMTL_TIMER_INTERVAL (seconds between ticks per run, default 5);
     ASYNCMTL_STALE_AFTER (seconds after which the newest trainer sample is stale, default 120);
-    ASYNCMTL_OPERATOR_METRICS_PORT (0 disables, default 8080).
+    ASYNCMTL_OPERATOR_METRICS_PORT (0 disables, default 8080);
+    ASYNCMTL_DEFAULT_STORAGE_URI, ASYNCMTL_DEFAULT_STORAGE_ENDPOINT, ASYNCMTL_DEFAULT_STORAGE_SECRET:
+    the S3 storage that replaces a run's `file://` storage (a pod's files are not shared with
+    the inference pods), so a spec written for `asyncmtl run` applies unchanged.
     """
 
     prometheus_url: str = "http://prometheus-operated.monitoring:9090"
     timer_interval: float = 5.0
     stale_after: float = 120.0
     metrics_port: int = 8080
+    default_storage_uri: str | None = None
+    default_storage_endpoint: str | None = None
+    default_storage_secret: str | None = None
 
     @classmethod
     def from_env(cls) -> "OperatorConfig":
         return cls(prometheus_url=os.environ.get("PROMETHEUS_URL", cls.prometheus_url),
                    timer_interval=float(os.environ.get("ASYNCMTL_TIMER_INTERVAL", cls.timer_interval)),
                    stale_after=float(os.environ.get("ASYNCMTL_STALE_AFTER", cls.stale_after)),
-                   metrics_port=int(os.environ.get("ASYNCMTL_OPERATOR_METRICS_PORT", cls.metrics_port)))
+                   metrics_port=int(os.environ.get("ASYNCMTL_OPERATOR_METRICS_PORT", cls.metrics_port)),
+                   default_storage_uri=os.environ.get("ASYNCMTL_DEFAULT_STORAGE_URI") or None,
+                   default_storage_endpoint=os.environ.get("ASYNCMTL_DEFAULT_STORAGE_ENDPOINT") or None,
+                   default_storage_secret=os.environ.get("ASYNCMTL_DEFAULT_STORAGE_SECRET") or None)
 
 
 @dataclass
@@ -80,13 +89,28 @@ class Controller:
             self.prometheus = PrometheusClient(self.config.prometheus_url)
 
     # ---- helpers ---------------------------------------------------------------------------
-    @staticmethod
-    def parse(body: dict[str, Any]) -> AsyncMTLRun:
-        """The resource as models. Raises SpecError (cross-field rules the CRD cannot express)."""
+    def parse(self, body: dict[str, Any]) -> AsyncMTLRun:
+        """The resource as models, with the operator's default storage in place of `file://`.
+
+        Raises:
+            SpecError: cross-field rules the CRD cannot express, or `file://` storage with no
+                default storage configured.
+        """
         doc = {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec")}
         doc["metadata"] = {k: v for k, v in (body.get("metadata") or {}).items()
                            if k in ("name", "namespace", "labels")}
-        return parse_run(doc, file=f"{doc['metadata'].get('namespace')}/{doc['metadata'].get('name')}")
+        where = f"{doc['metadata'].get('namespace')}/{doc['metadata'].get('name')}"
+        run = parse_run(doc, file=where)
+        st = run.spec.storage
+        if st.uri.startswith("file://"):
+            if not self.config.default_storage_uri:
+                raise SpecError([SpecIssue(path="spec.storage.uri", file=where, message=(
+                    "file:// storage is local to one pod and cannot be shared with inference pods; use s3:// "
+                    "(or configure the operator's default storage)"))])
+            st.uri = self.config.default_storage_uri
+            st.endpoint_url = st.endpoint_url or self.config.default_storage_endpoint
+            st.credentials_secret = st.credentials_secret or self.config.default_storage_secret
+        return run
 
     def storage(self, run: AsyncMTLRun, namespace: str) -> RunStorage:
         """The run's storage, with the credentials of `spec.storage.credentialsSecret` when given."""
@@ -131,9 +155,11 @@ class Controller:
         status, actions = reconcile(run.spec, RunStatus(), Observations(time=time.time(), metrics_error="starting"),
                                     run=name)
         doc = next(a.document for a in actions if isinstance(a, WriteControl))
+        # the effective spec (default storage filled in) is what the pods read
         spec_yaml = yaml.safe_dump({"apiVersion": body["apiVersion"], "kind": body["kind"],
                                     "metadata": {"name": name, "namespace": namespace},
-                                    "spec": body["spec"]}, sort_keys=False)
+                                    "spec": run.spec.model_dump(mode="json", by_alias=True, exclude_none=True)},
+                                   sort_keys=False)
         for child in (children.control_configmap(run, doc, spec_yaml), children.metrics_service(run),
                       children.training_job(run, namespace)):
             adopt(child)

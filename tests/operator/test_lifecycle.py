@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import re
 import time
+import urllib.request
 
 import torch
 from kopf.testing import KopfRunner
+from prometheus_client.parser import text_string_to_metric_families
 
 from asyncmtl.storage import open_run_storage
 from asyncmtl_trainer.softlabels import write_shard
 from tests.operator.conftest import TIMER, FakeTrainer, start_prometheus, wait_until
+from tests.operator.prometheus_server import free_port
 from tests.operator.helpers import (NS, apply_run, complete_job, control, events, exists, get_obj, get_run,
                                     make_run, operator_args, signals)
 
@@ -39,7 +42,8 @@ def test_lifecycle(cluster, kube, s3, prometheus_binary, tmp_path, monkeypatch, 
     trainer = FakeTrainer("life", ["a", "b"])
     prom = start_prometheus(prometheus_binary, tmp_path / "prom", [trainer.target])
     monkeypatch.setenv("PROMETHEUS_URL", prom.url)
-    monkeypatch.setenv("ASYNCMTL_OPERATOR_METRICS_PORT", "0")
+    op_port = free_port()
+    monkeypatch.setenv("ASYNCMTL_OPERATOR_METRICS_PORT", str(op_port))
     try:
         with KopfRunner(operator_args(), timeout=120) as runner:
             apply_run(kube, make_run("life", endpoint=endpoint))
@@ -111,9 +115,17 @@ def test_lifecycle(cluster, kube, s3, prometheus_binary, tmp_path, monkeypatch, 
             # the trainer applies it, runs the final evaluation and its Job completes
             trainer.rewind(400, {"a": 60.0, "b": 45.0})
             trainer.ack(3, 400)
+            wait_until(lambda: get_run(kube, "life")["status"]["asyncmtl"]["acknowledgedGeneration"] == 3, what="ack 3")
             complete_job(kube, "life-train", succeeded=1)
             final = wait_until(lambda: (get_run(kube, "life")["status"].get("phase") == "Succeeded") and get_run(kube, "life"),
                                what="Succeeded")
+            # the operator's own metrics: reconciles, and both latency histograms observed
+            text = urllib.request.urlopen(f"http://127.0.0.1:{op_port}/metrics", timeout=5).read().decode()
+            samples = {s.name + str(sorted(s.labels.items())): s.value
+                       for fam in text_string_to_metric_families(text) for s in fam.samples}
+            assert samples["asyncmtl_operator_reconciles_total[('result', 'ok')]"] >= 5
+            assert samples["asyncmtl_operator_sample_to_decision_seconds_count[]"] == 2  # a, then b
+            assert samples["asyncmtl_operator_decision_to_ack_seconds_count[]"] == 3
         assert runner.exit_code == 0, runner.output
         st = final["status"]
         assert printer_columns(final) == {"Phase": "Succeeded", "Setting": "joint", "Converged": "2/2", "Step": 400}

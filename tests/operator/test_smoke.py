@@ -20,3 +20,44 @@ def test_apply_creates_children(cluster, kube, s3, monkeypatch):
     for obj in (cm, job, svc):
         (ref,) = obj["metadata"]["ownerReferences"]
         assert ref["uid"] == cr["metadata"]["uid"] and ref["kind"] == "AsyncMTLRun" and ref["controller"] is True
+
+
+def test_a_local_spec_applies_unchanged_with_the_operators_default_storage(cluster, kube, s3, monkeypatch):
+    import yaml
+
+    from tests.conftest import REPO
+    from tests.operator.helpers import NS, get_run
+
+    endpoint, _ = s3
+    monkeypatch.setenv("PROMETHEUS_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("ASYNCMTL_OPERATOR_METRICS_PORT", "0")
+    monkeypatch.setenv("ASYNCMTL_DEFAULT_STORAGE_URI", "s3://runs/team")
+    monkeypatch.setenv("ASYNCMTL_DEFAULT_STORAGE_ENDPOINT", endpoint)
+    doc = yaml.safe_load((REPO / "manifests" / "examples" / "quickstart.yaml").read_text())
+    assert doc["spec"]["storage"]["uri"].startswith("file://")
+    doc["metadata"]["namespace"] = NS
+    with KopfRunner(operator_args(), timeout=60) as runner:
+        apply_run(kube, doc)
+        cm = wait_until(lambda: get_obj(kube, "ConfigMap", "quickstart-control"), what="ConfigMap")
+        job = wait_until(lambda: get_obj(kube, "Job", "quickstart-train"), what="Job")
+    assert runner.exit_code == 0, runner.output
+    effective = yaml.safe_load(cm["data"]["run.yaml"])["spec"]["storage"]
+    assert effective["uri"] == "s3://runs/team" and effective["endpointUrl"] == endpoint
+    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["AWS_ENDPOINT_URL"] == endpoint
+    assert get_run(kube, "quickstart")["status"]["phase"] == "Running"
+
+
+def test_file_storage_without_a_default_is_rejected_with_the_path(cluster, kube, s3, monkeypatch):
+    from tests.operator.helpers import get_run
+
+    monkeypatch.setenv("PROMETHEUS_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("ASYNCMTL_OPERATOR_METRICS_PORT", "0")
+    monkeypatch.delenv("ASYNCMTL_DEFAULT_STORAGE_URI", raising=False)
+    doc = make_run("local", endpoint=s3[0], storage={"uri": "file://./runs"})
+    with KopfRunner(operator_args(), timeout=60) as runner:
+        apply_run(kube, doc)
+        st = wait_until(lambda: get_run(kube, "local").get("status", {}).get("phase") == "Failed"
+                        and get_run(kube, "local")["status"], what="Failed")
+    assert runner.exit_code == 0, runner.output
+    assert "spec.storage.uri: file:// storage is local to one pod" in st["message"]
