@@ -225,11 +225,19 @@ class Controller:
         if (st.get("succeeded") or 0) >= 1:
             obs.trainer_state = "Finished"
             return
-        for pod in self.kube.list_pods(namespace, {children.RUN_LABEL: run.name, children.ROLE_LABEL: "train"}):
+        pods = self.kube.list_pods(namespace, {children.RUN_LABEL: run.name, children.ROLE_LABEL: "train"})
+        for pod in pods:
             reason, message = pod_problem(pod)
             if reason:
                 obs.trainer_blocked_reason, obs.trainer_blocked_message = reason, message
                 return
+        if not pods:  # the Job controller could not create the pod: quota, admission, limits
+            failed = [e for e in self.kube.events_for("Job", children.train_name(run.name), namespace)
+                      if e.get("reason") == "FailedCreate"]
+            if failed:
+                msg = failed[-1].get("message") or ""
+                obs.trainer_blocked_reason = "QuotaExceeded" if "exceeded quota" in msg else "FailedCreate"
+                obs.trainer_blocked_message = msg
 
     def _observe_inference(self, run: AsyncMTLRun, namespace: str, status: RunStatus, storage: RunStorage,
                            obs: Observations, logger: logging.Logger) -> None:

@@ -4,7 +4,7 @@ Configuration: in-cluster service account, else `$KUBECONFIG` / `~/.kube/config`
 Creating a child that already exists (HTTP 409) counts as success: child names are
 deterministic, so a retried or restarted operator never duplicates one.
 Verbs used (the Helm chart's RBAC grants exactly these): configmaps get/create/patch;
-services create; jobs get/create; pods list; secrets get; events create (kopf).
+services create; jobs get/create; pods list; secrets get; events list and create (kopf).
 """
 from __future__ import annotations
 
@@ -75,6 +75,14 @@ class Kube:
         selector = ",".join(f"{k}={v}" for k, v in labels.items())
         items = self._plain(self.core.list_namespaced_pod(namespace, label_selector=selector)).get("items", [])
         return [p for p in items if all((p.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in labels.items())]
+
+    def events_for(self, kind: str, name: str, namespace: str) -> list[dict[str, Any]]:
+        """Events about one object, oldest first (filtered here: a server may ignore field selectors)."""
+        sel = f"involvedObject.kind={kind},involvedObject.name={name}"
+        items = self._plain(self.core.list_namespaced_event(namespace, field_selector=sel)).get("items", [])
+        items = [e for e in items if (e.get("involvedObject") or {}).get("name") == name
+                 and (e.get("involvedObject") or {}).get("kind") == kind]
+        return sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
 
     def read_secret(self, name: str, namespace: str) -> dict[str, str]:
         """The decoded data of a Secret."""

@@ -146,3 +146,68 @@ def test_a_trainer_pod_that_cannot_pull_its_image_is_named_in_the_status(setup):
     assert runner.exit_code == 0, runner.output
     assert ready["reason"] == "ImagePullBackOff" and "asyncmtl/trainer:nope" in ready["message"]
     assert "TrainerBlocked" in [e["reason"] for e in events(kube, "f")]
+
+
+def test_a_quota_refusal_is_named_in_the_status(setup):
+    kube, endpoint, trainer, prom = setup
+    core = kubernetes.client.CoreV1Api(kube)
+    with KopfRunner(operator_args(), timeout=60) as runner:
+        apply_run(kube, make_run("f", endpoint=endpoint))
+        wait_until(lambda: get_run(kube, "f").get("status", {}).get("phase") == "Running", what="Running")
+        # what the Job controller reports when a ResourceQuota refuses the pod
+        core.create_namespaced_event(NS, {"metadata": {"name": "f-train.quota"}, "type": "Warning", "reason": "FailedCreate",
+                                          "involvedObject": {"kind": "Job", "name": "f-train", "namespace": NS},
+                                          "message": 'Error creating: pods "f-train-x" is forbidden: exceeded quota: gpu, '
+                                                     "requested: requests.nvidia.com/gpu=1, used: 4, limited: 4"})
+        ready = wait_until(lambda: next((c for c in get_run(kube, "f")["status"]["conditions"]
+                                         if c["type"] == "Ready" and c["status"] == "False"), None), what="Ready=False")
+    assert runner.exit_code == 0, runner.output
+    assert ready["reason"] == "QuotaExceeded" and "requests.nvidia.com/gpu" in ready["message"]
+
+
+def test_unreachable_storage_starts_no_pod(cluster, kube, s3, monkeypatch):
+    monkeypatch.setenv("PROMETHEUS_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("ASYNCMTL_OPERATOR_METRICS_PORT", "0")
+    doc = make_run("nobucket", endpoint=s3[0], storage={"uri": "s3://no-such-bucket/x", "endpointUrl": s3[0]})
+    with KopfRunner(operator_args(), timeout=60) as runner:
+        apply_run(kube, doc)
+        cond = wait_until(lambda: next((c for c in (get_run(kube, "nobucket").get("status") or {}).get("conditions", [])
+                                        if c["reason"] == "StorageUnavailable"), None), what="StorageUnavailable")
+        time.sleep(2 * TIMER)
+        assert not exists(kube, "Job", "nobucket-train") and not exists(kube, "ConfigMap", "nobucket-control")
+    assert runner.exit_code == 0, runner.output
+    assert "no-such-bucket" in cond["message"]
+
+
+def test_delete_keeps_artifacts_unless_cleanup_is_asked(cluster, kube, s3, monkeypatch):
+    from asyncmtl.storage import open_run_storage
+
+    endpoint, _ = s3
+    monkeypatch.setenv("PROMETHEUS_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("ASYNCMTL_OPERATOR_METRICS_PORT", "0")
+    custom = kubernetes.client.CustomObjectsApi(kube)
+    stores = {}
+    with KopfRunner(operator_args(), timeout=60) as runner:
+        for name, cleanup in (("keep", False), ("clean", True)):
+            doc = make_run(name, endpoint=endpoint, storage={"uri": "s3://runs/exp", "endpointUrl": endpoint,
+                                                             "cleanupOnDelete": cleanup})
+            apply_run(kube, doc)
+            wait_until(lambda: get_run(kube, name).get("status", {}).get("phase") == "Running", what=f"{name} Running")
+            stores[name] = open_run_storage("s3://runs/exp", namespace=NS, run=name, endpoint_url=endpoint)
+            stores[name].put_bytes("reports/report.json", b"{}")
+            custom.delete_namespaced_custom_object("asyncmtl.dev", "v1alpha1", NS, "asyncmtlruns", name)
+        for name in stores:
+            wait_until(lambda: not _run_exists(custom, name), what=f"{name} deleted")
+    assert runner.exit_code == 0, runner.output
+    assert stores["keep"].exists("reports/report.json")
+    assert not stores["clean"].exists("reports/report.json")
+
+
+def _run_exists(custom, name: str) -> bool:
+    try:
+        custom.get_namespaced_custom_object("asyncmtl.dev", "v1alpha1", NS, "asyncmtlruns", name)
+        return True
+    except kubernetes.client.exceptions.ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
