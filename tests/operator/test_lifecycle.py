@@ -50,8 +50,8 @@ def test_lifecycle(cluster, kube, s3, prometheus_binary, tmp_path, monkeypatch, 
 
             # children with the expected fields
             cm = wait_until(lambda: get_obj(kube, "ConfigMap", "life-control"), what="control ConfigMap")
-            job = get_obj(kube, "Job", "life-train")
-            svc = get_obj(kube, "Service", "life-metrics")
+            job = wait_until(lambda: get_obj(kube, "Job", "life-train"), what="training Job")
+            svc = wait_until(lambda: get_obj(kube, "Service", "life-metrics"), what="metrics Service")
             pod = job["spec"]["template"]["spec"]
             (container,) = pod["containers"]
             assert container["args"][:2] == ["asyncmtl-train", "--spec"] and "--resume" in container["args"]
