@@ -7,7 +7,7 @@ export TWEETEVAL_DIR
 
 PROMETHEUS := .tools/prometheus/usr/bin/prometheus
 
-.PHONY: setup tools demo test test-fast bench tweeteval spec-doc clean
+.PHONY: setup tools demo test test-fast bench tweeteval spec-doc crd install-manifests images clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,18 @@ tweeteval: setup ## the TweetEval joint run (needs TWEETEVAL_DIR; under 90 minut
 
 spec-doc: setup ## regenerate docs/spec-reference.md from the spec models
 	$(BIN)/asyncmtl spec-doc > docs/spec-reference.md
+
+crd: setup ## regenerate crds/asyncmtlrun.yaml (and the chart's copy) from the spec models
+	$(BIN)/asyncmtl crd > crds/asyncmtlrun.yaml
+	cp crds/asyncmtlrun.yaml helm/asyncmtl-operator/crds/asyncmtlrun.yaml
+
+install-manifests: setup ## regenerate manifests/install/ from the chart (for users without Helm)
+	$(BIN)/python helm/render_install.py
+
+IMAGE_TAG ?= 0.1.0
+images: ## build the operator and trainer images (needs a Docker engine)
+	docker build -f operator/Dockerfile -t asyncmtl/operator:$(IMAGE_TAG) .
+	docker build -f trainer_image/Dockerfile -t asyncmtl/trainer:$(IMAGE_TAG) .
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -4,9 +4,11 @@ Inputs, all from the run's storage and status: `reports/history.jsonl` (every va
 by the trainer), `reports/final.json` (final evaluation), and the run status (when each task
 converged and switched to KD).
 
-Per task: converged at step, best validation (the highest value ever validated, with its step),
-final validation (the final model), final − best (negative = the final model is worse), test
-score of the final model and of the task's best checkpoint.
+Per task: converged at step, best validation (the highest value on the final model's lineage,
+i.e. among validations no rewind discarded, with its step), final validation (the final model),
+final − best (negative = the final model is worse), the highest value ever validated (also on
+trajectories a rewind discarded), and the test score of the final model and of the task's best
+checkpoint.
 
 Validation points that a later rewind discarded are kept in the plot, faded, so the curve of
 the surviving model is readable and nothing is hidden.
@@ -34,6 +36,7 @@ class TaskReport:
     kd_from_step: int | None
     best_validation: float | None
     best_step: int | None
+    best_ever: float | None
     final_validation: float | None
     final_minus_best: float | None
     test_final: float | None
@@ -108,7 +111,8 @@ def build_report(run: str, status: RunStatus, storage: RunStorage) -> RunReport:
         ts = status.tasks.get(name)
         ft = (final or {}).get("tasks", {}).get(name, {})
         metric = ft.get("metric") or (recs[0]["metric"] if recs else "")
-        best_rec = max(recs, key=lambda r: r["value"]) if recs else None
+        kept, _ = split_lineage(history, name)
+        best_rec = max(kept, key=lambda r: r["value"]) if kept else None
         fv = ft.get("finalValidation", {}).get(metric)
         bc = ft.get("bestCheckpoint") or {}
         rep.tasks.append(TaskReport(
@@ -117,6 +121,7 @@ def build_report(run: str, status: RunStatus, storage: RunStorage) -> RunReport:
             kd_from_step=_kd_step(history, name),
             best_validation=best_rec["value"] if best_rec else None,
             best_step=int(best_rec["step"]) if best_rec else None,
+            best_ever=max(r["value"] for r in recs) if recs else None,
             final_validation=fv,
             final_minus_best=(fv - best_rec["value"]) if fv is not None and best_rec else None,
             test_final=ft.get("finalTest", {}).get(metric),
@@ -139,13 +144,15 @@ def _i(v: int | None) -> str:
 def render_markdown(rep: RunReport) -> str:
     """The report as a Markdown table plus a summary line."""
     lines = [f"# AsyncMTL run `{rep.run}`", "", f"Phase: **{rep.phase}** — {rep.message}. Final step: {_i(rep.final_step)}.", "",
-             "| task | metric | phase | converged at | KD from | best val (step) | final val | final − best | test (final) | test (best ckpt) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| task | metric | phase | converged at | KD from | best val (step) | final val | final − best | best ever | test (final) | test (best ckpt) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in rep.tasks:
         lines.append(f"| {t.task} | {t.metric} | {t.phase} | {_i(t.converged_at_step)} | {_i(t.kd_from_step)} | "
                      f"{_f(t.best_validation)} ({_i(t.best_step)}) | {_f(t.final_validation)} | {_f(t.final_minus_best, True)} | "
-                     f"{_f(t.test_final)} | {_f(t.test_best_checkpoint)} ({_i(t.best_checkpoint_step)}) |")
-    lines += ["", f"Mean drop (best − final, over tasks): {_f(rep.mean_drop)} points; largest drop: {_f(rep.max_drop)} points.", ""]
+                     f"{_f(t.best_ever)} | {_f(t.test_final)} | {_f(t.test_best_checkpoint)} ({_i(t.best_checkpoint_step)}) |")
+    lines += ["", f"Mean drop (best − final, over tasks): {_f(rep.mean_drop)} points; largest drop: {_f(rep.max_drop)} points.",
+              "Best val is the best on the final model's lineage (validations no rewind discarded); best ever "
+              "also counts trajectories a rewind discarded.", ""]
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ control document's generations), so a tick that fails half-way is simply repeate
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -23,7 +24,9 @@ from asyncmtl.core.observations import InferenceObservation, Observations
 from asyncmtl.core.reconcile import reconcile
 from asyncmtl.core.status import RunStatus
 from asyncmtl.softlabels import write_manifest
-from asyncmtl.spec import AsyncMTLRun, SpecError, SpecIssue, parse_run
+from pydantic import ValidationError
+
+from asyncmtl.spec import AsyncMTLRun, ClusterSpec, SpecError, SpecIssue, issues_from_validation_error, parse_run
 from asyncmtl.storage import RunStorage, StorageError, open_run_storage
 from asyncmtl_operator import children
 from asyncmtl_operator.kube import Kube
@@ -44,7 +47,9 @@ class OperatorConfig:
     ASYNCMTL_OPERATOR_METRICS_PORT (0 disables, default 8080);
     ASYNCMTL_DEFAULT_STORAGE_URI, ASYNCMTL_DEFAULT_STORAGE_ENDPOINT, ASYNCMTL_DEFAULT_STORAGE_SECRET:
     the S3 storage that replaces a run's `file://` storage (a pod's files are not shared with
-    the inference pods), so a spec written for `asyncmtl run` applies unchanged.
+    the inference pods), so a spec written for `asyncmtl run` applies unchanged;
+    ASYNCMTL_TRAINER_DEFAULTS: JSON in the shape of `spec.cluster` (camelCase), used for every
+    field a run does not set (image, resources, nodeSelector, tolerations, priorityClassName, labels).
     """
 
     prometheus_url: str = "http://prometheus-operated.monitoring:9090"
@@ -54,6 +59,7 @@ class OperatorConfig:
     default_storage_uri: str | None = None
     default_storage_endpoint: str | None = None
     default_storage_secret: str | None = None
+    trainer_defaults: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls) -> "OperatorConfig":
@@ -63,7 +69,8 @@ class OperatorConfig:
                    metrics_port=int(os.environ.get("ASYNCMTL_OPERATOR_METRICS_PORT", cls.metrics_port)),
                    default_storage_uri=os.environ.get("ASYNCMTL_DEFAULT_STORAGE_URI") or None,
                    default_storage_endpoint=os.environ.get("ASYNCMTL_DEFAULT_STORAGE_ENDPOINT") or None,
-                   default_storage_secret=os.environ.get("ASYNCMTL_DEFAULT_STORAGE_SECRET") or None)
+                   default_storage_secret=os.environ.get("ASYNCMTL_DEFAULT_STORAGE_SECRET") or None,
+                   trainer_defaults=json.loads(os.environ.get("ASYNCMTL_TRAINER_DEFAULTS") or "{}"))
 
 
 @dataclass
@@ -101,6 +108,8 @@ class Controller:
                            if k in ("name", "namespace", "labels")}
         where = f"{doc['metadata'].get('namespace')}/{doc['metadata'].get('name')}"
         run = parse_run(doc, file=where)
+        if self.config.trainer_defaults:
+            run.spec.cluster = _with_defaults(run.spec.cluster, self.config.trainer_defaults)
         st = run.spec.storage
         if st.uri.startswith("file://"):
             if not self.config.default_storage_uri:
@@ -205,6 +214,12 @@ class Controller:
         mem.last_poll = now
         self._measure(status, new, point_times, now, logger, name)
         self._apply(body, run, namespace, new, actions, adopt, logger)
+        for task, ts in new.tasks.items():
+            self.metrics.set_task_phase(namespace, name, task, ts.phase)
+        self.metrics.metrics_available.labels(namespace, name).set(1.0 if obs.metrics is not None else 0.0)
+        waiting = (new.control.generation if new.control else 0) > new.acknowledged_generation
+        self.metrics.signal_pending.labels(namespace, name).set(
+            now - new.signal_sent_at if waiting and new.signal_sent_at else 0.0)
         self.metrics.reconciles.labels("ok").inc()
         return self.status_patch(body, new)
 
@@ -250,6 +265,7 @@ class Controller:
                 continue
             st = job.get("status") or {}
             completions = (job.get("spec") or {}).get("completions") or run.spec.distillation.shards
+            self.metrics.set_inference(namespace, run.name, task, completions, st)
             failed = next((c for c in st.get("conditions") or []
                            if c.get("type") == "Failed" and c.get("status") == "True"), None)
             if failed is not None:
@@ -326,6 +342,19 @@ class Controller:
                             "lastTransitionTime": _iso(c.last_transition_time)} for c in status.conditions],
             STATUS_KEY: status.model_dump(mode="json", by_alias=True),
         }
+
+
+def _with_defaults(cluster: ClusterSpec, defaults: dict[str, Any]) -> ClusterSpec:
+    """`cluster` with every field the run did not set taken from `defaults` (spec.cluster's shape).
+
+    Raises:
+        SpecError: the defaults themselves are invalid (an operator configuration error).
+    """
+    given = cluster.model_dump(by_alias=True, exclude_unset=True)
+    try:
+        return ClusterSpec.model_validate({**defaults, **given})
+    except ValidationError as exc:
+        raise SpecError(issues_from_validation_error(exc, ("ASYNCMTL_TRAINER_DEFAULTS",))) from None
 
 
 def pod_problem(pod: dict[str, Any]) -> tuple[str, str]:

@@ -25,6 +25,20 @@ from asyncmtl_operator.operator_metrics import OperatorMetrics
 
 TIMER_INTERVAL = float(os.environ.get("ASYNCMTL_TIMER_INTERVAL", "5"))
 
+# What kopf itself does with the API for these handlers (kopf docs, "Deployment: RBAC"):
+# watch and list the runs, patch them (finalizers, progress annotations), patch their status
+# (the status subresource), and post Events. (api group, resource) -> verbs.
+KOPF_PERMISSIONS: dict[tuple[str, str], set[str]] = {
+    (GROUP, PLURAL): {"get", "list", "watch", "patch"},
+    (GROUP, f"{PLURAL}/status"): {"get", "patch"},
+    ("", "events"): {"create"},
+}
+# With --peering (an opt-in standby), kopf also reads and updates its peering objects.
+KOPF_PEERING_PERMISSIONS: dict[tuple[str, str], set[str]] = {
+    ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
+    ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
+}
+
 
 def _post_event(body: dict, type_: str, reason: str, message: str) -> None:
     kopf.event(body, type=type_, reason=reason, message=message[:1024])

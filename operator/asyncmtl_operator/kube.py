@@ -3,8 +3,9 @@
 Configuration: in-cluster service account, else `$KUBECONFIG` / `~/.kube/config`.
 Creating a child that already exists (HTTP 409) counts as success: child names are
 deterministic, so a retried or restarted operator never duplicates one.
-Verbs used (the Helm chart's RBAC grants exactly these): configmaps get/create/patch;
-services create; jobs get/create; pods list; secrets get; events list and create (kopf).
+The API calls below are the operator's only ones besides kopf's own (`handlers.KOPF_PERMISSIONS`);
+the Helm chart's RBAC grants exactly their union, which tests/unit/test_rbac.py derives from
+this file's source.
 """
 from __future__ import annotations
 
@@ -53,14 +54,6 @@ class Kube:
 
     def patch_configmap_data(self, name: str, namespace: str, data: dict[str, str]) -> None:
         self.core.patch_namespaced_config_map(name, namespace, {"data": data})
-
-    def get_configmap(self, name: str, namespace: str) -> dict[str, Any] | None:
-        try:
-            return self._plain(self.core.read_namespaced_config_map(name, namespace))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
 
     def get_job(self, name: str, namespace: str) -> dict[str, Any] | None:
         try:

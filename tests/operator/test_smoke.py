@@ -61,3 +61,23 @@ def test_file_storage_without_a_default_is_rejected_with_the_path(cluster, kube,
                         and get_run(kube, "local")["status"], what="Failed")
     assert runner.exit_code == 0, runner.output
     assert "spec.storage.uri: file:// storage is local to one pod" in st["message"]
+
+
+def test_trainer_defaults_fill_only_what_the_run_leaves_unset(cluster, kube, s3, monkeypatch):
+    import json
+
+    endpoint, _ = s3
+    monkeypatch.setenv("PROMETHEUS_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("ASYNCMTL_OPERATOR_METRICS_PORT", "0")
+    monkeypatch.setenv("ASYNCMTL_TRAINER_DEFAULTS", json.dumps({
+        "image": "registry.example/asyncmtl/trainer:1.2", "nodeSelector": {"gpu": "a100"},
+        "labels": {"kueue.x-k8s.io/queue-name": "team-a"}, "priorityClassName": "batch"}))
+    doc = make_run("dflt", endpoint=endpoint, cluster={"priorityClassName": "urgent"})
+    with KopfRunner(operator_args(), timeout=60) as runner:
+        apply_run(kube, doc)
+        job = wait_until(lambda: get_obj(kube, "Job", "dflt-train"), what="Job")
+    assert runner.exit_code == 0, runner.output
+    pod = job["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == "registry.example/asyncmtl/trainer:1.2"
+    assert pod["nodeSelector"] == {"gpu": "a100"} and pod["priorityClassName"] == "urgent"  # the run's own wins
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"

@@ -1,0 +1,53 @@
+"""The report: lineage across rewinds, KD switch, gaps, and the files it writes."""
+from __future__ import annotations
+
+import json
+
+from asyncmtl.core.status import RunStatus, TaskStatus
+from asyncmtl.report import build_report, split_lineage, write_report
+from asyncmtl.storage import FileRunStorage
+
+
+def _history(storage):
+    recs = [
+        {"task": "a", "step": 100, "value": 50.0, "mode": "supervised"},
+        {"task": "a", "step": 200, "value": 60.0, "mode": "supervised"},
+        {"task": "a", "step": 300, "value": 59.0, "mode": "supervised"},
+        {"task": "a", "step": 400, "value": 58.0, "mode": "supervised"},
+        {"event": "rewind", "step": 200},
+        {"event": "kd", "task": "a", "step": 200},
+        {"task": "a", "step": 300, "value": 59.5, "mode": "kd"},
+        {"task": "a", "step": 400, "value": 59.8, "mode": "kd"},
+    ]
+    for r in recs:
+        storage.append_line("reports/history.jsonl", json.dumps(r))
+
+
+def test_lineage_follows_rewinds():
+    history = [{"task": "a", "step": s, "value": v} for s, v in [(100, 1), (200, 2), (300, 3)]]
+    history += [{"event": "rewind", "step": 100}, {"task": "a", "step": 200, "value": 4}]
+    kept, gone = split_lineage(history, "a")
+    assert [(r["step"], r["value"]) for r in kept] == [(100, 1), (200, 4)]
+    assert sorted((r["step"], r["value"]) for r in gone) == [(200, 2), (300, 3)]
+
+
+def test_report_gap_kd_step_and_files(tmp_path):
+    st = FileRunStorage(tmp_path)
+    _history(st)
+    st.put_bytes("reports/final.json", json.dumps({"step": 400, "tasks": {"a": {
+        "metric": "accuracy", "finalValidation": {"accuracy": 59.8}, "finalTest": {"accuracy": 58.0},
+        "bestCheckpoint": {"step": 200, "test": {"accuracy": 58.5}}}}}).encode())
+    status = RunStatus(phase="Succeeded", message="every task converged",
+                       tasks={"a": TaskStatus(phase="KD", converged_at_step=400, best_step=200)})
+    rep = build_report("r", status, st)
+    (a,) = rep.tasks
+    assert (a.best_validation, a.best_step, a.best_ever) == (60.0, 200, 60.0)
+    assert a.kd_from_step == 200 and a.converged_at_step == 400
+    assert round(a.final_minus_best, 2) == -0.2 and round(rep.mean_drop, 2) == 0.2
+    assert (a.test_final, a.test_best_checkpoint, a.best_checkpoint_step) == (58.0, 58.5, 200)
+    paths = write_report("r", status, st, tmp_path / "scratch")
+    assert (tmp_path / "reports" / "curves.png").stat().st_size > 5000
+    md = (tmp_path / "reports" / "report.md").read_text()
+    assert "| a | accuracy | KD | 400 | 200 | 60.00 (200) | 59.80 | -0.20 | 60.00 |" in md
+    assert json.loads((tmp_path / "reports" / "report.json").read_text())["meanDrop"] == rep.mean_drop
+    assert set(paths) == {"report.json", "report.md", "curves.png"}
