@@ -268,6 +268,15 @@ class Toleration(_Strict):
     toleration_seconds: int | None = Field(None, ge=0)
 
 
+class VolumeSpec(_Strict):
+    """A PersistentVolumeClaim mounted into the trainer and inference pods (e.g. the data)."""
+
+    name: str = Field(..., pattern=_DNS_LABEL, max_length=63)
+    claim_name: str = Field(..., min_length=1)
+    mount_path: str = Field(..., pattern=r"^/.*")
+    read_only: bool = True
+
+
 class ClusterSpec(_Strict):
     """How the operator runs the trainer and inference pods (ignored by `asyncmtl run`)."""
 
@@ -287,6 +296,8 @@ class ClusterSpec(_Strict):
     service_account_name: str | None = Field(None, description="Service account of trainer and inference pods.")
     labels: dict[str, str] = Field(default_factory=dict, description="Extra pod and Job labels (e.g. kueue.x-k8s.io/queue-name).")
     backoff_limit: int = Field(3, ge=0, le=100, description="Pod retries of the training Job (resumes from the latest checkpoint).")
+    volumes: list[VolumeSpec] = Field(default_factory=list, description="PVCs mounted into every pod (data, caches).")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment of every pod (e.g. TWEETEVAL_DIR).")
 
 
 class RunSpec(_Strict):

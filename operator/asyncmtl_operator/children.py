@@ -71,6 +71,7 @@ def _env(run: AsyncMTLRun) -> list[dict[str, Any]]:
         {"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "TRANSFORMERS_OFFLINE", "value": "1"},
         {"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": "HOME", "value": WORKDIR},
     ]
+    env.extend({"name": k, "value": v} for k, v in sorted(run.spec.cluster.env.items()))
     st = run.spec.storage
     if st.endpoint_url:
         env.append({"name": "AWS_ENDPOINT_URL", "value": st.endpoint_url})
@@ -91,6 +92,8 @@ def _pod_spec(run: AsyncMTLRun, container: dict[str, Any], restart: str) -> dict
             {"name": "control", "configMap": {"name": control_name(run.name)}},
             {"name": "work", "emptyDir": {}},
             {"name": "tmp", "emptyDir": {}},  # the root filesystem is read-only
+            *({"name": v.name, "persistentVolumeClaim": {"claimName": v.claim_name, "readOnly": v.read_only}}
+              for v in c.volumes),
         ],
     }
     if c.node_selector:
@@ -112,7 +115,8 @@ def _container(run: AsyncMTLRun, name: str, args: list[str], resources: dict[str
         "name": name, "image": c.image, "imagePullPolicy": c.image_pull_policy, "args": args,
         "env": _env(run), "resources": resources, "securityContext": CONTAINER_SECURITY_CONTEXT,
         "volumeMounts": [{"name": "control", "mountPath": CONTROL_MOUNT, "readOnly": True},
-                         {"name": "work", "mountPath": WORKDIR}, {"name": "tmp", "mountPath": "/tmp"}],
+                         {"name": "work", "mountPath": WORKDIR}, {"name": "tmp", "mountPath": "/tmp"},
+                         *({"name": v.name, "mountPath": v.mount_path, "readOnly": v.read_only} for v in c.volumes)],
     }
     if ports:
         out["ports"] = ports

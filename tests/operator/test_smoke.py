@@ -81,3 +81,21 @@ def test_trainer_defaults_fill_only_what_the_run_leaves_unset(cluster, kube, s3,
     assert pod["containers"][0]["image"] == "registry.example/asyncmtl/trainer:1.2"
     assert pod["nodeSelector"] == {"gpu": "a100"} and pod["priorityClassName"] == "urgent"  # the run's own wins
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+
+
+def test_data_volumes_and_env_reach_every_pod(cluster, kube, s3, monkeypatch):
+    endpoint, _ = s3
+    monkeypatch.setenv("PROMETHEUS_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("ASYNCMTL_OPERATOR_METRICS_PORT", "0")
+    doc = make_run("vol", endpoint=endpoint, cluster={
+        "volumes": [{"name": "tweeteval", "claimName": "tweeteval", "mountPath": "/data/tweeteval"}],
+        "env": {"TWEETEVAL_DIR": "/data/tweeteval"}})
+    with KopfRunner(operator_args(), timeout=60) as runner:
+        apply_run(kube, doc)
+        job = wait_until(lambda: get_obj(kube, "Job", "vol-train"), what="Job")
+    assert runner.exit_code == 0, runner.output
+    pod = job["spec"]["template"]["spec"]
+    assert {"name": "tweeteval", "persistentVolumeClaim": {"claimName": "tweeteval", "readOnly": True}} in pod["volumes"]
+    c = pod["containers"][0]
+    assert {"name": "tweeteval", "mountPath": "/data/tweeteval", "readOnly": True} in c["volumeMounts"]
+    assert {"name": "TWEETEVAL_DIR", "value": "/data/tweeteval"} in c["env"]

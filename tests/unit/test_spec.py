@@ -84,7 +84,15 @@ def test_yaml_syntax_error_has_a_line(tmp_path):
     assert ei.value.issues[0].line is not None and ei.value.issues[0].path == "(yaml)"
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "manifests" / "examples").rglob("*.yaml")), ids=lambda p: p.name)
+RUN_EXAMPLES = [p for p in sorted((REPO / "manifests" / "examples").rglob("*.yaml"))
+                if yaml.safe_load(p.read_text()).get("kind") == "AsyncMTLRun"]
+
+
+def test_the_examples_include_the_runs_the_readme_names():
+    assert {p.name for p in RUN_EXAMPLES} >= {"quickstart.yaml", "tweeteval-joint.yaml", "tweeteval-joint-gpu.yaml"}
+
+
+@pytest.mark.parametrize("path", RUN_EXAMPLES, ids=lambda p: p.name)
 def test_shipped_examples_validate(path: Path):
     run = load_run_file(path)
     assert run.name == yaml.safe_load(path.read_text())["metadata"]["name"]
