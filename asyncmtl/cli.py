@@ -3,6 +3,7 @@
 - `asyncmtl run SPEC.yaml [--workdir DIR] [--resume] [--tweeteval-dir DIR]`: run locally.
 - `asyncmtl validate SPEC.yaml...`: check specs (and their data) without running anything.
 - `asyncmtl report WORKDIR`: rebuild report.md/json and curves.png of a local run.
+- `asyncmtl compare RUN...`: the paper's Table 3 and validation curves from finished runs.
 - `asyncmtl crd`: print the CustomResourceDefinition generated from the spec models.
 - `asyncmtl spec-doc`: print the spec reference generated from the models.
 """
@@ -76,6 +77,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from asyncmtl.compare import CompareError, compare, write
+
+    dirs = []
+    for item in args.runs:
+        p = Path(item)
+        if not p.is_dir():
+            p = Path(args.runs_root) / item
+        dirs.append(p)
+    try:
+        comparison, reports = compare(dirs, reference=args.reference)
+    except CompareError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(comparison.text())
+    paths = write(comparison, reports, Path(args.out))
+    print()
+    for name, p in paths.items():
+        print(f"  {name:28s} {p}")
+    return 0
+
+
 def cmd_crd(args: argparse.Namespace) -> int:
     from asyncmtl.crd import render
 
@@ -111,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="Rebuild the report of a local run from its folder.")
     rep.add_argument("workdir")
     rep.set_defaults(func=cmd_report)
+    cp = sub.add_parser("compare", help="The paper's Table 3 (and curves) from finished runs.")
+    cp.add_argument("runs", nargs="+", help="Run folders, or names of local runs under --runs-root.")
+    cp.add_argument("--reference", help="Row the others are compared with (default: the first baseline's Final).")
+    cp.add_argument("--runs-root", default="runs/local", help="Where run names are looked up.")
+    cp.add_argument("--out", default="runs/compare", help="Where compare.md, compare.csv and the figures go.")
+    cp.set_defaults(func=cmd_compare)
     c = sub.add_parser("crd", help="Print the AsyncMTLRun CustomResourceDefinition generated from the models.")
     c.set_defaults(func=cmd_crd)
     sd = sub.add_parser("spec-doc", help="Print the spec reference (Markdown) generated from the models.")

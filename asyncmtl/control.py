@@ -12,6 +12,7 @@ Signals (paper Sec. 3):
 - `softLabelsReady(task, uri)`: soft labels from the task's best checkpoint are complete at
   `uri` (a manifest); train the task with the KD loss (Eq. 2) from now on.
 - `skipDistillation(task, reason)`: soft labels could not be made; the task stays frozen.
+- `startTask(task)`: sequential setting: start training the task on its true labels.
 - `stop`: every task has converged; run the final evaluation and exit.
 """
 from __future__ import annotations
@@ -37,7 +38,14 @@ class ConvergedSignal(_Signal):
     kind: Literal["converged"] = "converged"
     task: str
     best_step: int = Field(..., ge=0)
-    rewind_to: int = Field(..., ge=0, description="Checkpoint step to rewind the whole model to.")
+    rewind_to: int | None = Field(..., ge=0, description="Checkpoint step to rewind the whole model to (None: no rewind).")
+
+
+class StartTaskSignal(_Signal):
+    """Sequential setting: start training `task` on its true labels."""
+
+    kind: Literal["startTask"] = "startTask"
+    task: str
 
 
 class SoftLabelsReadySignal(_Signal):
@@ -57,7 +65,7 @@ class StopSignal(_Signal):
 
 
 Signal = Annotated[
-    Union[ConvergedSignal, SoftLabelsReadySignal, SkipDistillationSignal, StopSignal],
+    Union[ConvergedSignal, SoftLabelsReadySignal, SkipDistillationSignal, StopSignal, StartTaskSignal],
     Field(discriminator="kind"),
 ]
 

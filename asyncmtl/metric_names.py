@@ -23,7 +23,9 @@ CONTROL_APPLIED_STEP = f"{PREFIX}_control_applied_step"  # gauge: step at which 
 TASK_MODE = f"{PREFIX}_task_mode"  # gauge {task, mode=supervised|pending|kd|frozen}: 1 for the current mode
 TRAINER_STATE = f"{PREFIX}_trainer_state"  # gauge {state=starting|training|paused|finalizing|finished}
 REWINDS = f"{PREFIX}_rewinds"  # counter: rewinds applied
+TRAIN_SIZE = f"{PREFIX}_task_train_examples"  # gauge {task}: examples in the task's training split
+LOSS_WEIGHT = f"{PREFIX}_loss_weight"  # gauge {task}: the task's loss weight λ (weighting methods)
 
-TASK_MODES = ("supervised", "pending", "kd", "frozen")
+TASK_MODES = ("inactive", "supervised", "pending", "kd", "frozen")
 TRAINER_STATES = ("starting", "training", "paused", "finalizing", "finished")
 LOSS_KINDS = ("supervised", "kd")

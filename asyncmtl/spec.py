@@ -223,6 +223,9 @@ class DistillationSpec(_Strict):
     )
     shards: int = Field(2, ge=1, le=1024, description="Soft-label inference shards (processes or Indexed Job completions).")
     max_attempts: int = Field(3, ge=1, le=100, description="Inference attempts per task before the run degrades.")
+    kd_sampling_weight: float = Field(
+        1.0, gt=0.0, le=1.0,
+        description="Multiplies a converged (KD) task's share of each batch (below 1: the paper's future work).")
 
 
 class StorageSpec(_Strict):
@@ -256,6 +259,18 @@ class MetricsSpec(_Strict):
     ack_timeout_seconds: float = Field(
         600.0, gt=0.0, description="A control signal not acknowledged within this time sets SignalAcknowledged=False."
     )
+
+
+class WeightingSpec(_Strict):
+    """How task losses are weighted in the total loss (the paper's method: uniform, Eq. 3)."""
+
+    method: Literal["uniform", "static", "muppet", "dwa", "gradnorm"] = Field(
+        "uniform", description="uniform; static (weights); muppet (1/log #classes); dwa; gradnorm.")
+    weights: dict[str, float] = Field(default_factory=dict, description="static: λ per task name (default 1).")
+    temperature: float = Field(2.0, gt=0.0, description="dwa: softmax temperature T (Liu et al. 2019: 2).")
+    window: int = Field(100, ge=1, description="dwa: steps per loss-averaging window (in place of an epoch).")
+    alpha: float = Field(1.5, ge=0.0, description="gradnorm: asymmetry α (Chen et al. 2018).")
+    learning_rate: float = Field(0.025, gt=0.0, description="gradnorm: step size of the weight update.")
 
 
 class Toleration(_Strict):
@@ -307,9 +322,20 @@ class RunSpec(_Strict):
     tasks: list[TaskSpec] = Field(..., min_length=1, max_length=64, description="The tasks, one head each.")
     setting: Literal["joint", "sequential"] = Field("joint", description="Paper Sec. 3: joint or sequential.")
     order: Literal["smallest-first", "largest-first", "easiest-first", "explicit"] | None = Field(
-        None, description="Sequential setting only (reserved): the order tasks are added in."
+        None, description="Sequential setting: the order tasks are added in (by training-set size, by the "
+                          "convergence order of orderFromRun, or taskOrder)."
     )
-    task_order: list[str] | None = Field(None, description="Sequential setting with order: explicit (reserved).")
+    task_order: list[str] | None = Field(None, description="Sequential setting with order: explicit.")
+    order_from_run: str | None = Field(
+        None, description="easiest-first: a finished run (local run folder, or a run name in the same namespace) "
+                          "whose tasks' convergence steps give the order.")
+    strategy: Literal["asyncKD", "fixedSteps", "continual"] = Field(
+        "asyncKD", description="asyncKD: the paper's method; fixedSteps: a baseline trained for training.maxSteps "
+                               "with no convergence handling; continual: sequential with true labels only (no KD).")
+    weighting: WeightingSpec = Field(default_factory=WeightingSpec, description="Loss weighting (baselines).")
+    rewind: Literal["toBest", "none"] = Field(
+        "toBest", description="On convergence, rewind the model to the task's best checkpoint (the paper), or keep "
+                              "going (KD still uses the best checkpoint).")
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation settings.")
     distillation: DistillationSpec = Field(default_factory=DistillationSpec, description="Knowledge distillation (paper Eq. 2).")
     storage: StorageSpec = Field(default_factory=StorageSpec, description="Artifact storage.")
@@ -323,12 +349,28 @@ class RunSpec(_Strict):
             if t.name in seen:
                 raise _FieldError(("tasks", i, "name"), f"duplicate task name {t.name!r} (also tasks[{seen[t.name]}])")
             seen[t.name] = i
+        names = [t.name for t in self.tasks]
         if self.setting == "sequential":
-            raise _FieldError(("setting",), "'sequential' is reserved and not supported by this version; use 'joint'")
-        if self.order is not None:
-            raise _FieldError(("order",), "only applies to setting: sequential")
-        if self.task_order is not None:
-            raise _FieldError(("taskOrder",), "only applies to setting: sequential with order: explicit")
+            if self.order is None:
+                raise _FieldError(("order",), "required for setting: sequential")
+            if self.order == "explicit":
+                if self.task_order is None or sorted(self.task_order) != sorted(names):
+                    raise _FieldError(("taskOrder",), f"must list every task exactly once: {names}")
+            elif self.task_order is not None:
+                raise _FieldError(("taskOrder",), "only applies to order: explicit")
+            if self.order == "easiest-first" and not self.order_from_run:
+                raise _FieldError(("orderFromRun",), "required for order: easiest-first")
+            if self.strategy == "fixedSteps":
+                raise _FieldError(("strategy",), "fixedSteps is a joint baseline; use continual for sequential")
+        else:
+            for f, alias in (("order", "order"), ("task_order", "taskOrder"), ("order_from_run", "orderFromRun")):
+                if getattr(self, f) is not None:
+                    raise _FieldError((alias,), "only applies to setting: sequential")
+            if self.strategy == "continual":
+                raise _FieldError(("strategy",), "continual applies to setting: sequential")
+        unknown = sorted(set(self.weighting.weights) - set(names))
+        if unknown:
+            raise _FieldError(("weighting", "weights"), f"unknown task(s) {unknown}")
         if self.training.warmup >= self.training.max_steps:
             raise _FieldError(("training", "warmup"), "must be smaller than training.maxSteps")
         return self

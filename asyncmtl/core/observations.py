@@ -22,6 +22,7 @@ class TrainerObservation(BaseModel):
     applied_generation: int = Field(0, description="Last control generation the trainer applied (the ack).")
     applied_at_step: int | None = None
     tasks: dict[str, TaskObservation] = Field(default_factory=dict)
+    train_sizes: dict[str, int] = Field(default_factory=dict, description="Training examples per task.")
 
 
 class InferenceObservation(BaseModel):

@@ -19,6 +19,15 @@ The method (Lu et al., NAACL 2022, Sec. 3), as decisions:
    `skipDistillation` signal and the run is Degraded.
 5. The trainer finishing after `stop` (or at maxSteps) completes the run; a trainer failure
    fails it.
+
+Variants (issue "the paper's experiments as features"):
+- setting sequential: tasks start Pending; once the training-set sizes are known (the trainer
+  exports them) the order is fixed and `startTask` starts the first; each time the running task
+  converges the next one is started in the same generation; `stop` after the last.
+- strategy fixedSteps (the baselines): no convergence decision at all; the run ends at maxSteps.
+- strategy continual (Continual MTL): sequential, a converged task keeps its true labels (no
+  rewind, no KD); only the next task is started.
+- rewind none: the converged signal carries no rewind step and tracks are not cut.
 """
 from __future__ import annotations
 
@@ -27,6 +36,7 @@ from asyncmtl.control import (
     ConvergedSignal,
     SkipDistillationSignal,
     SoftLabelsReadySignal,
+    StartTaskSignal,
     StopSignal,
 )
 from asyncmtl.core.actions import Action, Complete, EmitEvent, Fail, LaunchInference, WriteControl
@@ -121,6 +131,8 @@ def reconcile(
         ctx.condition("MetricsAvailable", "False", "MetricsUnavailable", obs.metrics_error or "no metrics yet")
     else:
         ctx.condition("MetricsAvailable", "True", "Scraped")
+        if spec.setting == "sequential" and st.task_order is None:
+            _start_sequence(spec, ctx, obs.metrics.train_sizes)
         _observe(spec, ctx, obs)
 
     _trainer_readiness(ctx, obs)
@@ -144,15 +156,41 @@ def _trainer_readiness(ctx: _Ctx, obs: Observations) -> None:
         ctx.condition("Ready", "True", "Running", "trainer running")
 
 
+def task_order(spec: RunSpec, sizes: dict[str, int]) -> list[str] | None:
+    """The sequential order (None while training-set sizes are not known yet).
+
+    smallest-first / largest-first sort by training-set size (ties by declaration order);
+    explicit and easiest-first use `spec.task_order` (a runtime resolves easiest-first into it).
+    """
+    names = [t.name for t in spec.tasks]
+    if spec.order in ("explicit", "easiest-first"):
+        return list(spec.task_order or [])
+    if any(n not in sizes for n in names):
+        return None
+    return sorted(names, key=lambda n: (sizes[n], names.index(n)), reverse=False) if spec.order == "smallest-first" \
+        else sorted(names, key=lambda n: (-sizes[n], names.index(n)))
+
+
 def _start(spec: RunSpec, ctx: _Ctx) -> None:
     st = ctx.st
     st.phase = "Running"
-    st.tasks = {t.name: TaskStatus(phase="Training") for t in spec.tasks}
+    first = "Pending" if spec.setting == "sequential" else "Training"
+    st.tasks = {t.name: TaskStatus(phase=first) for t in spec.tasks}
     st.control = ControlDocument(run=ctx.run)
     ctx.actions.append(WriteControl(document=st.control))
     ctx.condition("Ready", "True", "Running", "trainer started")
     ctx.condition("Degraded", "False", "AsExpected")
     ctx.event("Started", f"run {ctx.run}: training {len(spec.tasks)} tasks ({spec.setting})")
+
+
+def _start_sequence(spec: RunSpec, ctx: _Ctx, sizes: dict[str, int]) -> None:
+    order = task_order(spec, sizes)
+    if order is None:
+        return
+    ctx.st.task_order = order
+    ctx.st.tasks[order[0]].phase = "Training"
+    ctx.signal(StartTaskSignal(generation=1, task=order[0]))
+    ctx.event("TaskStarted", f"sequential ({spec.order}): order {', '.join(order)}; starting {order[0]}", task=order[0])
 
 
 def _observe(spec: RunSpec, ctx: _Ctx, obs: Observations) -> None:
@@ -177,7 +215,7 @@ def _observe(spec: RunSpec, ctx: _Ctx, obs: Observations) -> None:
             ctx.event("ValidationMissed", f"task {name}: {missed} validation(s) not seen "
                       f"(counter {task_obs.validations}); decided from the trainer's best-so-far",
                       task=name, step=ts.track.last_step, warning=True)
-    if st.stopping:
+    if st.stopping or spec.strategy == "fixedSteps":
         return
     newly = [n for n, ts in st.tasks.items()
              if ts.phase == "Training" and has_converged(ts.track, rule_for(spec, spec.task(n)))]
@@ -187,25 +225,34 @@ def _observe(spec: RunSpec, ctx: _Ctx, obs: Observations) -> None:
 
 def _converge(spec: RunSpec, ctx: _Ctx, newly: list[str]) -> None:
     st = ctx.st
-    rewind_to = max(st.tasks[n].track.best_step or 0 for n in newly)
+    continual = spec.strategy == "continual"
+    rewind_to = None if (spec.rewind == "none" or continual) else max(st.tasks[n].track.best_step or 0 for n in newly)
     for n in newly:
         ts = st.tasks[n]
         ts.phase = "Converged"
         ts.converged_at_step = ts.track.last_step
         ts.best_step, ts.best_value = ts.track.best_step, ts.track.best_value
         ts.rewind_to = rewind_to
-        ctx.signal(ConvergedSignal(generation=1, task=n, best_step=ts.best_step or 0, rewind_to=rewind_to))
+        if not continual:
+            ctx.signal(ConvergedSignal(generation=1, task=n, best_step=ts.best_step or 0, rewind_to=rewind_to))
+        how = f"rewinding to step {rewind_to}" if rewind_to is not None else "no rewind"
         ctx.event("TaskConverged", f"task {n}: no improvement for {spec.task(n).patience} validation steps; "
-                  f"best {ts.best_value:.2f} at step {ts.best_step}, rewinding to step {rewind_to}",
-                  task=n, step=ts.converged_at_step)
-    for ts in st.tasks.values():
-        ts.track = ts.track.cut(rewind_to, _any_rule(spec))
-    remaining = [n for n, ts in st.tasks.items() if ts.phase == "Training"]
+                  f"best {ts.best_value:.2f} at step {ts.best_step}, {how}", task=n, step=ts.converged_at_step)
+    if rewind_to is not None:
+        for ts in st.tasks.values():
+            ts.track = ts.track.cut(rewind_to, _any_rule(spec))
+    if spec.setting == "sequential" and st.task_order:
+        waiting = [n for n in st.task_order if st.tasks[n].phase == "Pending"]
+        if waiting:
+            st.tasks[waiting[0]].phase = "Training"
+            ctx.signal(StartTaskSignal(generation=1, task=waiting[0]))
+            ctx.event("TaskStarted", f"starting task {waiting[0]} (sequential)", task=waiting[0])
+    remaining = [n for n, ts in st.tasks.items() if ts.phase in ("Training", "Pending")]
     if not remaining:
         st.stopping = True
         ctx.signal(StopSignal(generation=1))
         ctx.event("Stopping", "every task has converged: final evaluation", step=rewind_to)
-    else:
+    elif not continual:
         for n in newly:
             ts = st.tasks[n]
             ts.phase = "Distilling"
@@ -215,7 +262,8 @@ def _converge(spec: RunSpec, ctx: _Ctx, newly: list[str]) -> None:
             ctx.event("InferenceLaunched", f"task {n}: soft labels from step {ts.best_step} "
                       f"in {spec.distillation.shards} shard(s)", task=n, step=ts.best_step)
     ctx.flush_signals()
-    st.rewind_generation = st.control.generation if st.control else None
+    if rewind_to is not None:
+        st.rewind_generation = st.control.generation if st.control else None
 
 
 def _any_rule(spec: RunSpec) -> ConvergenceRule:

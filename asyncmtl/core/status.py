@@ -80,6 +80,7 @@ class RunStatus(_Camel):
     history: list[HistoryEntry] = Field(default_factory=list)
     message: str = ""
     observed_generation: int | None = None
+    task_order: list[str] | None = Field(None, description="Sequential setting: the order tasks are started in.")
 
     def condition(self, type_: ConditionType) -> Condition | None:
         for c in self.conditions:

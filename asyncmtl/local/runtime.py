@@ -235,6 +235,28 @@ class LocalRuntime:
         if check is not None:  # object stores: bucket reachable, credentials work
             check()
 
+    def resolve_order(self) -> None:
+        """easiest-first: the order in which the tasks converged in the run named by `orderFromRun`
+        (a local run folder, or a run name under this run's storage). Tasks that never converged go last.
+
+        Raises:
+            FileNotFoundError: that run has no status.json.
+        """
+        if self.spec.order != "easiest-first":
+            return
+        ref = Path(self.spec.order_from_run or "")
+        if not (ref / "status.json").is_file():
+            runs = self.storage.local_path("")
+            ref = (runs.parent if runs is not None else Path("runs/local")) / str(self.spec.order_from_run)
+        if not (ref / "status.json").is_file():
+            raise FileNotFoundError(f"spec.orderFromRun: no finished run at {self.spec.order_from_run!r} (looked in {ref})")
+        done = RunStatus.model_validate_json((ref / "status.json").read_text())
+        names = [t.name for t in self.spec.tasks]
+        key = {n: (done.tasks[n].converged_at_step if n in done.tasks and done.tasks[n].converged_at_step is not None
+                   else float("inf"), names.index(n)) for n in names}
+        self.spec.task_order = sorted(names, key=lambda n: key[n])
+        self.log.info("easiest-first order from %s: %s", ref, ", ".join(self.spec.task_order))
+
     def _resume_state(self) -> bool:
         if not self.status_path.is_file():
             self.log.info("nothing to resume in %s: starting a new run", self.workdir)
@@ -258,6 +280,7 @@ class LocalRuntime:
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.preflight()
+        self.resolve_order()
         resumed = self.opts.resume and self._resume_state()
         if resumed and self.status.phase in ("Succeeded", "Failed"):
             self.log.info("run already %s", self.status.phase)

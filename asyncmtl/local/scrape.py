@@ -25,12 +25,15 @@ def parse_trainer_metrics(text: str, run: str) -> TrainerObservation:
                 continue
             task = s.labels.get("task")
             if task is not None and s.name in (f"{M.VALIDATIONS}_total", M.VALIDATION_LAST_STEP, M.VALIDATION_LAST_VALUE,
-                                               M.VALIDATION_BEST_STEP, M.VALIDATION_BEST_VALUE):
+                                               M.VALIDATION_BEST_STEP, M.VALIDATION_BEST_VALUE, M.TRAIN_SIZE):
                 per_task.setdefault(task, {})[s.name] = s.value
             elif task is None and s.name in (M.GLOBAL_STEP, M.CONTROL_GENERATION, M.CONTROL_APPLIED_STEP):
                 trainer[s.name] = s.value
     tasks = {}
+    sizes = {t: int(d[M.TRAIN_SIZE]) for t, d in per_task.items() if d.get(M.TRAIN_SIZE)}
     for task, d in per_task.items():
+        if f"{M.VALIDATIONS}_total" not in d:
+            continue
         last_step, best_step = _num(d.get(M.VALIDATION_LAST_STEP)), _num(d.get(M.VALIDATION_BEST_STEP))
         tasks[task] = TaskObservation(
             validations=int(d.get(f"{M.VALIDATIONS}_total", 0)),
@@ -45,6 +48,7 @@ def parse_trainer_metrics(text: str, run: str) -> TrainerObservation:
         applied_generation=int(trainer.get(M.CONTROL_GENERATION, 0) or 0),
         applied_at_step=int(applied_step) if applied_step is not None else None,
         tasks=tasks,
+        train_sizes=sizes,
     )
 
 

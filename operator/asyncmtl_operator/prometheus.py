@@ -62,7 +62,7 @@ class PrometheusClient:
         sel = f'run="{run}",namespace="{namespace}"'
         names = "|".join([f"{M.VALIDATIONS}_total", M.VALIDATION_LAST_STEP, M.VALIDATION_LAST_VALUE,
                           M.VALIDATION_BEST_STEP, M.VALIDATION_BEST_VALUE, M.GLOBAL_STEP, M.CONTROL_GENERATION,
-                          M.CONTROL_APPLIED_STEP])
+                          M.CONTROL_APPLIED_STEP, M.TRAIN_SIZE])
         current = self.query(f'{{__name__=~"{names}",{sel}}}')
         if not current:
             return None
@@ -90,7 +90,10 @@ class PrometheusClient:
         newest = max((float(s["value"][1]) for s in ts), default=0.0)
         tasks: dict[str, TaskObservation] = {}
         point_times: dict[str, dict[int, float]] = {}
+        sizes = {t: int(d[M.TRAIN_SIZE]) for t, d in per_task.items() if d.get(M.TRAIN_SIZE)}
         for task, d in per_task.items():
+            if f"{M.VALIDATIONS}_total" not in d:
+                continue
             points, times = _pair_points(raw.get(task, {}))
             point_times[task] = times
             tasks[task] = TaskObservation(
@@ -100,7 +103,8 @@ class PrometheusClient:
                 points=points)
         obs = TrainerObservation(global_step=_int(trainer.get(M.GLOBAL_STEP)) or 0,
                                  applied_generation=_int(trainer.get(M.CONTROL_GENERATION)) or 0,
-                                 applied_at_step=_int(trainer.get(M.CONTROL_APPLIED_STEP)), tasks=tasks)
+                                 applied_at_step=_int(trainer.get(M.CONTROL_APPLIED_STEP)), tasks=tasks,
+                                 train_sizes=sizes)
         return Snapshot(trainer=obs, newest_sample=newest, point_times=point_times)
 
 

@@ -192,3 +192,58 @@ def test_exported_metrics_parse_into_observations():
     assert obs.tasks["b"].validations == 0 and obs.tasks["b"].last_step is None
     assert obs.applied_generation == 3 and obs.global_step == 310
     assert parse_trainer_metrics(generate_latest(ex.registry).decode(), "other").tasks == {}
+
+
+def _trainer_with(tmp_path, model_dir, **spec_over):
+    caps = {"maxTrainExamples": 64, "maxValidationExamples": 32, "maxTestExamples": 32}
+    tasks = []
+    for name in ("sentiment", "sarcasm"):
+        t = builtin_task(name)
+        t["data"].update(caps)
+        tasks.append(t)
+    fields = {"training": {"batchSize": 8, "learningRate": 1e-3, "maxSteps": 1000, "validationInterval": 5}}
+    fields.update(spec_over)
+    doc = run_doc(tasks, model=str(model_dir), storage={"uri": f"file://{tmp_path}/store"}, **fields)
+    spec = parse_run(doc).spec
+    storage = open_run_storage(spec.storage.uri, namespace="local", run="t")
+    tr = Trainer(spec, TrainerOptions(run="t", namespace="local", control_path=tmp_path / "c.json", workdir=tmp_path / "wd"),
+                 storage)
+    tr.setup()
+    return tr
+
+
+def test_sequential_tasks_wait_for_start_task(tmp_path, tiny_model):
+    from asyncmtl.control import StartTaskSignal
+
+    tr = _trainer_with(tmp_path, tiny_model, setting="sequential", order="explicit", taskOrder=["sarcasm", "sentiment"])
+    assert {n: s.mode for n, s in tr.states.items()} == {"sentiment": "inactive", "sarcasm": "inactive"}
+    assert tr.paused()
+    tr.apply_generation([StartTaskSignal(generation=1, task="sarcasm")], 1)
+    for _ in range(5):
+        assert set(tr.step_once()) == {"sarcasm"}
+    assert tr.states["sentiment"].last_step is None  # an inactive task is not validated
+
+
+def test_rewind_none_keeps_training_from_where_it_is(tmp_path, tiny_model):
+    tr = _trainer_with(tmp_path, tiny_model, rewind="none")
+    for _ in range(10):
+        tr.step_once()
+    tr.apply_generation([ConvergedSignal(generation=1, task="sarcasm", best_step=5, rewind_to=None)], 1)
+    assert tr.step == 10 and tr.states["sarcasm"].mode == "pending" and tr.checkpointer.steps() == [5, 10]
+
+
+def test_gradnorm_weights_move_and_keep_their_sum(tmp_path, tiny_model):
+    tr = _trainer_with(tmp_path, tiny_model, weighting={"method": "gradnorm", "alpha": 1.5, "learningRate": 0.05})
+    assert tr.last_shared is not None
+    for _ in range(10):
+        tr.step_once()
+    w = tr.weighting.weights()
+    assert sum(w.values()) == pytest.approx(2.0) and w != {"sentiment": 1.0, "sarcasm": 1.0}
+
+
+def test_kd_sampling_weight_shrinks_a_converged_tasks_share(tmp_path, tiny_model):
+    tr = _trainer_with(tmp_path, tiny_model, distillation={"kdSamplingWeight": 0.25})
+    tr.states["sarcasm"].mode = "kd"
+    p = tr.sampler.probabilities(tr.active_tasks(), tr._sampling_scale())
+    # both splits hold 64 examples: shares 1 : 0.25
+    assert p["sarcasm"] == pytest.approx(0.2) and p["sentiment"] == pytest.approx(0.8)

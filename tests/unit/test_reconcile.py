@@ -284,3 +284,89 @@ def test_a_blocked_trainer_sets_ready_false_with_the_cause_once():
     assert not [a for a in actions if isinstance(a, EmitEvent)]  # no Event storm while it stays blocked
     sim.poll()
     assert sim.status.condition("Ready").status == "True"
+
+
+def _sizes_obs(sim, sizes):
+    obs = sim.obs()
+    obs.metrics.train_sizes = sizes
+    return obs
+
+
+@pytest.mark.parametrize("order,expected", [
+    ("smallest-first", ["b", "c", "a"]),
+    ("largest-first", ["a", "c", "b"]),
+])
+def test_sequential_order_by_training_set_size(order, expected):
+    sim = Sim(make_spec(setting="sequential", order=order, patience=1))
+    sim.poll(metrics=False)
+    assert {n: t.phase for n, t in sim.status.tasks.items()} == {"a": "Pending", "b": "Pending", "c": "Pending"}
+    sim.validate(100, {})
+    sim.status, _ = reconcile(sim.spec, sim.status, _sizes_obs(sim, {"a": 900, "b": 100, "c": 500}), run="r")
+    assert sim.status.task_order == expected
+    starts = [s.task for s in sim.signals() if s.kind == "startTask"]
+    assert starts == [expected[0]] and sim.status.tasks[expected[0]].phase == "Training"
+
+
+def test_sequential_starts_the_next_task_when_the_running_one_converges_and_stops_after_the_last():
+    sim = Sim(make_spec(names=("a", "b"), setting="sequential", order="explicit", taskOrder=["b", "a"], patience=1))
+    sim.poll(metrics=False)
+    sim.poll()  # explicit order needs no sizes
+    assert [s.task for s in sim.signals() if s.kind == "startTask"] == ["b"]
+    sim.validate(100, {"b": 70})
+    sim.poll()
+    sim.validate(200, {"b": 60})
+    actions = sim.poll()  # b converges -> converged(b) + startTask(a) in one generation, inference for b
+    gen = sim.status.control.generation
+    last = [s for s in sim.signals() if s.generation == gen]
+    assert [(s.kind, s.task) for s in last] == [("converged", "b"), ("startTask", "a")]
+    assert [a.task for a in kinds(actions, LaunchInference)] == ["b"]
+    assert sim.status.tasks["a"].phase == "Training" and sim.status.tasks["b"].phase == "Distilling"
+    sim.applied = gen
+    sim.rewind(100)
+    sim.validate(200, {"a": 50, "b": 70})
+    sim.poll()
+    sim.validate(300, {"a": 40, "b": 70})
+    sim.poll()  # a converges: the last task -> stop
+    assert sim.signals()[-1].kind == "stop" and sim.status.stopping
+
+
+def test_fixed_steps_baselines_never_decide_convergence():
+    sim = Sim(make_spec(patience=1, strategy="fixedSteps"))
+    sim.poll(metrics=False)
+    for step, v in ((100, 70), (200, 60), (300, 50)):
+        sim.validate(step, {"a": v, "b": v, "c": v})
+        sim.poll()
+    assert not sim.signals() and all(t.phase == "Training" for t in sim.status.tasks.values())
+    assert sim.status.tasks["a"].track.best_step == 100  # still tracked, for the report
+    sim.poll(trainer_state="Finished")
+    assert sim.status.phase == "Succeeded"
+
+
+def test_rewind_none_keeps_the_tracks_and_does_not_wait_for_an_ack():
+    sim = Sim(make_spec(patience=1, rewind="none"))
+    sim.poll(metrics=False)
+    sim.validate(100, {"a": 70, "b": 10, "c": 10})
+    sim.poll()
+    sim.validate(200, {"a": 60, "b": 20, "c": 20})
+    sim.poll()
+    (conv,) = [s for s in sim.signals() if s.kind == "converged"]
+    assert conv.rewind_to is None and conv.best_step == 100
+    assert sim.status.rewind_generation is None
+    assert sim.status.tasks["b"].track.last_step == 200  # not cut back
+    sim.validate(300, {"a": 60, "b": 15, "c": 15})
+    sim.poll()  # observed at once: b and c converge (best 200)
+    assert {s.task for s in sim.signals() if s.kind == "converged"} == {"a", "b", "c"}
+
+
+def test_continual_adds_tasks_without_rewind_or_kd():
+    sim = Sim(make_spec(names=("a", "b"), setting="sequential", order="explicit", taskOrder=["a", "b"],
+                        strategy="continual", patience=1))
+    sim.poll(metrics=False)
+    sim.poll()
+    sim.validate(100, {"a": 70})
+    sim.poll()
+    sim.validate(200, {"a": 60})
+    actions = sim.poll()
+    assert [s.kind for s in sim.signals()] == ["startTask", "startTask"]  # no converged signal: a keeps its labels
+    assert not kinds(actions, LaunchInference) and sim.status.rewind_generation is None
+    assert sim.status.tasks["a"].phase == "Converged" and sim.status.tasks["b"].phase == "Training"

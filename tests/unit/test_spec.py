@@ -25,7 +25,7 @@ def issues(doc) -> list[str]:
     (lambda d: d["spec"]["tasks"][0].update(numLabels=3), "spec.tasks[0].numLabels: must be 2 for a binary task"),
     (lambda d: d["spec"]["tasks"][0].update(metric="rmseScore"), "spec.tasks[0].metric: rmseScore does not apply"),
     (lambda d: d["spec"]["tasks"].append(dict(d["spec"]["tasks"][0])), "spec.tasks[1].name: duplicate task name"),
-    (lambda d: d["spec"].update(setting="sequential"), "spec.setting: 'sequential' is reserved"),
+    (lambda d: d["spec"].update(setting="sequential"), "spec.order: required for setting: sequential"),
     (lambda d: d["spec"]["training"].update(warmup=20000), "spec.training.warmup: must be smaller than training.maxSteps"),
     (lambda d: d["spec"].update(storage={"uri": "ftp://x"}), "spec.storage.uri: must start with file:// or s3://"),
     (lambda d: d["spec"]["tasks"][0].update(name="Bad_Name"), "spec.tasks[0].name: String should match pattern"),

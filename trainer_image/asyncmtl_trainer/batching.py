@@ -135,16 +135,18 @@ class TaskSampler:
         self.batch_size = batch_size
         self.seed = seed
 
-    def probabilities(self, active: list[str]) -> dict[str, float]:
-        """Per-task share of a batch among `active` tasks (sums to 1)."""
-        raw = {t: self.sizes[t] * self.weights[t] for t in active}
+    def probabilities(self, active: list[str], scale: dict[str, float] | None = None) -> dict[str, float]:
+        """Per-task share of a batch among `active` tasks (sums to 1); `scale` multiplies some tasks'
+        shares (e.g. `distillation.kdSamplingWeight` for converged tasks)."""
+        scale = scale or {}
+        raw = {t: self.sizes[t] * self.weights[t] * scale.get(t, 1.0) for t in active}
         total = sum(raw.values())
         return {t: v / total for t, v in raw.items()}
 
-    def draw(self, step: int, generation: int, active: list[str]) -> list[tuple[str, int]]:
+    def draw(self, step: int, generation: int, active: list[str], scale: dict[str, float] | None = None) -> list[tuple[str, int]]:
         """(task, example id) for each slot of the batch at `step`. `active` must be non-empty."""
         rng = np.random.default_rng([self.seed, step, generation])
-        probs = self.probabilities(active)
+        probs = self.probabilities(active, scale)
         names = list(probs)
         picks = rng.choice(len(names), size=self.batch_size, p=[probs[n] for n in names])
         out = []

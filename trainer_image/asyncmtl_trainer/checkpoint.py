@@ -38,6 +38,7 @@ class CheckpointState:
     trackers: dict[str, dict[str, Any]] = field(default_factory=dict)
     validations: dict[str, int] = field(default_factory=dict)
     history: dict[str, list[list[float]]] = field(default_factory=dict)
+    weighting: dict[str, Any] = field(default_factory=dict)
     sha256: dict[str, str] = field(default_factory=dict)
 
 

@@ -30,6 +30,8 @@ class TrainerExporter:
         self.task_mode = Gauge(M.TASK_MODE, "1 for the task's current training mode", ["run", "task", "mode"], registry=r)
         self.trainer_state = Gauge(M.TRAINER_STATE, "1 for the trainer's current state", ["run", "state"], registry=r)
         self.rewinds = Counter(M.REWINDS, "Rewinds applied", ["run"], registry=r)
+        self.train_size = Gauge(M.TRAIN_SIZE, "Examples in the task's training split", ["run", "task"], registry=r)
+        self.loss_weight = Gauge(M.LOSS_WEIGHT, "The task's loss weight (weighting methods)", ["run", "task"], registry=r)
         for t in tasks:
             self.validations.labels(run, t)
             for kind in M.LOSS_KINDS:

@@ -35,6 +35,7 @@ from asyncmtl_trainer.losses import kd_loss, supervised_loss
 from asyncmtl_trainer.metrics import compute_metrics
 from asyncmtl_trainer.model import MultiTaskModel, build_model, save_multitask_model
 from asyncmtl_trainer.softlabels import read_soft_labels
+from asyncmtl_trainer.weighting import Static, Uniform
 
 HISTORY_KEY = "reports/history.jsonl"
 FINAL_KEY = "reports/final.json"
@@ -69,8 +70,8 @@ class TrainerOptions:
 class TaskState:
     """What the trainer tracks per task: mode, best-so-far (with previous best) and history."""
 
-    def __init__(self) -> None:
-        self.mode = "supervised"  # supervised | pending | kd | frozen
+    def __init__(self, mode: str = "supervised") -> None:
+        self.mode = mode  # inactive (sequential, not started) | supervised | pending | kd | frozen
         self.best = BestTracker()
         self.prev_best_step: int | None = None
         self.last_step: int | None = None
@@ -100,7 +101,8 @@ class Trainer:
         self.log = run_logger(__name__, opts.run)
         self.task_specs = {t.name: t for t in spec.tasks}
         self.device = self._device()
-        self.states = {t.name: TaskState() for t in spec.tasks}
+        first = "inactive" if spec.setting == "sequential" else "supervised"
+        self.states = {t.name: TaskState(first) for t in spec.tasks}
         self.soft: dict[str, torch.Tensor] = {}
         self.step = 0
         self.applied_generation = 0
@@ -152,8 +154,13 @@ class Trainer:
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, tr.warmup, tr.max_steps)
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tr.precision)
         self.scaler = torch.amp.GradScaler(enabled=(tr.precision == "fp16" and self.device.type == "cuda"))
-        for name in self.task_specs:
-            self.exporter.set_mode(name, "supervised")
+        from asyncmtl_trainer.weighting import make_weighting
+
+        self.weighting = make_weighting(self.spec)
+        self.last_shared = _last_shared_weight(self.model.encoder)
+        for name, st in self.states.items():
+            self.exporter.set_mode(name, st.mode)
+            self.exporter.train_size.labels(self.opts.run, name).set(len(self.train[name]))
         self.log.info("setup done in %.1fs: %d tasks, train sizes %s, device %s", time.perf_counter() - t0,
                       len(self.train), {n: len(s) for n, s in self.train.items()}, self.device)
 
@@ -198,9 +205,14 @@ class Trainer:
             self.exporter.set_mode(s.task, "pending")
             self._score_best_checkpoint(s.task, s.best_step)
             self.log.info("task %s converged (best step %d): supervised loss dropped", s.task, s.best_step)
-        if converged:
+        if converged and converged[0].rewind_to is not None:
             self.rewind(converged[0].rewind_to)
         for s in signals:
+            if s.kind == "startTask":
+                self.states[s.task].mode = "supervised"
+                self.exporter.set_mode(s.task, "supervised")
+                self._history_event("start", step=self.step, task=s.task)
+                self.log.info("task %s started at step %d (sequential)", s.task, self.step)
             if s.kind == "softLabelsReady":
                 self.soft[s.task] = read_soft_labels(s.uri, expected_examples=len(self.train[s.task])).to(self.device)
                 self.states[s.task].mode = "kd"
@@ -228,6 +240,8 @@ class Trainer:
         for name, st in self.states.items():
             st.restore(state.trackers.get(name, {}), state.history.get(name, []))
             self.exporter.set_task_state(name, st.last_step, st.last_value, st.best.best_step, st.best.best_value)
+        if state.weighting:
+            self.weighting.load_state_dict(state.weighting)
         self.checkpointer.prune({s for s in self.checkpointer.steps() if s <= step})
         self.exporter.global_step.labels(self.opts.run).set(self.step)
         self.exporter.rewinds.labels(self.opts.run).inc()
@@ -252,6 +266,10 @@ class Trainer:
     # ---- training ----------------------------------------------------------------------------
     def active_tasks(self) -> list[str]:
         return [n for n, s in self.states.items() if s.mode in ("supervised", "kd")]
+
+    def _sampling_scale(self) -> dict[str, float]:
+        w = self.spec.distillation.kd_sampling_weight
+        return {n: w for n, s in self.states.items() if s.mode == "kd"} if w != 1.0 else {}
 
     def paused(self) -> bool:
         pending = any(s.mode == "pending" for s in self.states.values())
@@ -280,7 +298,13 @@ class Trainer:
                 elif mode == "kd":
                     teacher = self.soft[task][batch.example_ids[task].to(self.device)]
                     losses[task] = kd_loss(ttype, logits, teacher, self.spec.distillation.temperature)
-        total = sum(losses.values())  # paper Eq. 3
+        lam = self.weighting.weights()
+        grad_norms = None
+        if self.weighting.needs_grad_norms and self.last_shared is not None:
+            # ‖∇_W L_t‖ on the last shared layer, detached (GradNorm's analytic update)
+            grad_norms = {t: float(torch.linalg.vector_norm(
+                torch.autograd.grad(l, self.last_shared, retain_graph=True)[0])) for t, l in losses.items()}
+        total = sum(lam.get(t, 1.0) * l for t, l in losses.items())  # paper Eq. 3 (λ = 1: uniform)
         self.scaler.scale(total).backward()
         if self.spec.training.max_grad_norm is not None:
             self.scaler.unscale_(self.optimizer)
@@ -289,6 +313,8 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if not isinstance(self.weighting, (Uniform, Static)):  # the others learn from the losses
+            self.weighting.update(self.step, {t: float(l) for t, l in losses.items()}, grad_norms)
         for task, loss in losses.items():
             kind = "kd" if self.states[task].mode == "kd" else "supervised"
             acc = self._loss_sums.setdefault((task, kind), [torch.zeros((), device=self.device), 0, 0])
@@ -303,6 +329,8 @@ class Trainer:
                 self.exporter.train_loss.labels(self.opts.run, task, kind).set(float(s) / n)
                 self.exporter.train_examples.labels(self.opts.run, task, kind).inc(ex)
         self._loss_sums.clear()
+        for task, w in self.weighting.weights().items():
+            self.exporter.loss_weight.labels(self.opts.run, task).set(w)
         if self._train_time > 0:
             self.exporter.examples_per_second.labels(self.opts.run).set(self._examples_since / self._train_time)
         self._examples_since, self._train_time = 0, 0.0
@@ -327,6 +355,8 @@ class Trainer:
         """Validation step: score every task, update trackers and metrics, append to the history."""
         now = time.time()
         for name, t in self.task_specs.items():
+            if self.states[name].mode == "inactive":
+                continue
             metrics = self.evaluate(name, self.val[name])
             value = metrics[t.metric.value]
             st = self.states[name]
@@ -343,7 +373,7 @@ class Trainer:
                 "bestStep": st.best.best_step, "bestValue": st.best.best_value}))
         self.log.info("step %d validation: %s", self.step,
                       ", ".join(f"{n}={s.last_value:.2f}{'*' if s.best.best_step == self.step else ''}[{s.mode}]"
-                                for n, s in self.states.items()))
+                                for n, s in self.states.items() if s.last_value is not None))
 
     def save_checkpoint(self) -> None:
         state = CheckpointState(
@@ -351,6 +381,7 @@ class Trainer:
             trackers={n: s.to_json() for n, s in self.states.items()},
             validations={n: s.validations for n, s in self.states.items()},
             history={n: s.history for n, s in self.states.items()},
+            weighting=self.weighting.state_dict(),
         )
         self.checkpointer.save(self.step, self.model, self.optimizer, self.scheduler, state)
         needing = {n for n, s in self.states.items() if s.mode == "supervised"}
@@ -368,6 +399,8 @@ class Trainer:
             return
         state = self.checkpointer.load(steps[-1], self.model, self.optimizer, self.scheduler)
         self.step = state.step
+        if state.weighting:
+            self.weighting.load_state_dict(state.weighting)
         for name, st in self.states.items():
             st.restore(state.trackers.get(name, {}), state.history.get(name, []))
             st.validations = state.validations.get(name, 0)
@@ -381,7 +414,9 @@ class Trainer:
             for s in doc.signals:
                 if s.generation > state.applied_generation:
                     continue
-                if s.kind == "converged":
+                if s.kind == "startTask":
+                    self.states[s.task].mode = "supervised"
+                elif s.kind == "converged":
                     self.states[s.task].mode, self.states[s.task].pinned_step = "pending", s.best_step
                 elif s.kind == "softLabelsReady":
                     self.soft[s.task] = read_soft_labels(s.uri, expected_examples=len(self.train[s.task])).to(self.device)
@@ -418,7 +453,7 @@ class Trainer:
 
     def next_batch(self):
         """The mixed batch for the current step (deterministic in seed, step and control generation)."""
-        draw = self.sampler.draw(self.step, self.applied_generation, self.active_tasks())
+        draw = self.sampler.draw(self.step, self.applied_generation, self.active_tasks(), self._sampling_scale())
         return make_batch(draw, self.train, self.pad_id)
 
     def step_once(self) -> dict[str, torch.Tensor]:
@@ -468,6 +503,17 @@ class Trainer:
         self.exporter.set_state("finished")
         self.log.info("finished: report at %s", self.storage.uri(FINAL_KEY))
         return report
+
+
+def _last_shared_weight(encoder: torch.nn.Module) -> torch.nn.Parameter | None:
+    """The weight of the encoder's last Linear layer on the path to our pooling (the last
+    transformer layer's output projection; BERT's pooler is skipped, we never use it):
+    GradNorm's W, the last shared layer."""
+    last = None
+    for name, m in encoder.named_modules():
+        if isinstance(m, torch.nn.Linear) and "pooler" not in name:
+            last = m
+    return last.weight if last is not None else None
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
