@@ -20,6 +20,8 @@ def tweeteval_path() -> Path | None:
 def tweeteval_dir() -> Path:
     p = tweeteval_path()
     if p is None:
+        if os.environ.get("CI"):
+            pytest.fail("TweetEval data not found: CI expects ../shared/data/tweeteval beside the clone (or TWEETEVAL_DIR)")
         pytest.skip("TweetEval data not found (set TWEETEVAL_DIR)")
     return p
 
