@@ -32,12 +32,14 @@ def test_local_run_ends_succeeded_with_tasks_switched_to_kd(tmp_path, tiny_model
         "apiVersion": "asyncmtl.dev/v1alpha1", "kind": "AsyncMTLRun", "metadata": {"name": "e2e"},
         "spec": {
             "model": {"pretrained": str(tiny_model), "maxLength": 48},
-            "tasks": [tweeteval_task("emotion", 4), tweeteval_task("hate", 2), tweeteval_task("irony", 2),
-                      tweeteval_task("offensive", 2)],
-            "training": {"batchSize": 16, "learningRate": 1e-3, "maxSteps": 600, "validationInterval": 10, "seed": 1},
+            # a tiny random model plateaus at once on real data: staggered patience makes the tasks
+            # converge one after another, each in its own poll (validations are far apart in time)
+            "tasks": [tweeteval_task("emotion", 4, patience=1), tweeteval_task("hate", 2, patience=2),
+                      tweeteval_task("irony", 2, patience=3), tweeteval_task("offensive", 2, patience=4)],
+            "training": {"batchSize": 16, "learningRate": 1e-3, "maxSteps": 1200, "validationInterval": 30, "seed": 1},
             "distillation": {"whilePending": "Pause", "shards": 2},
             "storage": {"uri": "file://./store"},
-            "metrics": {"pollIntervalSeconds": 0.3},
+            "metrics": {"pollIntervalSeconds": 0.2},
         },
     }
     spec = tmp_path / "e2e.yaml"
