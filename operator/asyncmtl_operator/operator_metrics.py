@@ -1,7 +1,8 @@
 """The operator's own Prometheus metrics (its own registry; served on `$ASYNCMTL_OPERATOR_METRICS_PORT`)."""
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from asyncmtl.metrics_endpoint import MetricsEndpoint
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 TASK_PHASES = ("Pending", "Training", "Converged", "Distilling", "KD", "Frozen")
 INFERENCE_STATES = ("succeeded", "active", "failed")
@@ -9,11 +10,11 @@ INFERENCE_STATES = ("succeeded", "active", "failed")
 LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 
 
-class OperatorMetrics:
+class OperatorMetrics(MetricsEndpoint):
     """reconcile counts and errors; sample-to-decision and decision-to-acknowledgement latencies (seconds)."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__(CollectorRegistry())
         r = self.registry
         self.reconciles = Counter("asyncmtl_operator_reconciles", "Reconcile calls", ["result"], registry=r)
         self.errors = Counter("asyncmtl_operator_reconcile_errors", "Reconcile calls that raised", ["kind"], registry=r)
@@ -37,7 +38,6 @@ class OperatorMetrics:
         self.signal_pending = Gauge("asyncmtl_operator_signal_pending_seconds",
                                     "Seconds the latest control signal has waited for acknowledgement (0: acknowledged)",
                                     ["namespace", "run"], registry=r)
-        self._server = None
 
     def set_task_phase(self, namespace: str, run: str, task: str, phase: str) -> None:
         for p in TASK_PHASES:
@@ -48,13 +48,3 @@ class OperatorMetrics:
         for state in INFERENCE_STATES:
             self.inference_pods.labels(namespace, run, task, state).set(float(status.get(state) or 0))
 
-    def serve(self, port: int) -> int:
-        server, _ = start_http_server(port, registry=self.registry)
-        self._server = server
-        return int(server.server_port)
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None

@@ -4,17 +4,18 @@ Metric names and meanings: `asyncmtl.metric_names`.
 """
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from asyncmtl.metrics_endpoint import MetricsEndpoint
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from asyncmtl import metric_names as M
 
 
-class TrainerExporter:
+class TrainerExporter(MetricsEndpoint):
     """Holds and serves the trainer's series for one run. `port` 0 binds a free port."""
 
     def __init__(self, run: str, tasks: list[str], *, registry: CollectorRegistry | None = None) -> None:
         self.run = run
-        self.registry = registry or CollectorRegistry()
+        super().__init__(registry or CollectorRegistry())
         r = self.registry
         self.validations = Counter(M.VALIDATIONS, "Validation steps run, per task", ["run", "task"], registry=r)
         self.last_step = Gauge(M.VALIDATION_LAST_STEP, "Step of the last validation", ["run", "task"], registry=r)
@@ -38,19 +39,7 @@ class TrainerExporter:
                 self.train_examples.labels(run, t, kind)
         self.rewinds.labels(run)
         self.set_state("starting")
-        self._server = None
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> int:
-        """Start the HTTP endpoint in a daemon thread; returns the bound port."""
-        server, _thread = start_http_server(port, addr=addr, registry=self.registry)
-        self._server = server
-        return int(server.server_port)
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
     def set_state(self, state: str) -> None:
         for s in M.TRAINER_STATES:
