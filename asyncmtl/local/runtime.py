@@ -337,7 +337,16 @@ class LocalRuntime:
         paths = write_report(self.name, self.status, self.storage, self.workdir / "staging")
         print(f"\nRun {self.name}: {self.status.phase} — {self.status.message}")
         for n, uri in paths.items():
-            print(f"  {n:12s} {uri.removeprefix('file://')}")
+            print(f"  {n:12s} {_shown(uri)}")
         if self.storage.exists("model/asyncmtl.json"):
-            print(f"  {'model':12s} {self.storage.uri('model').removeprefix('file://')}")
+            print(f"  {'model':12s} {_shown(self.storage.uri('model'))}")
         return 0 if outcome == "Succeeded" else 1
+
+
+def _shown(uri: str) -> str:
+    """A file URI as a path relative to the working directory when it lies below it."""
+    p = Path(uri.removeprefix("file://"))
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
