@@ -329,9 +329,14 @@ class RunSpec(_Strict):
     order_from_run: str | None = Field(
         None, description="easiest-first: a finished run (local run folder, or a run name in the same namespace) "
                           "whose tasks' convergence steps give the order.")
-    strategy: Literal["asyncKD", "fixedSteps", "continual"] = Field(
+    strategy: Literal["asyncKD", "fixedSteps", "continual", "bam"] = Field(
         "asyncKD", description="asyncKD: the paper's method; fixedSteps: a baseline trained for training.maxSteps "
-                               "with no convergence handling; continual: sequential with true labels only (no KD).")
+                               "with no convergence handling; continual: sequential with true labels only (no KD); "
+                               "bam: BAM (M->M), a fresh model distilled from teacherRun's best checkpoints with "
+                               "teacher annealing.")
+    teacher_run: str | None = Field(
+        None, description="bam: the finished run (same model and tasks, e.g. the uniform baseline) whose per-task best "
+                          "checkpoints are the teachers; a run name under the same storage and namespace.")
     weighting: WeightingSpec = Field(default_factory=WeightingSpec, description="Loss weighting (baselines).")
     rewind: Literal["toBest", "none"] = Field(
         "toBest", description="On convergence, rewind the model to the task's best checkpoint (the paper), or keep "
@@ -368,6 +373,13 @@ class RunSpec(_Strict):
                     raise _FieldError((alias,), "only applies to setting: sequential")
             if self.strategy == "continual":
                 raise _FieldError(("strategy",), "continual applies to setting: sequential")
+        if self.strategy == "bam":
+            if self.setting != "joint":
+                raise _FieldError(("strategy",), "bam applies to setting: joint")
+            if not self.teacher_run:
+                raise _FieldError(("teacherRun",), "required for strategy: bam")
+        elif self.teacher_run is not None:
+            raise _FieldError(("teacherRun",), "only applies to strategy: bam")
         unknown = sorted(set(self.weighting.weights) - set(names))
         if unknown:
             raise _FieldError(("weighting", "weights"), f"unknown task(s) {unknown}")

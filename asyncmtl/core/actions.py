@@ -26,6 +26,7 @@ class LaunchInference(BaseModel):
     checkpoint_step: int
     shards: int
     attempt: int = 1
+    source_run: str | None = None  # the run whose checkpoint it is (BAM: the teacher run); None: this run
 
 
 class EmitEvent(BaseModel):

@@ -45,3 +45,5 @@ class Observations(BaseModel):
     metrics: TrainerObservation | None = Field(None, description="None: the metrics could not be read.")
     metrics_error: str = ""
     inference: dict[str, InferenceObservation] = Field(default_factory=dict)
+    teacher_steps: dict[str, int] = Field(
+        default_factory=dict, description="BAM: each task's best checkpoint step in the teacher run (read by the runtime).")

@@ -28,6 +28,10 @@ Variants (issue "the paper's experiments as features"):
 - strategy continual (Continual MTL): sequential, a converged task keeps its true labels (no
   rewind, no KD); only the next task is started.
 - rewind none: the converged signal carries no rewind step and tracks are not cut.
+- strategy bam (BAM, Clark et al. 2019): every task starts Distilling; once the runtime has read
+  the teacher run's best checkpoint steps, inference runs from them (source_run = the teacher);
+  each task's softLabelsReady switches it to the teacher-annealed loss; no convergence decisions,
+  the run ends at maxSteps.
 """
 from __future__ import annotations
 
@@ -136,6 +140,8 @@ def reconcile(
         _observe(spec, ctx, obs)
 
     _trainer_readiness(ctx, obs)
+    if spec.strategy == "bam":
+        _launch_teachers(spec, ctx, obs)
     _collect_inference(spec, ctx, obs)
     ctx.flush_signals()
     _ack_condition(ctx, ack_timeout_seconds)
@@ -174,13 +180,26 @@ def task_order(spec: RunSpec, sizes: dict[str, int]) -> list[str] | None:
 def _start(spec: RunSpec, ctx: _Ctx) -> None:
     st = ctx.st
     st.phase = "Running"
-    first = "Pending" if spec.setting == "sequential" else "Training"
+    first = "Pending" if spec.setting == "sequential" else "Distilling" if spec.strategy == "bam" else "Training"
     st.tasks = {t.name: TaskStatus(phase=first) for t in spec.tasks}
     st.control = ControlDocument(run=ctx.run)
     ctx.actions.append(WriteControl(document=st.control))
     ctx.condition("Ready", "True", "Running", "trainer started")
     ctx.condition("Degraded", "False", "AsExpected")
     ctx.event("Started", f"run {ctx.run}: training {len(spec.tasks)} tasks ({spec.setting})")
+
+
+def _launch_teachers(spec: RunSpec, ctx: _Ctx, obs: Observations) -> None:
+    st = ctx.st
+    for n, ts in st.tasks.items():
+        if ts.phase != "Distilling" or ts.inference_attempts or n not in obs.teacher_steps:
+            continue
+        ts.best_step = obs.teacher_steps[n]
+        ts.inference_attempts = 1
+        ctx.actions.append(LaunchInference(task=n, checkpoint_step=ts.best_step, shards=spec.distillation.shards,
+                                           attempt=1, source_run=spec.teacher_run))
+        ctx.event("InferenceLaunched", f"task {n}: teacher soft labels from {spec.teacher_run} step {ts.best_step}",
+                  task=n, step=ts.best_step)
 
 
 def _start_sequence(spec: RunSpec, ctx: _Ctx, sizes: dict[str, int]) -> None:
@@ -215,7 +234,7 @@ def _observe(spec: RunSpec, ctx: _Ctx, obs: Observations) -> None:
             ctx.event("ValidationMissed", f"task {name}: {missed} validation(s) not seen "
                       f"(counter {task_obs.validations}); decided from the trainer's best-so-far",
                       task=name, step=ts.track.last_step, warning=True)
-    if st.stopping or spec.strategy == "fixedSteps":
+    if st.stopping or spec.strategy in ("fixedSteps", "bam"):
         return
     newly = [n for n, ts in st.tasks.items()
              if ts.phase == "Training" and has_converged(ts.track, rule_for(spec, spec.task(n)))]
@@ -291,7 +310,8 @@ def _collect_inference(spec: RunSpec, ctx: _Ctx, obs: Observations) -> None:
             if ts.inference_attempts < spec.distillation.max_attempts:
                 ts.inference_attempts += 1
                 ctx.actions.append(LaunchInference(task=n, checkpoint_step=ts.best_step or 0,
-                                                   shards=spec.distillation.shards, attempt=ts.inference_attempts))
+                                                   shards=spec.distillation.shards, attempt=ts.inference_attempts,
+                                                   source_run=spec.teacher_run if spec.strategy == "bam" else None))
                 ctx.event("InferenceRetried", f"task {n}: inference failed ({io.message}); "
                           f"attempt {ts.inference_attempts} of {spec.distillation.max_attempts}",
                           task=n, warning=True)

@@ -66,6 +66,7 @@ class InferenceRun:
     state: str = "Running"
     uri: str | None = None
     message: str = ""
+    storage: object | None = None  # where the checkpoint and the soft labels live (BAM: the teacher run's)
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -134,11 +135,14 @@ class LocalRuntime:
         if old is not None:
             self._stop_procs(old.procs)
         threads = max(1, (os.cpu_count() or 2) // a.shards)
-        run = InferenceRun(task=a.task, step=a.checkpoint_step, attempt=a.attempt, shards=a.shards)
+        run = InferenceRun(task=a.task, step=a.checkpoint_step, attempt=a.attempt, shards=a.shards,
+                           storage=self.run_storage(a.source_run))
         for i in range(a.shards):
             log = self.logs / f"infer-{a.task}-{a.checkpoint_step}-a{a.attempt}-{i}.log"
             args = self._common_args() + ["--task", a.task, "--step", str(a.checkpoint_step), "--shard", str(i),
                                           "--shards", str(a.shards)]
+            if a.source_run:
+                args[args.index("--run") + 1] = a.source_run
             run.procs.append(self._spawn("asyncmtl_trainer.inference", args, log, threads))
             run.logs.append(log)
         self.inference[a.task] = run
@@ -159,7 +163,7 @@ class LocalRuntime:
             run.message = f"shard {bad[0]} exited {codes[bad[0]]}: {tail(run.logs[bad[0]], 3)}"
             return
         try:
-            run.uri = write_manifest(self.storage, run.task, run.step, run.shards, self.train_sizes[run.task])
+            run.uri = write_manifest(run.storage or self.storage, run.task, run.step, run.shards, self.train_sizes[run.task])
             run.state = "Succeeded"
         except StorageError as exc:
             run.state, run.message = "Failed", str(exc)
@@ -188,7 +192,7 @@ class LocalRuntime:
 
     # ---- observation -------------------------------------------------------------------------
     def observe(self) -> Observations:
-        obs = Observations(time=time.time())
+        obs = Observations(time=time.time(), teacher_steps=getattr(self, "_teacher_steps", {}))
         if self.trainer is not None:
             code = self.trainer.poll()
             if code == 0:
@@ -257,6 +261,33 @@ class LocalRuntime:
         self.spec.task_order = sorted(names, key=lambda n: key[n])
         self.log.info("easiest-first order from %s: %s", ref, ", ".join(self.spec.task_order))
 
+    def run_storage(self, run: str | None):
+        """Storage of `run` (another run under the same storage, e.g. BAM's teacher), or this run's."""
+        if not run or run == self.name:
+            return self.storage
+        return open_run_storage(self.spec.storage.uri, namespace=LOCAL_NAMESPACE, run=run, base_dir=os.getcwd(),
+                                endpoint_url=self.spec.storage.endpoint_url)
+
+    def teacher_steps(self) -> dict[str, int]:
+        """BAM: each task's best checkpoint step in the teacher run (from its final evaluation).
+
+        Raises:
+            FileNotFoundError: naming spec.teacherRun when that run has no final evaluation or checkpoint.
+        """
+        if self.spec.strategy != "bam":
+            return {}
+        teacher = self.run_storage(self.spec.teacher_run)
+        if not teacher.exists("reports/final.json"):
+            raise FileNotFoundError(f"spec.teacherRun: {teacher.uri()} has no finished run (reports/final.json)")
+        final = json.loads(teacher.get_bytes("reports/final.json"))
+        steps = {}
+        for t in self.spec.tasks:
+            best = ((final.get("tasks") or {}).get(t.name) or {}).get("bestCheckpoint") or {}
+            if best.get("step") is None or not teacher.exists(f"checkpoints/step-{best['step']:08d}/state.json"):
+                raise FileNotFoundError(f"spec.teacherRun: no best checkpoint of task {t.name} in {teacher.uri()}")
+            steps[t.name] = int(best["step"])
+        return steps
+
     def _resume_state(self) -> bool:
         if not self.status_path.is_file():
             self.log.info("nothing to resume in %s: starting a new run", self.workdir)
@@ -281,6 +312,7 @@ class LocalRuntime:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.preflight()
         self.resolve_order()
+        self._teacher_steps = self.teacher_steps()
         resumed = self.opts.resume and self._resume_state()
         if resumed and self.status.phase in ("Succeeded", "Failed"):
             self.log.info("run already %s", self.status.phase)
@@ -291,8 +323,8 @@ class LocalRuntime:
             self.control_path.unlink(missing_ok=True)
         progress = Progress(self.spec, self.name, live=self.opts.live)
         if not resumed:
-            self.status, actions = reconcile(self.spec, self.status, Observations(time=time.time(), metrics_error="starting"),
-                                             run=self.name)
+            self.status, actions = reconcile(self.spec, self.status, Observations(
+                time=time.time(), metrics_error="starting", teacher_steps=self._teacher_steps), run=self.name)
             self._apply(actions)
         self.save_status()
         self.start_trainer(resume=resumed)

@@ -149,10 +149,12 @@ def metrics_service(run: AsyncMTLRun) -> dict[str, Any]:
                      "ports": [{"name": "metrics", "port": port, "targetPort": "metrics"}]}}
 
 
-def inference_job(run: AsyncMTLRun, namespace: str, task: str, step: int, shards: int, attempt: int = 1) -> dict[str, Any]:
-    """An Indexed Job: completion i computes shard i ($JOB_COMPLETION_INDEX) of `task`'s soft labels."""
+def inference_job(run: AsyncMTLRun, namespace: str, task: str, step: int, shards: int, attempt: int = 1,
+                  source_run: str | None = None) -> dict[str, Any]:
+    """An Indexed Job: completion i computes shard i ($JOB_COMPLETION_INDEX) of `task`'s soft labels
+    from the checkpoint of `source_run` (BAM's teacher) or of this run."""
     c = run.spec.cluster
-    args = ["asyncmtl-infer", "--spec", f"{CONTROL_MOUNT}/{SPEC_KEY}", "--run", run.name, "--namespace", namespace,
+    args = ["asyncmtl-infer", "--spec", f"{CONTROL_MOUNT}/{SPEC_KEY}", "--run", source_run or run.name, "--namespace", namespace,
             "--task", task, "--step", str(step), "--shards", str(shards), "--workdir", WORKDIR]
     lab = labels(run.name, "infer", {**c.labels, TASK_LABEL: task})
     return {"apiVersion": "batch/v1", "kind": "Job",

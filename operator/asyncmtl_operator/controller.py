@@ -121,9 +121,11 @@ class Controller:
             st.credentials_secret = st.credentials_secret or self.config.default_storage_secret
         return run
 
-    def storage(self, run: AsyncMTLRun, namespace: str) -> RunStorage:
-        """The run's storage, with the credentials of `spec.storage.credentialsSecret` when given."""
+    def storage(self, run: AsyncMTLRun, namespace: str, name: str | None = None) -> RunStorage:
+        """The storage of run `name` (default: this run) under this run's storage settings, with the
+        credentials of `spec.storage.credentialsSecret` when given."""
         st = run.spec.storage
+        name = name or run.name
         if st.uri.startswith("s3://") and st.credentials_secret:
             from asyncmtl.storage_s3 import S3RunStorage, parse_s3_uri
             import boto3
@@ -135,9 +137,9 @@ class Controller:
             client = boto3.client("s3", endpoint_url=st.endpoint_url, aws_access_key_id=creds.get("AWS_ACCESS_KEY_ID"),
                                   aws_secret_access_key=creds.get("AWS_SECRET_ACCESS_KEY"), config=Config(retries=RETRIES))
             bucket, prefix = parse_s3_uri(st.uri)
-            return S3RunStorage(bucket, "/".join(p for p in (prefix, namespace, run.name) if p),
+            return S3RunStorage(bucket, "/".join(p for p in (prefix, namespace, name) if p),
                                 endpoint_url=st.endpoint_url, client=client)
-        return open_run_storage(st.uri, namespace=namespace, run=run.name, endpoint_url=st.endpoint_url)
+        return open_run_storage(st.uri, namespace=namespace, run=name, endpoint_url=st.endpoint_url)
 
     # ---- create ------------------------------------------------------------------------------
     def create(self, body: dict[str, Any], namespace: str, adopt: Callable[[dict], None],
@@ -209,6 +211,9 @@ class Controller:
             obs.metrics_error = f"Prometheus unreachable: {exc}"
         self._observe_trainer(run, namespace, obs)
         storage = self.storage(run, namespace)
+        if run.spec.strategy == "bam":  # the teacher's checkpoints and soft labels live in its own folder
+            storage = self.storage(run, namespace, name=run.spec.teacher_run)
+            obs.teacher_steps = teacher_steps(storage, [t.name for t in run.spec.tasks])
         self._observe_inference(run, namespace, status, storage, obs, logger)
         new, actions = reconcile(run.spec, status, obs, run=name, ack_timeout_seconds=run.spec.metrics.ack_timeout_seconds)
         mem.last_poll = now
@@ -306,7 +311,7 @@ class Controller:
                                                {"control.json": a.document.to_json()})
                 logger.info("[run=%s] control generation %d written", run.name, a.document.generation)
             elif isinstance(a, LaunchInference):
-                job = children.inference_job(run, namespace, a.task, a.checkpoint_step, a.shards, a.attempt)
+                job = children.inference_job(run, namespace, a.task, a.checkpoint_step, a.shards, a.attempt, a.source_run)
                 adopt(job)
                 created = self.kube.create(job, namespace)
                 logger.info("[run=%s] inference Job %s %s", run.name, job["metadata"]["name"],
@@ -342,6 +347,19 @@ class Controller:
                             "lastTransitionTime": _iso(c.last_transition_time)} for c in status.conditions],
             STATUS_KEY: status.model_dump(mode="json", by_alias=True),
         }
+
+
+def teacher_steps(storage: RunStorage, tasks: list[str]) -> dict[str, int]:
+    """BAM: each task's best checkpoint step in the teacher run's final evaluation ({} until it exists)."""
+    if not storage.exists("reports/final.json"):
+        return {}
+    final = json.loads(storage.get_bytes("reports/final.json"))
+    out = {}
+    for t in tasks:
+        best = ((final.get("tasks") or {}).get(t) or {}).get("bestCheckpoint") or {}
+        if best.get("step") is not None:
+            out[t] = int(best["step"])
+    return out
 
 
 def _with_defaults(cluster: ClusterSpec, defaults: dict[str, Any]) -> ClusterSpec:

@@ -96,3 +96,22 @@ def test_make_weighting_follows_the_spec():
     assert isinstance(w, DWA) and w.window == 7
     with pytest.raises(Exception, match="unknown task"):
         parse_run(run_doc([builtin_task("sentiment")], weighting={"method": "static", "weights": {"nope": 2}}))
+
+
+def test_bam_loss_anneals_from_the_teacher_to_the_gold_labels():
+    import torch.nn.functional as F
+
+    from asyncmtl.spec import TaskType
+    from asyncmtl_trainer.losses import bam_loss
+
+    logits = torch.tensor([[0.2, 1.0, -0.5], [1.5, 0.0, 0.3]])
+    gold = torch.tensor([1, 0])
+    teacher = torch.tensor([[0.0, 0.0, 3.0], [0.0, 2.0, 0.0]])
+    # p = 1: plain cross-entropy on the gold labels
+    assert bam_loss(TaskType.multiclass, logits, gold, teacher, 1.0) == pytest.approx(float(F.cross_entropy(logits, gold)))
+    # p = 0: cross-entropy against the teacher's distribution
+    soft = -(torch.softmax(teacher, -1) * F.log_softmax(logits, -1)).sum(-1).mean()
+    assert bam_loss(TaskType.multiclass, logits, gold, teacher, 0.0) == pytest.approx(float(soft))
+    # regression mixes targets: p = 0.25 -> target 0.25*y + 0.75*teacher
+    y, t, pred = torch.tensor([1.0]), torch.tensor([[0.0]]), torch.tensor([[0.5]])
+    assert bam_loss(TaskType.regression, pred, y, t, 0.25) == pytest.approx((0.5 - 0.25) ** 2)

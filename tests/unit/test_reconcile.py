@@ -370,3 +370,25 @@ def test_continual_adds_tasks_without_rewind_or_kd():
     assert [s.kind for s in sim.signals()] == ["startTask", "startTask"]  # no converged signal: a keeps its labels
     assert not kinds(actions, LaunchInference) and sim.status.rewind_generation is None
     assert sim.status.tasks["a"].phase == "Converged" and sim.status.tasks["b"].phase == "Training"
+
+
+def test_bam_distils_every_task_from_the_teacher_runs_best_checkpoints():
+    sim = Sim(make_spec(names=("a", "b"), strategy="bam", teacherRun="uniform", patience=1))
+    sim.poll(metrics=False)
+    assert all(t.phase == "Distilling" for t in sim.status.tasks.values())
+    obs = sim.obs(metrics=False)
+    obs.teacher_steps = {"a": 300, "b": 500}
+    sim.status, actions = reconcile(sim.spec, sim.status, obs, run="r")
+    launched = sorted((a.task, a.checkpoint_step, a.source_run) for a in kinds(actions, LaunchInference))
+    assert launched == [("a", 300, "uniform"), ("b", 500, "uniform")]
+    sim.status, actions = reconcile(sim.spec, sim.status, obs, run="r")
+    assert not kinds(actions, LaunchInference)  # launched once
+    done = {t: InferenceObservation(checkpoint_step=s, state="Succeeded", uri=f"file:///{t}.json") for t, s in (("a", 300), ("b", 500))}
+    obs2 = sim.obs(metrics=False)
+    obs2.inference = done
+    sim.status, _ = reconcile(sim.spec, sim.status, obs2, run="r")
+    assert {n: t.phase for n, t in sim.status.tasks.items()} == {"a": "KD", "b": "KD"}
+    for step, v in ((100, 70), (200, 60), (300, 50)):  # no convergence decisions: the run ends at maxSteps
+        sim.validate(step, {"a": v, "b": v})
+        sim.poll()
+    assert not [s for s in sim.signals() if s.kind in ("converged", "stop")]

@@ -38,3 +38,23 @@ def kd_loss(task_type: TaskType, logits: torch.Tensor, teacher: torch.Tensor, te
         return F.binary_cross_entropy_with_logits(logits / t, torch.sigmoid(teacher / t)) * (t * t)
     return F.kl_div(F.log_softmax(logits / t, dim=-1), F.log_softmax(teacher / t, dim=-1),
                     log_target=True, reduction="batchmean") * (t * t)
+
+
+def bam_loss(task_type: TaskType, logits: torch.Tensor, target: torch.Tensor, teacher: torch.Tensor,
+             p: float, temperature: float = 1.0) -> torch.Tensor:
+    """BAM's teacher-annealed loss (Clark et al., "BAM! Born-Again Multi-Task Networks", ACL 2019, Sec. 3.2).
+
+    The target mixes the gold label and the teacher: p·onehot(y) + (1−p)·softmax(teacher/T) for
+    binary/multiclass (soft-target cross-entropy); p·y + (1−p)·sigmoid(teacher/T) for multilabel
+    (BCE-with-logits); p·y + (1−p)·teacher for regression (MSE). p is the fraction of training
+    done (0 -> 1), so training moves from pure distillation to pure supervision.
+    """
+    logits = logits.float()
+    teacher = teacher.float()
+    if task_type is TaskType.regression:
+        return F.mse_loss(logits[:, 0], p * target.float() + (1 - p) * teacher[:, 0])
+    if task_type is TaskType.multilabel:
+        return F.binary_cross_entropy_with_logits(logits, p * target.float() + (1 - p) * torch.sigmoid(teacher / temperature))
+    gold = F.one_hot(target, logits.shape[-1]).float()
+    mixed = p * gold + (1 - p) * torch.softmax(teacher / temperature, dim=-1)
+    return -(mixed * F.log_softmax(logits, dim=-1)).sum(-1).mean()

@@ -31,7 +31,7 @@ from asyncmtl.storage import RunStorage, open_run_storage
 from asyncmtl_trainer.batching import TaskSampler, TokenizedSplit, eval_batches, make_batch, tokenize_split
 from asyncmtl_trainer.checkpoint import Checkpointer, CheckpointState, retained_steps
 from asyncmtl_trainer.exporter import TrainerExporter
-from asyncmtl_trainer.losses import kd_loss, supervised_loss
+from asyncmtl_trainer.losses import bam_loss, kd_loss, supervised_loss
 from asyncmtl_trainer.metrics import compute_metrics
 from asyncmtl_trainer.model import MultiTaskModel, build_model, save_multitask_model
 from asyncmtl_trainer.softlabels import read_soft_labels
@@ -101,7 +101,7 @@ class Trainer:
         self.log = run_logger(__name__, opts.run)
         self.task_specs = {t.name: t for t in spec.tasks}
         self.device = self._device()
-        first = "inactive" if spec.setting == "sequential" else "supervised"
+        first = "inactive" if spec.setting == "sequential" else "pending" if spec.strategy == "bam" else "supervised"
         self.states = {t.name: TaskState(first) for t in spec.tasks}
         self.soft: dict[str, torch.Tensor] = {}
         self.step = 0
@@ -297,7 +297,12 @@ class Trainer:
                     losses[task] = supervised_loss(ttype, logits, batch.labels[task])
                 elif mode == "kd":
                     teacher = self.soft[task][batch.example_ids[task].to(self.device)]
-                    losses[task] = kd_loss(ttype, logits, teacher, self.spec.distillation.temperature)
+                    if self.spec.strategy == "bam":  # teacher annealing towards the gold labels
+                        p = min(1.0, self.step / self.spec.training.max_steps)
+                        losses[task] = bam_loss(ttype, logits, batch.labels[task], teacher, p,
+                                                self.spec.distillation.temperature)
+                    else:
+                        losses[task] = kd_loss(ttype, logits, teacher, self.spec.distillation.temperature)
         lam = self.weighting.weights()
         grad_norms = None
         if self.weighting.needs_grad_norms and self.last_shared is not None:
