@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Runs the TweetEval comparison specs (CPU-sized) one after another, then `asyncmtl compare`.
 #   benchmarks/compare_tweeteval.sh [METHOD...]     (default: all; TWEETEVAL_DIR must point at the data)
-# The joint run goes first: easiest-first takes its order from it. Results: runs/compare/.
+# The joint run goes first (easiest-first takes its order from it), uniform before bam (its teacher).
+# Results: runs/compare/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${TWEETEVAL_DIR:?set TWEETEVAL_DIR to the TweetEval folder}"
 ASYNCMTL=${ASYNCMTL:-asyncmtl}
 methods=("$@")
 if [ ${#methods[@]} -eq 0 ]; then
-  methods=(joint uniform muppet dwa gradnorm sequential-smallest-first sequential-largest-first sequential-easiest-first continual)
+  methods=(joint uniform bam muppet dwa gradnorm sequential-smallest-first sequential-largest-first sequential-easiest-first continual)
 fi
 names=()
 for m in "${methods[@]}"; do
