@@ -247,3 +247,26 @@ def test_kd_sampling_weight_shrinks_a_converged_tasks_share(tmp_path, tiny_model
     p = tr.sampler.probabilities(tr.active_tasks(), tr._sampling_scale())
     # both splits hold 64 examples: shares 1 : 0.25
     assert p["sarcasm"] == pytest.approx(0.2) and p["sentiment"] == pytest.approx(0.8)
+
+
+def test_retention_keeps_the_bests_a_rewind_target_refers_to(tmp_path, tiny_model):
+    """A task's best checkpoint recorded in an earlier checkpoint survives a trajectory in which the
+    task's best moved on: rewinding to that earlier checkpoint brings the old best back into use."""
+    tr = make_trainer(tmp_path, tiny_model)
+
+    def bests(**steps):
+        for name, st in tr.states.items():
+            st.best.best_step, st.prev_best_step = steps.get(name, tr.step), None
+
+    for _ in range(10):
+        tr.step_once()  # checkpoints 5, 10
+    bests(sarcasm=5)
+    tr.save_checkpoint()  # step 10 records sarcasm's best at 5; every other task's at 10
+    for _ in range(5):
+        tr.step_once()
+    bests(sentiment=10)
+    tr.save_checkpoint()  # at 15: sentiment's best is still 10 (a possible rewind target), the others' 15
+    assert tr.checkpointer.steps() == [5, 10, 15]  # 10 refers to sarcasm's best at 5
+    tr.rewind(10)
+    assert tr.states["sarcasm"].best.best_step == 5
+    tr.checkpointer.load_weights(5, tr.model)  # what scoring a converged sarcasm would do

@@ -13,7 +13,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -128,6 +128,14 @@ class Checkpointer:
         set_rng_state(ts["rng"])
         return state
 
+    def recorded_bests(self, step: int) -> dict[str, tuple[int | None, int | None]]:
+        """task -> (best step, previous best step) as checkpoint `step` recorded them ({} if it is gone)."""
+        try:
+            trackers = self.read_state(step).trackers
+        except StorageError:
+            return {}
+        return {t: (d.get("bestStep"), d.get("prevBestStep")) for t, d in trackers.items()}
+
     def prune(self, keep: set[int]) -> list[int]:
         """Delete every checkpoint whose step is not in `keep`; returns the deleted steps."""
         gone = [s for s in self.steps() if s not in keep]
@@ -140,13 +148,26 @@ class Checkpointer:
         return gone
 
 
-def retained_steps(latest: int | None, bests: dict[str, tuple[int | None, int | None]], needing: set[str]) -> set[int]:
-    """Steps to keep: the latest, and the best and previous best of every task in `needing`.
+def retained_steps(latest: int | None, bests: dict[str, tuple[int | None, int | None]], needing: set[str],
+                   recorded: "Callable[[int], dict[str, tuple[int | None, int | None]]] | None" = None) -> set[int]:
+    """Steps to keep: the latest, the best and previous best of every task in `needing`, and,
+    closed under rewinds, the bests that every kept checkpoint itself recorded for those tasks
+    (a rewind to a kept checkpoint restores its trackers, and their bests must still exist).
 
-    bests: task -> (best step, previous best step).
+    bests: task -> (best step, previous best step) now. recorded(step): the same, as checkpoint
+    `step` recorded it (None: no closure).
     """
     keep = {latest} if latest is not None else set()
     for t in needing:
         best, prev = bests.get(t, (None, None))
         keep.update(s for s in (best, prev) if s is not None)
+    frontier = set(keep) - {latest} if recorded is not None else set()
+    while frontier:
+        step = frontier.pop()
+        for t, pair in recorded(step).items():
+            if t in needing:
+                for s in pair:
+                    if s is not None and s not in keep:
+                        keep.add(s)
+                        frontier.add(s)
     return keep

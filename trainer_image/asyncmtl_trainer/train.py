@@ -390,7 +390,8 @@ class Trainer:
         )
         self.checkpointer.save(self.step, self.model, self.optimizer, self.scheduler, state)
         needing = {n for n, s in self.states.items() if s.mode == "supervised"}
-        keep = retained_steps(self.step, {n: (s.best.best_step, s.prev_best_step) for n, s in self.states.items()}, needing)
+        keep = retained_steps(self.step, {n: (s.best.best_step, s.prev_best_step) for n, s in self.states.items()}, needing,
+                              recorded=self.checkpointer.recorded_bests)
         keep |= {s.pinned_step for s in self.states.values() if s.pinned_step is not None}
         self.checkpointer.prune(keep)
 
