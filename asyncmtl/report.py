@@ -213,3 +213,14 @@ def write_report(run: str, status: RunStatus, storage: RunStorage, scratch) -> d
     plot_curves(rep, read_history(storage), local)
     storage.put_file("reports/curves.png", local)
     return {n: storage.uri(f"reports/{n}") for n in ("report.json", "report.md", "curves.png")}
+
+
+def convergence_order(history: list[dict], tasks: list[str]) -> list[str]:
+    """The order in which a finished run's tasks converged, from its history: the order of their KD
+    switches (a task switches to KD right after it converges); tasks that never switched (the last
+    to converge, or never converged) follow in declaration order."""
+    seen: list[str] = []
+    for r in history:
+        if r.get("event") == "kd" and r.get("task") in tasks and r["task"] not in seen:
+            seen.append(r["task"])
+    return seen + [t for t in tasks if t not in seen]

@@ -170,7 +170,7 @@ def task_order(spec: RunSpec, sizes: dict[str, int]) -> list[str] | None:
     """
     names = [t.name for t in spec.tasks]
     if spec.order in ("explicit", "easiest-first"):
-        return list(spec.task_order or [])
+        return list(spec.task_order) if spec.task_order else None  # easiest-first: until the runtime resolved it
     if any(n not in sizes for n in names):
         return None
     return sorted(names, key=lambda n: (sizes[n], names.index(n)), reverse=False) if spec.order == "smallest-first" \

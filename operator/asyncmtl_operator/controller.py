@@ -119,6 +119,16 @@ class Controller:
             st.uri = self.config.default_storage_uri
             st.endpoint_url = st.endpoint_url or self.config.default_storage_endpoint
             st.credentials_secret = st.credentials_secret or self.config.default_storage_secret
+        if run.spec.order == "easiest-first" and not run.spec.task_order:
+            # the order the named finished run's tasks converged in, from its history in storage
+            from asyncmtl.report import convergence_order, read_history
+
+            ref = self.storage(run, run.metadata.namespace or "default", name=run.spec.order_from_run)
+            history = read_history(ref)
+            if not history:
+                raise SpecError([SpecIssue(path="spec.orderFromRun", file=where,
+                                           message=f"no finished run {run.spec.order_from_run!r} in {ref.uri()}")])
+            run.spec.task_order = convergence_order(history, [t.name for t in run.spec.tasks])
         return run
 
     def storage(self, run: AsyncMTLRun, namespace: str, name: str | None = None) -> RunStorage:

@@ -392,3 +392,13 @@ def test_bam_distils_every_task_from_the_teacher_runs_best_checkpoints():
         sim.validate(step, {"a": v, "b": v})
         sim.poll()
     assert not [s for s in sim.signals() if s.kind in ("converged", "stop")]
+
+
+def test_easiest_first_waits_until_the_runtime_resolved_the_order():
+    sim = Sim(make_spec(names=("a", "b"), setting="sequential", order="easiest-first", orderFromRun="joint"))
+    sim.poll(metrics=False)
+    sim.poll()
+    assert sim.status.task_order is None and not sim.signals()
+    sim.spec.task_order = ["b", "a"]
+    sim.poll()
+    assert [s.task for s in sim.signals() if s.kind == "startTask"] == ["b"]

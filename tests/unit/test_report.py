@@ -51,3 +51,11 @@ def test_report_gap_kd_step_and_files(tmp_path):
     assert "| a | accuracy | KD | 400 | 200 | 60.00 (200) | 59.80 | -0.20 | 60.00 |" in md
     assert json.loads((tmp_path / "reports" / "report.json").read_text())["meanDrop"] == rep.mean_drop
     assert set(paths) == {"report.json", "report.md", "curves.png"}
+
+
+def test_convergence_order_follows_the_kd_switches():
+    from asyncmtl.report import convergence_order
+
+    h = [{"event": "kd", "task": "b", "step": 100}, {"task": "a", "step": 200, "value": 1},
+         {"event": "kd", "task": "c", "step": 300}, {"event": "kd", "task": "b", "step": 400}]
+    assert convergence_order(h, ["a", "b", "c", "d"]) == ["b", "c", "a", "d"]
