@@ -67,6 +67,15 @@ class Sim:
         return self.status.control.signals if self.status.control else []
 
 
+def converge_a(sim: "Sim") -> list:
+    """Start, then task a peaks at step 100 and drops at 200 (converges with patience 1); b and c rise."""
+    sim.poll(metrics=False)
+    sim.validate(100, {"a": 70, "b": 10, "c": 10})
+    sim.poll()
+    sim.validate(200, {"a": 60, "b": 20, "c": 20})
+    return sim.poll()
+
+
 def kinds(actions, cls):
     return [a for a in actions if isinstance(a, cls)]
 
@@ -141,11 +150,7 @@ def test_two_tasks_converging_in_the_same_poll_share_one_generation():
 
 def test_soft_labels_ready_switches_the_task_to_kd():
     sim = Sim(make_spec(patience=1))
-    sim.poll(metrics=False)
-    sim.validate(100, {"a": 70, "b": 10, "c": 10})
-    sim.poll()
-    sim.validate(200, {"a": 60, "b": 20, "c": 20})
-    sim.poll()
+    converge_a(sim)
     sim.applied = 1
     sim.rewind(100)
     sim.poll(inference={"a": InferenceObservation(checkpoint_step=100, state="Running")})
@@ -167,11 +172,7 @@ def test_soft_labels_ready_switches_the_task_to_kd():
 
 def test_failed_inference_is_retried_then_the_task_is_frozen_and_the_run_degraded():
     sim = Sim(make_spec(patience=1, distillation={"maxAttempts": 2}))
-    sim.poll(metrics=False)
-    sim.validate(100, {"a": 70, "b": 10, "c": 10})
-    sim.poll()
-    sim.validate(200, {"a": 60, "b": 20, "c": 20})
-    sim.poll()
+    converge_a(sim)
     sim.applied = 1
     sim.rewind(100)
     failed = {"a": InferenceObservation(checkpoint_step=100, state="Failed", message="OOM")}
@@ -233,11 +234,7 @@ def test_no_decision_without_metrics():
 
 def test_unacknowledged_signal_sets_the_condition_after_the_timeout():
     sim = Sim(make_spec(patience=1))
-    sim.poll(metrics=False)
-    sim.validate(100, {"a": 70, "b": 10, "c": 10})
-    sim.poll()
-    sim.validate(200, {"a": 60, "b": 20, "c": 20})
-    sim.poll()
+    converge_a(sim)
     assert sim.status.condition("SignalAcknowledged").status == "Unknown"
     sim.t += 31  # ack_timeout_seconds=30 in Sim.poll
     sim.poll()
@@ -344,11 +341,7 @@ def test_fixed_steps_baselines_never_decide_convergence():
 
 def test_rewind_none_keeps_the_tracks_and_does_not_wait_for_an_ack():
     sim = Sim(make_spec(patience=1, rewind="none"))
-    sim.poll(metrics=False)
-    sim.validate(100, {"a": 70, "b": 10, "c": 10})
-    sim.poll()
-    sim.validate(200, {"a": 60, "b": 20, "c": 20})
-    sim.poll()
+    converge_a(sim)
     (conv,) = [s for s in sim.signals() if s.kind == "converged"]
     assert conv.rewind_to is None and conv.best_step == 100
     assert sim.status.rewind_generation is None
