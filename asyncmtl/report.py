@@ -131,6 +131,20 @@ def build_report(run: str, status: RunStatus, storage: RunStorage) -> RunReport:
     return rep
 
 
+def best_checkpoint_steps(storage: RunStorage, tasks: list[str]) -> dict[str, int]:
+    """Each task's best checkpoint step in a finished run's final evaluation (BAM's teachers);
+    tasks without one are left out, and {} while the run has no final evaluation."""
+    if not storage.exists(FINAL_KEY):
+        return {}
+    final = json.loads(storage.get_bytes(FINAL_KEY))
+    out = {}
+    for t in tasks:
+        best = ((final.get("tasks") or {}).get(t) or {}).get("bestCheckpoint") or {}
+        if best.get("step") is not None:
+            out[t] = int(best["step"])
+    return out
+
+
 def _f(v: float | None, signed: bool = False) -> str:
     if v is None:
         return "–"

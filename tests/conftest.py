@@ -16,13 +16,19 @@ def tweeteval_path() -> Path | None:
     return p if (p / "emotion" / "train_text.txt").is_file() else None
 
 
+def missing(what: str, ci_hint: str, local_hint: str) -> None:
+    """A test prerequisite is absent: fail in CI (where .ci/run must provide it), skip elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} not found: {ci_hint}")
+    pytest.skip(f"{what} not found ({local_hint})")
+
+
 @pytest.fixture(scope="session")
 def tweeteval_dir() -> Path:
     p = tweeteval_path()
     if p is None:
-        if os.environ.get("CI"):
-            pytest.fail("TweetEval data not found: CI expects ../shared/data/tweeteval beside the clone (or TWEETEVAL_DIR)")
-        pytest.skip("TweetEval data not found (set TWEETEVAL_DIR)")
+        missing("TweetEval data", "CI expects ../shared/data/tweeteval beside the clone (or TWEETEVAL_DIR)",
+                "set TWEETEVAL_DIR")
     return p
 
 

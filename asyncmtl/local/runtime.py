@@ -25,7 +25,7 @@ from asyncmtl.core.status import RunStatus
 from asyncmtl.local.scrape import scrape
 from asyncmtl.logs import run_logger
 from asyncmtl.pretrained import resolve_pretrained
-from asyncmtl.report import write_report
+from asyncmtl.report import FINAL_KEY, best_checkpoint_steps, write_report
 from asyncmtl.softlabels import manifest_key, write_manifest
 from asyncmtl.spec import AsyncMTLRun
 from asyncmtl.storage import LOCAL_NAMESPACE, StorageError, open_run_storage
@@ -277,15 +277,12 @@ class LocalRuntime:
         if self.spec.strategy != "bam":
             return {}
         teacher = self.run_storage(self.spec.teacher_run)
-        if not teacher.exists("reports/final.json"):
-            raise FileNotFoundError(f"spec.teacherRun: {teacher.uri()} has no finished run (reports/final.json)")
-        final = json.loads(teacher.get_bytes("reports/final.json"))
-        steps = {}
+        if not teacher.exists(FINAL_KEY):
+            raise FileNotFoundError(f"spec.teacherRun: {teacher.uri()} has no finished run ({FINAL_KEY})")
+        steps = best_checkpoint_steps(teacher, [t.name for t in self.spec.tasks])
         for t in self.spec.tasks:
-            best = ((final.get("tasks") or {}).get(t.name) or {}).get("bestCheckpoint") or {}
-            if best.get("step") is None or not teacher.exists(f"checkpoints/step-{best['step']:08d}/state.json"):
+            if t.name not in steps or not teacher.exists(f"checkpoints/step-{steps[t.name]:08d}/state.json"):
                 raise FileNotFoundError(f"spec.teacherRun: no best checkpoint of task {t.name} in {teacher.uri()}")
-            steps[t.name] = int(best["step"])
         return steps
 
     def _resume_state(self) -> bool:

@@ -23,6 +23,7 @@ from asyncmtl.core.actions import Complete, EmitEvent, Fail, LaunchInference, Wr
 from asyncmtl.core.observations import InferenceObservation, Observations
 from asyncmtl.core.reconcile import reconcile
 from asyncmtl.core.status import RunStatus
+from asyncmtl.report import best_checkpoint_steps
 from asyncmtl.softlabels import write_manifest
 from pydantic import ValidationError
 
@@ -223,7 +224,7 @@ class Controller:
         storage = self.storage(run, namespace)
         if run.spec.strategy == "bam":  # the teacher's checkpoints and soft labels live in its own folder
             storage = self.storage(run, namespace, name=run.spec.teacher_run)
-            obs.teacher_steps = teacher_steps(storage, [t.name for t in run.spec.tasks])
+            obs.teacher_steps = best_checkpoint_steps(storage, [t.name for t in run.spec.tasks])
         self._observe_inference(run, namespace, status, storage, obs, logger)
         new, actions = reconcile(run.spec, status, obs, run=name, ack_timeout_seconds=run.spec.metrics.ack_timeout_seconds)
         mem.last_poll = now
@@ -357,19 +358,6 @@ class Controller:
                             "lastTransitionTime": _iso(c.last_transition_time)} for c in status.conditions],
             STATUS_KEY: status.model_dump(mode="json", by_alias=True),
         }
-
-
-def teacher_steps(storage: RunStorage, tasks: list[str]) -> dict[str, int]:
-    """BAM: each task's best checkpoint step in the teacher run's final evaluation ({} until it exists)."""
-    if not storage.exists("reports/final.json"):
-        return {}
-    final = json.loads(storage.get_bytes("reports/final.json"))
-    out = {}
-    for t in tasks:
-        best = ((final.get("tasks") or {}).get(t) or {}).get("bestCheckpoint") or {}
-        if best.get("step") is not None:
-            out[t] = int(best["step"])
-    return out
 
 
 def _with_defaults(cluster: ClusterSpec, defaults: dict[str, Any]) -> ClusterSpec:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import missing
 from tests.operator.emulator import EmulatedCluster
 from tests.operator.prometheus_server import PrometheusServer, find_prometheus, free_port
 
@@ -93,9 +94,7 @@ class FakeTrainer:
 def prometheus_binary() -> str:
     binary = find_prometheus()
     if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("Prometheus not found: `make tools` unpacks the Debian package into .tools/")
-        pytest.skip("Prometheus not found (run `make tools`)")
+        missing("Prometheus", "`make tools` unpacks the Debian package into .tools/", "run `make tools`")
     return binary
 
 

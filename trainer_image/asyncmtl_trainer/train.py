@@ -26,6 +26,7 @@ from asyncmtl.core.convergence import BestTracker
 from asyncmtl.core.reconcile import rule_for
 from asyncmtl.data import load_task_splits
 from asyncmtl.logs import configure, run_logger
+from asyncmtl.report import FINAL_KEY, HISTORY_KEY
 from asyncmtl.spec import RunSpec, TaskType
 from asyncmtl.storage import RunStorage, open_run_storage
 from asyncmtl_trainer.batching import TaskSampler, TokenizedSplit, eval_batches, make_batch, tokenize_split
@@ -37,8 +38,6 @@ from asyncmtl_trainer.model import MultiTaskModel, build_model, save_multitask_m
 from asyncmtl_trainer.softlabels import read_soft_labels
 from asyncmtl_trainer.weighting import Static, Uniform
 
-HISTORY_KEY = "reports/history.jsonl"
-FINAL_KEY = "reports/final.json"
 BEST_SCORES_KEY = "reports/best_checkpoint_scores.json"
 LOSS_EXPORT_EVERY = 10  # steps between loss/throughput exports
 
