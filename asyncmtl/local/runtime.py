@@ -19,7 +19,7 @@ from pathlib import Path
 
 from asyncmtl.control import write_control_file
 from asyncmtl.core.actions import Complete, EmitEvent, Fail, LaunchInference, WriteControl
-from asyncmtl.core.observations import InferenceObservation, Observations
+from asyncmtl.core.observations import InferenceObservation, Observations, TrainerObservation
 from asyncmtl.core.reconcile import reconcile
 from asyncmtl.core.status import RunStatus
 from asyncmtl.local.scrape import scrape
@@ -197,6 +197,10 @@ class LocalRuntime:
             code = self.trainer.poll()
             if code == 0:
                 obs.trainer_state = "Finished"
+                if self.storage.exists(FINAL_KEY):  # its last acknowledgement, which no scrape may have seen
+                    final = json.loads(self.storage.get_bytes(FINAL_KEY))
+                    obs.metrics = TrainerObservation(global_step=int(final.get("step") or 0),
+                                                     applied_generation=int(final.get("controlGeneration") or 0))
             elif code is not None:
                 obs.trainer_state = "Failed"
                 obs.trainer_message = f"exit code {code}; log tail:\n{tail(self.logs / 'trainer.log')}"
