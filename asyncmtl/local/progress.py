@@ -71,11 +71,25 @@ class Progress:
         if self._live is not None:
             self._live.update(self.render(status))
             return
-        key = tuple((n, t.track.last_step, t.phase) for n, t in status.tasks.items())
-        if key != self._last_key:
-            self._last_key = key
+        if self._line_due(status):
             parts = []
             for n, t in status.tasks.items():
                 v = f"{t.track.last_value:.2f}" if t.track.last_value is not None else "–"
                 parts.append(f"{n}={v}[{t.phase}]")
             print(f"[run={self.run}] step {status.step}: " + " ".join(parts), flush=True)
+
+    def _line_due(self, status: RunStatus) -> bool:
+        """Whether a summary line is due (non-live mode): once per validation step, when every
+        started task has reported it (the trainer reports tasks one after another, so a poll can
+        fall between them), and whenever a task changes phase (a convergence, a KD switch).
+        """
+        steps = [t.track.last_step for t in status.tasks.values() if t.track.last_step is not None]
+        newest = max(steps, default=None)
+        phases = tuple((n, t.phase) for n, t in status.tasks.items())
+        started = [t for t in status.tasks.values() if t.phase != "Pending"]
+        complete = newest is not None and all(t.track.last_step == newest for t in started)
+        last_step, last_phases = self._last_key or (None, None)
+        due = phases != last_phases or (complete and newest != last_step)
+        if due:
+            self._last_key = (newest if complete else last_step, phases)
+        return due

@@ -26,3 +26,31 @@ def test_render_shows_where_every_task_stands():
     assert "Training" in rows["sentiment"] and "79.00 (100)" in rows["sentiment"] and "80.00 (50)" in rows["sentiment"]
     assert "1/3" in rows["sentiment"]  # one validation step since the best, patience 3
     assert "KD" in rows["sarcasm"] and "100" in rows["sarcasm"]
+
+
+def _status(points: dict[str, tuple[int, str]]) -> RunStatus:
+    tasks = {}
+    for name, (step, phase) in points.items():
+        tasks[name] = TaskStatus(phase=phase, track=Track(
+            points=[ValidationPoint(step=step, value=70.0)], best_step=step, best_value=70.0,
+            last_step=step, last_value=70.0))
+    return RunStatus(phase="Running", step=max(s for s, _ in points.values()), tasks=tasks)
+
+
+def test_log_mode_prints_one_line_per_validation_step_and_each_phase_change(capsys):
+    spec = parse_run(run_doc([builtin_task("sentiment"), builtin_task("sarcasm")])).spec
+    progress = Progress(spec, "demo", live=False)
+    polls = [
+        {"sentiment": (200, "Training"), "sarcasm": (200, "Training")},   # step 200 complete: line
+        {"sentiment": (400, "Training"), "sarcasm": (200, "Training")},   # half seen: no line
+        {"sentiment": (400, "Training"), "sarcasm": (400, "Training")},   # step 400 complete: line
+        {"sentiment": (400, "Training"), "sarcasm": (400, "Training")},   # nothing new: no line
+        {"sentiment": (600, "Training"), "sarcasm": (400, "Converged")},  # phase change: line
+        {"sentiment": (600, "Training"), "sarcasm": (600, "Converged")},  # step 600 complete: line
+    ]
+    for poll in polls:
+        progress.update(_status(poll), [])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "[run=demo] step 200", "[run=demo] step 400", "[run=demo] step 600", "[run=demo] step 600"]
+    assert "sarcasm=70.00[Converged]" in lines[2]
