@@ -54,7 +54,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         if args.data:
             try:
                 for t in resource.spec.tasks:
-                    load_task_splits(t, base_dir=Path(path).resolve().parent, tweeteval_dir=args.tweeteval_dir)
+                    load_task_splits(t, base_dir=Path(path).resolve().parent, tweeteval_dir=args.tweeteval_dir,
+                                     endpoint_url=resource.spec.storage.endpoint_url)
                 resolve_pretrained(resource.spec.model.pretrained, Path(path).resolve().parent)
             except (DataError, ModelLoadError) as exc:
                 print(f"{path}: error: {exc}", file=sys.stderr)

@@ -93,14 +93,17 @@ class DataFormat(str, Enum):
 
 
 class DataSpec(_Strict):
-    """Where a task's splits live. Relative paths resolve against the spec file's folder."""
+    """Where a task's splits live. Relative paths resolve against the spec file's folder; `s3://` URIs
+    are fetched into a local cache (asyncmtl.data.remote)."""
 
     format: DataFormat | None = Field(
         None, description="File format; inferred from the train URI's extension or scheme when omitted."
     )
-    train: str = Field(..., min_length=1, description="Training split URI or path.")
-    validation: str = Field(..., min_length=1, description="Validation split (early stopping) URI or path.")
-    test: str | None = Field(None, description="Test split URI or path (scored at the end).")
+    train: str = Field(..., min_length=1, description=(
+        "Training split: a path (relative to the spec's folder), `file://`, `s3://bucket/key` (read through "
+        "spec.storage's endpoint and credentials), `tweeteval://task/split` or `builtin://` URI."))
+    validation: str = Field(..., min_length=1, description="Validation split (early stopping): a path or URI as `train`.")
+    test: str | None = Field(None, description="Test split (scored at the end): a path or URI as `train`.")
     max_train_examples: int | None = Field(None, ge=1, description="Keep only the first N training rows.")
     max_validation_examples: int | None = Field(None, ge=1, description="Keep only the first N validation rows.")
     max_test_examples: int | None = Field(None, ge=1, description="Keep only the first N test rows.")

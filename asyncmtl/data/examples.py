@@ -59,7 +59,8 @@ def resolve_path(uri: str, base_dir: Path | None) -> Path:
 
 
 def _iter_rows(uri: str, fmt: DataFormat, task: TaskSpec, base_dir: Path | None,
-               tweeteval_dir: str | None, seed: int) -> tuple[str, Iterator[tuple[int, dict[str, Any]]]]:
+               tweeteval_dir: str | None, seed: int,
+               endpoint_url: str | None = None) -> tuple[str, Iterator[tuple[int, dict[str, Any]]]]:
     if fmt is DataFormat.tweeteval:
         from asyncmtl.data.tweeteval import iter_tweeteval
 
@@ -68,21 +69,32 @@ def _iter_rows(uri: str, fmt: DataFormat, task: TaskSpec, base_dir: Path | None,
         from asyncmtl.data.builtin import iter_builtin
 
         return iter_builtin(uri, seed)
-    path = resolve_path(uri, base_dir)
-    if not path.is_file():
-        raise DataError([f"{path}: file not found"])
     from asyncmtl.data import files
 
     reader = {DataFormat.jsonl: files.iter_jsonl, DataFormat.csv: files.iter_csv,
               DataFormat.parquet: files.iter_parquet}[fmt]
+    if uri.startswith("s3://"):
+        from asyncmtl.data.remote import fetch_s3
+        from asyncmtl.storage import StorageError
+
+        try:
+            return uri, reader(fetch_s3(uri, endpoint_url=endpoint_url))
+        except (FileNotFoundError, StorageError) as exc:
+            raise DataError([str(exc)]) from None
+    path = resolve_path(uri, base_dir)
+    if not path.is_file():
+        raise DataError([f"{path}: file not found"])
     return str(path), reader(path)
 
 
 def load_split(task: TaskSpec, split: str, *, base_dir: Path | None = None,
-               tweeteval_dir: str | None = None, seed: int = 0) -> Split | None:
+               tweeteval_dir: str | None = None, seed: int = 0,
+               endpoint_url: str | None = None) -> Split | None:
     """Load and validate one split ("train", "validation" or "test") of `task`.
 
-    Returns None when the task has no such split (only test is optional).
+    Returns None when the task has no such split (only test is optional). `s3://` URIs are
+    fetched through `endpoint_url` (the run's `spec.storage.endpointUrl`; see
+    `asyncmtl.data.remote`); errors then name the `s3://` URI and the line.
 
     Raises:
         DataError: missing file, or rows with a missing text or a label of the wrong type or
@@ -94,7 +106,7 @@ def load_split(task: TaskSpec, split: str, *, base_dir: Path | None = None,
     limit = {"train": task.data.max_train_examples, "validation": task.data.max_validation_examples,
              "test": task.data.max_test_examples}[split]
     fmt = task.data.resolved_format()
-    source, rows = _iter_rows(uri, fmt, task, base_dir, tweeteval_dir, seed)
+    source, rows = _iter_rows(uri, fmt, task, base_dir, tweeteval_dir, seed, endpoint_url)
     out = Split(task=task.name, name=split, source=source)
     problems: list[str] = []
     for line, row in rows:
@@ -177,11 +189,12 @@ def _class_id(raw: Any, n: int) -> int:
 
 
 def load_task_splits(task: TaskSpec, *, base_dir: Path | None = None, tweeteval_dir: str | None = None,
-                     seed: int = 0) -> dict[str, Split]:
+                     seed: int = 0, endpoint_url: str | None = None) -> dict[str, Split]:
     """All splits of a task that exist. Raises DataError as `load_split`."""
     out: dict[str, Split] = {}
     for name in ("train", "validation", "test"):
-        s = load_split(task, name, base_dir=base_dir, tweeteval_dir=tweeteval_dir, seed=seed)
+        s = load_split(task, name, base_dir=base_dir, tweeteval_dir=tweeteval_dir, seed=seed,
+                       endpoint_url=endpoint_url)
         if s is not None:
             out[name] = s
     return out

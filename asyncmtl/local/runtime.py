@@ -235,7 +235,8 @@ class LocalRuntime:
 
         for t in self.spec.tasks:
             for split in ("train", "validation", "test"):
-                s = load_split(t, split, base_dir=self.spec_path.parent, tweeteval_dir=self.opts.tweeteval_dir)
+                s = load_split(t, split, base_dir=self.spec_path.parent, tweeteval_dir=self.opts.tweeteval_dir,
+                               endpoint_url=self.spec.storage.endpoint_url)
                 if split == "train" and s is not None:
                     self.train_sizes[t.name] = len(s)
         resolve_pretrained(self.spec.model.pretrained, self.spec_path.parent)

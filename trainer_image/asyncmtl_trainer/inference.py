@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     storage = open_run_storage(spec.storage.uri, namespace=args.namespace, run=run, base_dir=os.getcwd(),
                                endpoint_url=spec.storage.endpoint_url)
     task = spec.task(args.task)
-    split = load_split(task, "train", base_dir=base_dir, tweeteval_dir=args.tweeteval_dir)
+    split = load_split(task, "train", base_dir=base_dir, tweeteval_dir=args.tweeteval_dir,
+                       endpoint_url=spec.storage.endpoint_url)
     assert split is not None
     if args.manifest:
         uri = write_manifest(storage, task.name, args.step, args.shards, len(split))

@@ -137,7 +137,8 @@ class Trainer:
         self.val: dict[str, TokenizedSplit] = {}
         self.test: dict[str, TokenizedSplit] = {}
         for name, t in self.task_specs.items():
-            splits = load_task_splits(t, base_dir=self.opts.base_dir, tweeteval_dir=self.opts.tweeteval_dir)
+            splits = load_task_splits(t, base_dir=self.opts.base_dir, tweeteval_dir=self.opts.tweeteval_dir,
+                                      endpoint_url=self.spec.storage.endpoint_url)
             self.train[name] = tokenize_split(t, splits["train"], self.tokenizer, self.spec.model.max_length, cache)
             self.val[name] = tokenize_split(t, splits["validation"], self.tokenizer, self.spec.model.max_length, cache)
             if "test" in splits:
