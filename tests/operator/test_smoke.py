@@ -4,7 +4,7 @@ from __future__ import annotations
 from kopf.testing import KopfRunner
 
 from tests.operator.conftest import wait_until
-from tests.operator.helpers import apply_run, get_obj, make_run, operator_args
+from tests.operator.helpers import apply_run, exists, get_obj, make_run, operator_args
 
 
 def test_apply_creates_children(cluster, kube, s3, monkeypatch):
@@ -99,3 +99,37 @@ def test_data_volumes_and_env_reach_every_pod(cluster, kube, s3, monkeypatch):
     c = pod["containers"][0]
     assert {"name": "tweeteval", "mountPath": "/data/tweeteval", "readOnly": True} in c["volumeMounts"]
     assert {"name": "TWEETEVAL_DIR", "value": "/data/tweeteval"} in c["env"]
+
+
+def _sequential_easiest_first(name: str, endpoint: str, from_run: str) -> dict:
+    return make_run(name, endpoint=endpoint, tasks=("a", "b", "c"), setting="sequential",
+                    order="easiest-first", orderFromRun=from_run)
+
+
+def test_easiest_first_takes_its_order_from_the_named_runs_history_in_storage(cluster, kube, s3, monkeypatch):
+    import json
+
+    import yaml
+
+    from asyncmtl.report import HISTORY_KEY
+    from asyncmtl.storage import open_run_storage
+    from tests.operator.helpers import NS, get_run
+
+    endpoint, _ = s3
+    monkeypatch.setenv("PROMETHEUS_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("ASYNCMTL_OPERATOR_METRICS_PORT", "0")
+    # a finished joint run in the same namespace and storage: c switched to KD first, then a; b never did
+    done = open_run_storage("s3://runs/exp", namespace=NS, run="joint-done", endpoint_url=endpoint)
+    records = [{"task": "a", "step": 100, "value": 70.0}, {"event": "kd", "task": "c", "step": 300},
+               {"event": "kd", "task": "a", "step": 500}, {"task": "b", "step": 600, "value": 61.0}]
+    done.put_bytes(HISTORY_KEY, "".join(json.dumps(r) + "\n" for r in records).encode())
+    with KopfRunner(operator_args(), timeout=60) as runner:
+        apply_run(kube, _sequential_easiest_first("seq", endpoint, "joint-done"))
+        cm = wait_until(lambda: get_obj(kube, "ConfigMap", "seq-control"), what="ConfigMap")
+        apply_run(kube, _sequential_easiest_first("seq-orphan", endpoint, "never-ran"))
+        st = wait_until(lambda: get_run(kube, "seq-orphan").get("status", {}).get("phase") == "Failed"
+                        and get_run(kube, "seq-orphan")["status"], what="Failed")
+    assert runner.exit_code == 0, runner.output
+    assert yaml.safe_load(cm["data"]["run.yaml"])["spec"]["taskOrder"] == ["c", "a", "b"]
+    assert st["message"].startswith("invalid spec: spec.orderFromRun: no finished run 'never-ran' in s3://runs/exp/default/never-ran")
+    assert not exists(kube, "Job", "seq-orphan-train")
