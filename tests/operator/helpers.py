@@ -74,3 +74,19 @@ def events(api, name: str) -> list[dict]:
 
 def operator_args() -> list[str]:
     return ["run", "-m", "asyncmtl_operator.handlers", "--namespace", NS, "--standalone"]
+
+
+TRAIN_SIZE = 10
+
+
+def write_soft_labels(endpoint: str, run: str, task: str, step: int, shards: int) -> None:
+    """What an inference Job's pods would write for `run`'s checkpoint: one shard per completion index."""
+    import torch
+
+    from asyncmtl.storage import open_run_storage
+    from asyncmtl_trainer.softlabels import write_shard
+
+    storage = open_run_storage("s3://runs/exp", namespace=NS, run=run, endpoint_url=endpoint)
+    ids = torch.arange(TRAIN_SIZE)
+    for i, part in enumerate(ids.chunk(shards)):
+        write_shard(storage, task, step, i, shards, part, torch.randn(len(part), 2), total=TRAIN_SIZE)

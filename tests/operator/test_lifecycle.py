@@ -10,27 +10,13 @@ import re
 import time
 import urllib.request
 
-import torch
 from kopf.testing import KopfRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from asyncmtl.storage import open_run_storage
-from asyncmtl_trainer.softlabels import write_shard
 from tests.operator.conftest import TIMER, FakeTrainer, start_prometheus, wait_until
 from tests.operator.prometheus_server import free_port
-from tests.operator.helpers import (NS, apply_run, complete_job, control, events, exists, get_obj, get_run,
-                                    make_run, operator_args, signals)
-
-TRAIN_SIZE = 10
-
-
-def write_soft_labels(endpoint: str, run: str, task: str, step: int, shards: int) -> None:
-    """What the inference Job's pods would write: one shard per completion index."""
-    storage = open_run_storage("s3://runs/exp", namespace=NS, run=run, endpoint_url=endpoint)
-    ids = torch.arange(TRAIN_SIZE)
-    for i, part in enumerate(ids.chunk(shards)):
-        write_shard(storage, task, step, i, shards, part, torch.randn(len(part), 2), total=TRAIN_SIZE)
-
+from tests.operator.helpers import (apply_run, complete_job, control, events, exists, get_obj, get_run,
+                                    make_run, operator_args, signals, write_soft_labels)
 
 def printer_columns(obj: dict) -> dict:
     return {"Phase": obj["status"]["phase"], "Setting": obj["spec"]["setting"],
