@@ -100,6 +100,22 @@ def _kd_step(history: list[dict], task: str) -> int | None:
     return steps[-1] if steps else None
 
 
+def _best_record(kept: list[dict], best_step: int | None) -> dict | None:
+    """The validation a task's gap is measured from.
+
+    A converged task's best is its best checkpoint θ̂_t (paper Sec. 3: the checkpoint it is
+    rewound to and distilled from): the supervised validation at `best_step`, the same step whose
+    test score the report shows. KD-phase validations that happen to score higher are not a peak
+    the task was held to (they count in "best ever"). A task that never converged: its best
+    validation on the final lineage.
+    """
+    if best_step is not None:
+        at = [r for r in kept if r["step"] == best_step and r.get("mode", "supervised") == "supervised"]
+        if at:
+            return at[-1]
+    return max(kept, key=lambda r: r["value"]) if kept else None
+
+
 def build_report(run: str, status: RunStatus, storage: RunStorage) -> RunReport:
     """Assemble the report from storage and status (a missing final.json leaves final columns empty)."""
     history = read_history(storage)
@@ -112,7 +128,7 @@ def build_report(run: str, status: RunStatus, storage: RunStorage) -> RunReport:
         ft = (final or {}).get("tasks", {}).get(name, {})
         metric = ft.get("metric") or (recs[0]["metric"] if recs else "")
         kept, _ = split_lineage(history, name)
-        best_rec = max(kept, key=lambda r: r["value"]) if kept else None
+        best_rec = _best_record(kept, ts.best_step if ts else None)
         fv = ft.get("finalValidation", {}).get(metric)
         bc = ft.get("bestCheckpoint") or {}
         rep.tasks.append(TaskReport(
@@ -165,8 +181,10 @@ def render_markdown(rep: RunReport) -> str:
                      f"{_f(t.best_validation)} ({_i(t.best_step)}) | {_f(t.final_validation)} | {_f(t.final_minus_best, True)} | "
                      f"{_f(t.best_ever)} | {_f(t.test_final)} | {_f(t.test_best_checkpoint)} ({_i(t.best_checkpoint_step)}) |")
     lines += ["", f"Mean drop (best − final, over tasks): {_f(rep.mean_drop)} points; largest drop: {_f(rep.max_drop)} points.",
-              "Best val is the best on the final model's lineage (validations no rewind discarded); best ever "
-              "also counts trajectories a rewind discarded.", ""]
+              "Best val: for a converged task, the validation of its best checkpoint (the one it was rewound to and "
+              "distilled from, whose test score is the last column); for a task that never converged, the best on the "
+              "final model's lineage (validations no rewind discarded). Best ever also counts KD-phase validations and "
+              "trajectories a rewind discarded.", ""]
     return "\n".join(lines)
 
 

@@ -59,3 +59,24 @@ def test_convergence_order_follows_the_kd_switches():
     h = [{"event": "kd", "task": "b", "step": 100}, {"task": "a", "step": 200, "value": 1},
          {"event": "kd", "task": "c", "step": 300}, {"event": "kd", "task": "b", "step": 400}]
     assert convergence_order(h, ["a", "b", "c", "d"]) == ["b", "c", "a", "d"]
+
+
+def test_a_converged_tasks_best_is_its_best_checkpoint_even_if_a_kd_validation_scores_higher(tmp_path):
+    st = FileRunStorage(tmp_path)
+    for r in [{"task": "a", "step": 100, "value": 50.0, "mode": "supervised"},
+              {"task": "a", "step": 200, "value": 60.0, "mode": "supervised"},
+              {"task": "a", "step": 300, "value": 59.0, "mode": "supervised"},
+              {"event": "rewind", "step": 200}, {"event": "kd", "task": "a", "step": 200},
+              {"task": "a", "step": 300, "value": 61.0, "mode": "kd"},  # a lucky KD validation
+              {"task": "b", "step": 100, "value": 40.0, "mode": "supervised"},
+              {"task": "b", "step": 200, "value": 45.0, "mode": "supervised"},
+              {"task": "b", "step": 300, "value": 44.0, "mode": "supervised"}]:
+        st.append_line("reports/history.jsonl", json.dumps(r))
+    st.put_bytes("reports/final.json", json.dumps({"step": 300, "tasks": {
+        "a": {"metric": "accuracy", "finalValidation": {"accuracy": 59.5}},
+        "b": {"metric": "accuracy", "finalValidation": {"accuracy": 44.0}}}}).encode())
+    status = RunStatus(phase="Succeeded", tasks={"a": TaskStatus(phase="KD", converged_at_step=300, best_step=200),
+                                                 "b": TaskStatus(phase="Training")})
+    a, b = build_report("r", status, st).tasks
+    assert (a.best_validation, a.best_step, a.best_ever, a.final_minus_best) == (60.0, 200, 61.0, -0.5)
+    assert (b.best_validation, b.best_step, b.final_minus_best) == (45.0, 200, -1.0)  # not converged: best on lineage
