@@ -111,8 +111,15 @@ class TaskObservation(BaseModel):
     points: list[ValidationPoint] = Field(default_factory=list)
 
 
-def observe(track: Track, obs: TaskObservation, rule: ConvergenceRule) -> tuple[Track, int]:
+def observe(track: Track, obs: TaskObservation, rule: ConvergenceRule, *,
+            rebaseline: bool = False) -> tuple[Track, int]:
     """Fold one observation into a track.
+
+    Args:
+        rebaseline: the first observation after a rewind was applied: the validations the trainer
+            ran on the discarded trajectory (while decisions waited for the rewind's
+            acknowledgement) advanced its counter but were never meant to be seen, so the counter
+            is taken as the new baseline and nothing is counted as missed.
 
     Returns:
         (new track, validations missed in this observation). A validation is missed when
@@ -135,7 +142,7 @@ def observe(track: Track, obs: TaskObservation, rule: ConvergenceRule) -> tuple[
     ):
         out.best_step, out.best_value = obs.best_step, obs.best_value
     missed = 0
-    if obs.validations >= track.validations_seen:
+    if not rebaseline and obs.validations >= track.validations_seen:
         missed = max(0, obs.validations - track.validations_seen - len(new_points))
     # else: the counter went down: the trainer restarted; nothing can be said about gaps.
     out.validations_seen = obs.validations

@@ -223,11 +223,13 @@ def _observe(spec: RunSpec, ctx: _Ctx, obs: Observations) -> None:
                   f" at step {m.applied_at_step}", step=m.applied_at_step)
     if st.rewind_generation is not None and st.acknowledged_generation < st.rewind_generation:
         return  # the trainer has not rewound yet: these observations may be from discarded steps
+    rebaseline = st.rewind_generation is not None  # the first observation since the rewind was applied
+    st.rewind_generation = None
     for name, ts in st.tasks.items():
         task_obs = m.tasks.get(name)
         if task_obs is None or ts.phase == "Pending":
             continue
-        ts.track, missed = observe(ts.track, task_obs, rule_for(spec, spec.task(name)))
+        ts.track, missed = observe(ts.track, task_obs, rule_for(spec, spec.task(name)), rebaseline=rebaseline)
         if missed:
             ctx.condition("MetricsAvailable", "True", "ValidationsMissed",
                           f"task {name}: {ts.track.missed} validation(s) seen only through the trainer's counter")

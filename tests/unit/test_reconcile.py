@@ -128,9 +128,18 @@ def test_observations_before_the_rewind_is_acknowledged_are_ignored():
     # the trainer rewinds and acknowledges; the discarded observations never count
     sim.applied = 1
     sim.rewind(100)
-    sim.poll()
+    actions = sim.poll()
     assert sim.status.tasks["b"].phase == "Training"
     assert sim.status.condition("SignalAcknowledged").status == "True"
+    # the validations run on the discarded steps were not missed: no warning, no missed count
+    assert not [e for e in kinds(actions, EmitEvent) if e.reason == "ValidationMissed"]
+    assert sim.status.tasks["b"].track.missed == 0
+    # a validation genuinely missed afterwards is still reported
+    sim.validate(200, {"b": 30, "c": 30})
+    sim.validate(300, {"b": 40, "c": 40})
+    actions = sim.poll()
+    assert [e.message.split(":")[0] for e in kinds(actions, EmitEvent) if e.reason == "ValidationMissed"] == ["task b", "task c"]
+    assert sim.status.tasks["b"].track.missed == 1
 
 
 def test_two_tasks_converging_in_the_same_poll_share_one_generation():
