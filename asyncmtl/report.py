@@ -100,7 +100,8 @@ def _kd_step(history: list[dict], task: str) -> int | None:
     return steps[-1] if steps else None
 
 
-def _best_record(kept: list[dict], best_step: int | None) -> dict | None:
+def _best_record(kept: list[dict], best_step: int | None, checkpoint: dict | None = None,
+                 metric: str = "") -> dict | None:
     """The validation a task's gap is measured from.
 
     A converged task's best is its best checkpoint θ̂_t (paper Sec. 3: the checkpoint it is
@@ -113,6 +114,11 @@ def _best_record(kept: list[dict], best_step: int | None) -> dict | None:
         at = [r for r in kept if r["step"] == best_step and r.get("mode", "supervised") == "supervised"]
         if at:
             return at[-1]
+        # a later rewind to an earlier step discarded that validation from the lineage; the
+        # trainer scored the checkpoint's weights again at convergence (final.json bestCheckpoint)
+        value = ((checkpoint or {}).get("validation") or {}).get(metric)
+        if (checkpoint or {}).get("step") == best_step and value is not None:
+            return {"step": best_step, "value": value, "mode": "supervised"}
     return max(kept, key=lambda r: r["value"]) if kept else None
 
 
@@ -128,9 +134,9 @@ def build_report(run: str, status: RunStatus, storage: RunStorage) -> RunReport:
         ft = (final or {}).get("tasks", {}).get(name, {})
         metric = ft.get("metric") or (recs[0]["metric"] if recs else "")
         kept, _ = split_lineage(history, name)
-        best_rec = _best_record(kept, ts.best_step if ts else None)
-        fv = ft.get("finalValidation", {}).get(metric)
         bc = ft.get("bestCheckpoint") or {}
+        best_rec = _best_record(kept, ts.best_step if ts else None, bc, metric)
+        fv = ft.get("finalValidation", {}).get(metric)
         rep.tasks.append(TaskReport(
             task=name, metric=metric, phase=ts.phase if ts else "",
             converged_at_step=ts.converged_at_step if ts else None,

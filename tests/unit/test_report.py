@@ -80,3 +80,25 @@ def test_a_converged_tasks_best_is_its_best_checkpoint_even_if_a_kd_validation_s
     a, b = build_report("r", status, st).tasks
     assert (a.best_validation, a.best_step, a.best_ever, a.final_minus_best) == (60.0, 200, 61.0, -0.5)
     assert (b.best_validation, b.best_step, b.final_minus_best) == (45.0, 200, -1.0)  # not converged: best on lineage
+
+
+def test_a_best_checkpoint_cut_from_the_lineage_by_a_later_rewind_keeps_its_own_score(tmp_path):
+    """TweetEval: emotion converged with its best at 1200, then another task's rewind went back to
+    1000, discarding emotion's validation at 1200 from the final lineage."""
+    st = FileRunStorage(tmp_path)
+    for r in [{"task": "e", "step": 1000, "value": 77.0, "mode": "supervised"},
+              {"task": "e", "step": 1200, "value": 79.4, "mode": "supervised"},
+              {"task": "e", "step": 1400, "value": 76.0, "mode": "supervised"},
+              {"event": "rewind", "step": 1200}, {"event": "kd", "task": "e", "step": 1200},
+              {"task": "e", "step": 1400, "value": 78.6, "mode": "kd"},
+              {"event": "rewind", "step": 1000},  # another task's best
+              {"task": "e", "step": 1200, "value": 77.8, "mode": "kd"},
+              {"task": "e", "step": 1400, "value": 79.4, "mode": "kd"}]:
+        st.append_line("reports/history.jsonl", json.dumps(r))
+    st.put_bytes("reports/final.json", json.dumps({"step": 1400, "tasks": {"e": {
+        "metric": "accuracy", "finalValidation": {"accuracy": 79.1},
+        "bestCheckpoint": {"step": 1200, "validation": {"accuracy": 79.4}, "test": {"accuracy": 78.7}}}}}).encode())
+    status = RunStatus(phase="Succeeded", tasks={"e": TaskStatus(phase="KD", converged_at_step=1400, best_step=1200)})
+    (e,) = build_report("r", status, st).tasks
+    assert (e.best_validation, e.best_step, e.best_checkpoint_step) == (79.4, 1200, 1200)
+    assert round(e.final_minus_best, 2) == -0.3
