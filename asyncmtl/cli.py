@@ -71,6 +71,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from asyncmtl.storage import FileRunStorage
 
     wd = Path(args.workdir)
+    if not (wd / "status.json").is_file():
+        print(f"error: {wd}: no status.json here; give a run's folder, e.g. runs/local/<run>", file=sys.stderr)
+        return 2
     status = RunStatus.model_validate_json((wd / "status.json").read_text())
     paths = write_report(status.control.run if status.control else wd.name, status, FileRunStorage(wd), wd / "staging")
     for n, uri in paths.items():
@@ -133,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--tweeteval-dir")
     v.set_defaults(func=cmd_validate)
     rep = sub.add_parser("report", help="Rebuild the report of a local run from its folder.")
-    rep.add_argument("workdir")
+    rep.add_argument("workdir", help="a run's folder, e.g. runs/local/<run>")
     rep.set_defaults(func=cmd_report)
     cp = sub.add_parser("compare", help="The paper's Table 3 (and curves) from finished runs.")
     cp.add_argument("runs", nargs="+", help="Run folders, or names of local runs under --runs-root.")
