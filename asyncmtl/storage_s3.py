@@ -96,14 +96,23 @@ class S3RunStorage(RunStorage):
         return Path(dst)
 
     def exists(self, key: str) -> bool:
+        return self.etag(key) is not None
+
+    def etag(self, key: str) -> str | None:
+        """The object's ETag (HeadObject), None if there is no such object.
+
+        Raises:
+            StorageError: any other failure (unreachable endpoint, refused credentials).
+        """
         from botocore.exceptions import ClientError
 
         try:
-            self.s3.head_object(Bucket=self.bucket, Key=self._k(key))
-            return True
+            return self.s3.head_object(Bucket=self.bucket, Key=self._k(key))["ETag"]
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
+                return None
+            raise self._err(exc, key) from exc
+        except Exception as exc:  # connection errors and the like
             raise self._err(exc, key) from exc
 
     def list(self, prefix: str) -> list[str]:

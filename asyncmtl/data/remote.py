@@ -33,34 +33,24 @@ def fetch_s3(uri: str, *, endpoint_url: str | None = None, cache_dir: Path | Non
         FileNotFoundError: no such object (the message is `<uri>: not found`).
         asyncmtl.storage.StorageError: the bucket is unreachable or the credentials are refused.
     """
-    from botocore.exceptions import ClientError
+    from asyncmtl.storage_s3 import S3RunStorage
 
-    from asyncmtl.storage import StorageError
-    from asyncmtl.storage_s3 import _client, parse_s3_uri
-
-    bucket, key = parse_s3_uri(uri)
-    if not key:
+    store, name = S3RunStorage.for_object(uri, endpoint_url)
+    if not name:
         raise FileNotFoundError(f"{uri}: names a bucket, not an object")
-    s3 = _client(endpoint_url or os.environ.get("AWS_ENDPOINT_URL"))
-    try:
-        etag = s3.head_object(Bucket=bucket, Key=key)["ETag"]
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            raise FileNotFoundError(f"{uri}: not found") from None
-        raise StorageError(f"{uri}: {exc}") from exc
-    except Exception as exc:  # connection errors and the like
-        raise StorageError(f"{uri}: {exc}") from exc
-    dst = (cache_dir or default_cache_dir()) / bucket / key
+    etag = store.etag(name)
+    if etag is None:
+        raise FileNotFoundError(f"{uri}: not found")
+    dst = (cache_dir or default_cache_dir()) / store.bucket / store.root / name
     tag_file = dst.with_name(dst.name + ".etag")
     if dst.is_file() and tag_file.is_file() and tag_file.read_text() == etag:
         return dst
-    dst.parent.mkdir(parents=True, exist_ok=True)
     part = dst.with_name(f"{dst.name}.part-{os.getpid()}")
     try:
-        s3.download_file(bucket, key, str(part))
-    except Exception as exc:
+        store.get_file(name, part)
+    except Exception:
         part.unlink(missing_ok=True)
-        raise StorageError(f"{uri}: {exc}") from exc
+        raise
     os.replace(part, dst)  # atomic: concurrent inference shards never read a half-written file
     tag_file.write_text(etag)
     return dst
