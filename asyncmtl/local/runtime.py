@@ -100,6 +100,7 @@ class LocalRuntime:
         self.poll_interval = opts.poll_interval or self.spec.metrics.poll_interval_seconds
         self.train_sizes: dict[str, int] = {}
         self.events: list[str] = []
+        self._teacher_steps: dict[str, int] = {}  # BAM: read once at start (teacher_steps)
 
     # ---- processes ---------------------------------------------------------------------------
     def _common_args(self) -> list[str]:
@@ -192,7 +193,7 @@ class LocalRuntime:
 
     # ---- observation -------------------------------------------------------------------------
     def observe(self) -> Observations:
-        obs = Observations(time=time.time(), teacher_steps=getattr(self, "_teacher_steps", {}))
+        obs = Observations(time=time.time(), teacher_steps=self._teacher_steps)
         if self.trainer is not None:
             code = self.trainer.poll()
             if code == 0:

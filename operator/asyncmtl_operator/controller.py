@@ -224,7 +224,10 @@ class Controller:
         storage = self.storage(run, namespace)
         if run.spec.strategy == "bam":  # the teacher's checkpoints and soft labels live in its own folder
             storage = self.storage(run, namespace, name=run.spec.teacher_run)
-            obs.teacher_steps = best_checkpoint_steps(storage, [t.name for t in run.spec.tasks])
+            if not status.tasks or any(ts.phase == "Distilling" and not ts.inference_attempts
+                                       for ts in status.tasks.values()):
+                # only until every teacher inference is launched: not one S3 read per timer tick
+                obs.teacher_steps = best_checkpoint_steps(storage, [t.name for t in run.spec.tasks])
         self._observe_inference(run, namespace, status, storage, obs, logger)
         new, actions = reconcile(run.spec, status, obs, run=name, ack_timeout_seconds=run.spec.metrics.ack_timeout_seconds)
         mem.last_poll = now
