@@ -100,8 +100,7 @@ def _kd_step(history: list[dict], task: str) -> int | None:
     return steps[-1] if steps else None
 
 
-def _best_record(kept: list[dict], best_step: int | None, checkpoint: dict | None = None,
-                 metric: str = "") -> dict | None:
+def _best_record(kept: list[dict], best_step: int | None, checkpoint: dict, metric: str) -> dict | None:
     """The validation a task's gap is measured from.
 
     A converged task's best is its best checkpoint θ̂_t (paper Sec. 3: the checkpoint it is
@@ -116,8 +115,8 @@ def _best_record(kept: list[dict], best_step: int | None, checkpoint: dict | Non
             return at[-1]
         # a later rewind to an earlier step discarded that validation from the lineage; the
         # trainer scored the checkpoint's weights again at convergence (final.json bestCheckpoint)
-        value = ((checkpoint or {}).get("validation") or {}).get(metric)
-        if (checkpoint or {}).get("step") == best_step and value is not None:
+        value = (checkpoint.get("validation") or {}).get(metric)
+        if checkpoint.get("step") == best_step and value is not None:
             return {"step": best_step, "value": value, "mode": "supervised"}
     return max(kept, key=lambda r: r["value"]) if kept else None
 

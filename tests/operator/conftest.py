@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import missing
+from tests.conftest import missing, moto_server
 from tests.operator.emulator import EmulatedCluster
 from tests.operator.prometheus_server import PrometheusServer, find_prometheus, free_port
 
@@ -34,18 +34,13 @@ def kube(cluster):
 def s3(monkeypatch):
     """moto's S3 server on loopback; AWS credentials in the environment; yields (endpoint, bucket)."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-                 "AWS_ENDPOINT_URL": endpoint}.items():
-        monkeypatch.setenv(k, v)
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="runs")
-    yield endpoint, "runs"
-    server.stop()
+    with moto_server() as endpoint:
+        for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+                     "AWS_ENDPOINT_URL": endpoint}.items():
+            monkeypatch.setenv(k, v)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="runs")
+        yield endpoint, "runs"
 
 
 class FakeTrainer:

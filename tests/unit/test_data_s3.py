@@ -11,27 +11,22 @@ import yaml
 
 from asyncmtl.data import DataError, load_split
 from asyncmtl.spec import parse_run
-from tests.conftest import run_doc
+from tests.conftest import moto_server, run_doc
 
 
 @pytest.fixture()
 def s3(monkeypatch, tmp_path):
     """A moto S3 server with bucket `data`; credentials and the data cache set in the environment."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
     for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
                  "ASYNCMTL_DATA_CACHE": str(tmp_path / "cache")}.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    client = boto3.client("s3", endpoint_url=endpoint)
-    client.create_bucket(Bucket="data")
-    yield endpoint, client
-    server.stop()
+    with moto_server() as endpoint:
+        client = boto3.client("s3", endpoint_url=endpoint)
+        client.create_bucket(Bucket="data")
+        yield endpoint, client
 
 
 def _put_jsonl(client, key: str, rows: list[dict]) -> None:

@@ -7,17 +7,13 @@ import pytest
 
 from asyncmtl.softlabels import manifest_key, shard_key, write_manifest
 from asyncmtl.storage import FileRunStorage, StorageError, open_run_storage, open_uri, sha256_bytes
+from tests.conftest import moto_server
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(params=["file", "s3"])
