@@ -25,6 +25,9 @@ TRAINER_STATE = f"{PREFIX}_trainer_state"  # gauge {state=starting|training|paus
 REWINDS = f"{PREFIX}_rewinds"  # counter: rewinds applied
 TRAIN_SIZE = f"{PREFIX}_task_train_examples"  # gauge {task}: examples in the task's training split
 LOSS_WEIGHT = f"{PREFIX}_loss_weight"  # gauge {task}: the task's loss weight λ (weighting methods)
+# gauge: the last validation step every validated task has reported (set after the step's last task, and
+# exposed before the per-task series, so a scrape that reads N also reads every task's step-N values)
+VALIDATION_COMPLETE_STEP = f"{PREFIX}_validation_complete_step"
 
 TASK_MODES = ("inactive", "supervised", "pending", "kd", "frozen")
 TRAINER_STATES = ("starting", "training", "paused", "finalizing", "finished")

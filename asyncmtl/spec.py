@@ -154,6 +154,10 @@ class TaskSpec(_Strict):
     patience: int = Field(3, ge=1, description="Validation steps without improvement before the task converges.")
     min_delta: float = Field(0.0, ge=0.0, description="Smallest improvement (metric points) that counts.")
     min_steps: int = Field(0, ge=0, description="No convergence is declared before this training step.")
+    smoothing: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Exponential moving average of the validation curve the convergence rule reads: "
+                    "s_k = smoothing·s_(k-1) + (1-smoothing)·value_k (0: the raw values, the paper).")
     sampling_weight: float = Field(1.0, gt=0.0, description="Multiplies the task's share of each batch (size-proportional).")
 
     @model_validator(mode="after")
@@ -229,6 +233,9 @@ class DistillationSpec(_Strict):
     kd_sampling_weight: float = Field(
         1.0, gt=0.0, le=1.0,
         description="Multiplies a converged (KD) task's share of each batch (below 1: the paper's future work).")
+    kd_weight: float = Field(
+        1.0, gt=0.0, le=100.0,
+        description="Multiplies a converged task's KD loss (Eq. 2) in the sum of task losses (Eq. 3; paper: 1).")
 
 
 class StorageSpec(_Strict):
@@ -267,13 +274,17 @@ class MetricsSpec(_Strict):
 class WeightingSpec(_Strict):
     """How task losses are weighted in the total loss (the paper's method: uniform, Eq. 3)."""
 
-    method: Literal["uniform", "static", "muppet", "dwa", "gradnorm"] = Field(
-        "uniform", description="uniform; static (weights); muppet (1/log #classes); dwa; gradnorm.")
+    method: Literal["uniform", "static", "muppet", "dwa", "gradnorm", "famo", "uw", "upgrad"] = Field(
+        "uniform", description="uniform; static (weights); muppet (1/log #classes); dwa; gradnorm; famo (Liu et al. "
+                               "2023), uw (Kendall et al. 2018 uncertainty weighting), upgrad (Jacobian descent): "
+                               "the last three from PyPI torchjd.")
     weights: dict[str, float] = Field(default_factory=dict, description="static: λ per task name (default 1).")
     temperature: float = Field(2.0, gt=0.0, description="dwa: softmax temperature T (Liu et al. 2019: 2).")
     window: int = Field(100, ge=1, description="dwa: steps per loss-averaging window (in place of an epoch).")
     alpha: float = Field(1.5, ge=0.0, description="gradnorm: asymmetry α (Chen et al. 2018).")
-    learning_rate: float = Field(0.025, gt=0.0, description="gradnorm: step size of the weight update.")
+    learning_rate: float = Field(0.025, gt=0.0, description="gradnorm, famo, uw: step size of the weights' update "
+                                                            "(GradNorm and FAMO papers: 0.025).")
+    weight_decay: float = Field(1e-3, ge=0.0, description="famo: weight decay of its logits' Adam (FAMO paper: 1e-3).")
 
 
 class Toleration(_Strict):

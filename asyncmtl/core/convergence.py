@@ -36,6 +36,8 @@ class ConvergenceRule:
         validation_interval: steps between validation steps (paper: 200).
         min_steps: no convergence before this training step.
         direction: "max" when higher is better (all AsyncMTL metrics), "min" otherwise.
+        smoothing: the rule reads an exponential moving average of the validation values,
+            s_k = smoothing·s_(k−1) + (1−smoothing)·v_k, s_1 = v_1 (0: raw values, the paper).
     """
 
     patience: int
@@ -43,6 +45,13 @@ class ConvergenceRule:
     validation_interval: int = 200
     min_steps: int = 0
     direction: Literal["max", "min"] = "max"
+    smoothing: float = 0.0
+
+    def smooth(self, value: float, previous: float | None) -> float:
+        """The smoothed value after `value`, given the previous smoothed value (None: the first)."""
+        if previous is None or not self.smoothing:
+            return value
+        return self.smoothing * previous + (1.0 - self.smoothing) * value
 
     def improves(self, value: float, best: float | None) -> bool:
         """True when `value` beats `best` by more than `min_delta` (ties within it do not count;
@@ -61,6 +70,7 @@ class Track(BaseModel):
     best_value: float | None = None
     last_step: int | None = None
     last_value: float | None = None
+    smoothed: float | None = Field(None, description="The rule's smoothed value at the last point (smoothing > 0).")
     validations_seen: int = Field(0, description="Trainer's validations counter at the last observation.")
     missed: int = Field(0, description="Validations counted by the trainer but never seen as a point.")
 
@@ -86,8 +96,9 @@ class Track(BaseModel):
     def _add_point(self, p: ValidationPoint, rule: ConvergenceRule) -> "Track":
         t = self.model_copy(deep=True)
         t.points.append(p)
-        if rule.improves(p.value, t.best_value):
-            t.best_step, t.best_value = p.step, p.value
+        t.smoothed = rule.smooth(p.value, t.smoothed)
+        if rule.improves(t.smoothed, t.best_value):
+            t.best_step, t.best_value = p.step, t.smoothed
         t.last_step, t.last_value = p.step, p.value
         return t
 
@@ -109,6 +120,21 @@ class TaskObservation(BaseModel):
     best_step: int | None = None
     best_value: float | None = None
     points: list[ValidationPoint] = Field(default_factory=list)
+
+    def through(self, complete_step: int | None) -> "TaskObservation | None":
+        """This observation if it describes only whole validation steps (steps <= `complete_step`,
+        the trainer's last validation step reported for every validated task), else None: the task
+        has already reported a step that others have not, and is folded at a later poll, so a poll
+        landing in the middle of a validation step never decides on half of it. `complete_step`
+        None (a trainer that does not export it): the observation as it is."""
+        if complete_step is None:
+            return self
+        if (self.last_step is not None and self.last_step > complete_step) or (
+                self.best_step is not None and self.best_step > complete_step):
+            return None
+        if any(p.step > complete_step for p in self.points):
+            return self.model_copy(update={"points": [p for p in self.points if p.step <= complete_step]})
+        return self
 
 
 def observe(track: Track, obs: TaskObservation, rule: ConvergenceRule, *,
@@ -164,10 +190,13 @@ class BestTracker(BaseModel):
 
     best_step: int | None = None
     best_value: float | None = None
+    smoothed: float | None = None
 
     def update(self, step: int, value: float, rule: ConvergenceRule) -> bool:
-        """Record a validation result; True if it is the new best."""
-        if rule.improves(value, self.best_value):
-            self.best_step, self.best_value = step, value
+        """Record a validation result; True if it is the new best (of the smoothed values, when the
+        rule smooths: `best_value` is then a smoothed value)."""
+        self.smoothed = rule.smooth(value, self.smoothed)
+        if rule.improves(self.smoothed, self.best_value):
+            self.best_step, self.best_value = step, self.smoothed
             return True
         return False

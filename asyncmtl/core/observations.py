@@ -22,6 +22,9 @@ class TrainerObservation(BaseModel):
     applied_generation: int = Field(0, description="Last control generation the trainer applied (the ack).")
     applied_at_step: int | None = None
     tasks: dict[str, TaskObservation] = Field(default_factory=dict)
+    validation_complete_step: int | None = Field(
+        None, description="Last validation step (steps) that every validated task has reported; None: the trainer "
+                          "does not export it (then every task's values are used as seen).")
     train_sizes: dict[str, int] = Field(default_factory=dict, description="Training examples per task.")
 
 

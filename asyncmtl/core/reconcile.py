@@ -6,7 +6,10 @@ execute the returned actions. Given the same inputs it returns the same outputs.
 The method (Lu et al., NAACL 2022, Sec. 3), as decisions:
 1. Fold each task's observation into its track (`convergence.observe`) — unless a rewind
    signal is out and not yet acknowledged, in which case the observations may describe
-   steps the rewind discards and are ignored.
+   steps the rewind discards and are ignored. Only whole validation steps are folded: a task
+   that has reported a step beyond the trainer's `validation_complete_step` waits for the next
+   poll (`TaskObservation.through`), so which tasks converge together never depends on when a
+   poll lands within a validation step.
 2. Tasks in Training whose track satisfies the rule (`has_converged`) converge. One signal
    generation carries `converged(task, bestStep, rewindTo)` for all of them, where rewindTo
    is the latest of their best steps (when several tasks converge in the same poll, the
@@ -58,6 +61,7 @@ def rule_for(spec: RunSpec, task: TaskSpec) -> ConvergenceRule:
         validation_interval=spec.training.validation_interval,
         min_steps=task.min_steps,
         direction="max",
+        smoothing=task.smoothing,
     )
 
 
@@ -227,6 +231,8 @@ def _observe(spec: RunSpec, ctx: _Ctx, obs: Observations) -> None:
     st.rewind_generation = None
     for name, ts in st.tasks.items():
         task_obs = m.tasks.get(name)
+        if task_obs is not None:  # decide on whole validation steps only (every task reported)
+            task_obs = task_obs.through(m.validation_complete_step)
         if task_obs is None or ts.phase == "Pending":
             continue
         ts.track, missed = observe(ts.track, task_obs, rule_for(spec, spec.task(name)), rebaseline=rebaseline)

@@ -27,7 +27,8 @@ def parse_trainer_metrics(text: str, run: str) -> TrainerObservation:
             if task is not None and s.name in (f"{M.VALIDATIONS}_total", M.VALIDATION_LAST_STEP, M.VALIDATION_LAST_VALUE,
                                                M.VALIDATION_BEST_STEP, M.VALIDATION_BEST_VALUE, M.TRAIN_SIZE):
                 per_task.setdefault(task, {})[s.name] = s.value
-            elif task is None and s.name in (M.GLOBAL_STEP, M.CONTROL_GENERATION, M.CONTROL_APPLIED_STEP):
+            elif task is None and s.name in (M.GLOBAL_STEP, M.CONTROL_GENERATION, M.CONTROL_APPLIED_STEP,
+                                             M.VALIDATION_COMPLETE_STEP):
                 trainer[s.name] = s.value
     tasks = {}
     sizes = {t: int(d[M.TRAIN_SIZE]) for t, d in per_task.items() if d.get(M.TRAIN_SIZE)}
@@ -43,11 +44,13 @@ def parse_trainer_metrics(text: str, run: str) -> TrainerObservation:
             best_value=_num(d.get(M.VALIDATION_BEST_VALUE)),
         )
     applied_step = _num(trainer.get(M.CONTROL_APPLIED_STEP))
+    complete = _num(trainer.get(M.VALIDATION_COMPLETE_STEP))
     return TrainerObservation(
         global_step=int(trainer.get(M.GLOBAL_STEP, 0) or 0),
         applied_generation=int(trainer.get(M.CONTROL_GENERATION, 0) or 0),
         applied_at_step=int(applied_step) if applied_step is not None else None,
         tasks=tasks,
+        validation_complete_step=int(complete) if complete is not None else None,
         train_sizes=sizes,
     )
 

@@ -62,7 +62,7 @@ class PrometheusClient:
         sel = f'run="{run}",namespace="{namespace}"'
         names = "|".join([f"{M.VALIDATIONS}_total", M.VALIDATION_LAST_STEP, M.VALIDATION_LAST_VALUE,
                           M.VALIDATION_BEST_STEP, M.VALIDATION_BEST_VALUE, M.GLOBAL_STEP, M.CONTROL_GENERATION,
-                          M.CONTROL_APPLIED_STEP, M.TRAIN_SIZE])
+                          M.CONTROL_APPLIED_STEP, M.TRAIN_SIZE, M.VALIDATION_COMPLETE_STEP])
         current = self.query(f'{{__name__=~"{names}",{sel}}}')
         if not current:
             return None
@@ -104,6 +104,7 @@ class PrometheusClient:
         obs = TrainerObservation(global_step=_int(trainer.get(M.GLOBAL_STEP)) or 0,
                                  applied_generation=_int(trainer.get(M.CONTROL_GENERATION)) or 0,
                                  applied_at_step=_int(trainer.get(M.CONTROL_APPLIED_STEP)), tasks=tasks,
+                                 validation_complete_step=_int(trainer.get(M.VALIDATION_COMPLETE_STEP)),
                                  train_sizes=sizes)
         return Snapshot(trainer=obs, newest_sample=newest, point_times=point_times)
 

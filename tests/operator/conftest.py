@@ -66,6 +66,7 @@ class FakeTrainer:
             if b is None or v > b[1]:
                 self.best[task] = (step, v)
             self.exporter.record_validation(task, step, v, *self.best[task])
+        self.exporter.complete_validation(step)
 
     def rewind(self, step: int, values: dict[str, float]) -> None:
         """What the trainer does on `converged(..., rewindTo=step)`: state as of the checkpoint."""
@@ -74,6 +75,7 @@ class FakeTrainer:
             if self.best[task][0] > step:
                 self.best[task] = (step, v)
             self.exporter.set_task_state(task, step, v, *self.best[task])
+        self.exporter.complete_validation(step)
         self.exporter.rewinds.labels(self.run).inc()
 
     def ack(self, generation: int, step: int) -> None:

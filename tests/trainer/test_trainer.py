@@ -241,6 +241,25 @@ def test_gradnorm_weights_move_and_keep_their_sum(tmp_path, tiny_model):
     assert sum(w.values()) == pytest.approx(2.0) and w != {"sentiment": 1.0, "sarcasm": 1.0}
 
 
+@pytest.mark.parametrize("method", ["famo", "uw", "upgrad"])
+def test_torchjd_methods_train_checkpoint_and_rewind_in_the_trainer(tmp_path, tiny_model, method):
+    tr = _trainer_with(tmp_path, tiny_model, weighting={"method": method, "learningRate": 0.05})
+    assert tr.weighting.method == method
+    first = tr.weighting.weights()
+    for _ in range(10):  # validation steps (and checkpoints with the method's state) at 5 and 10
+        tr.step_once()
+    moved = tr.weighting.weights()
+    assert moved != first and all(v > 0 for v in moved.values())
+    at5 = tr.checkpointer.read_state(5).weighting
+    tr.apply_generation([ConvergedSignal(generation=1, task="sarcasm", best_step=5, rewind_to=5)], 1)
+    assert tr.step == 5 and tr.weighting.state_dict() == at5
+    tr.apply_generation([SoftLabelsReadySignal(generation=2, task="sarcasm", uri=_make_soft_labels(
+        tr, "sarcasm", 5, torch.zeros(64, 2)))], 2)
+    for _ in range(3):  # mixed batches with a KD task
+        losses = tr.step_once()
+        assert all(torch.isfinite(l) for l in losses.values())
+
+
 def test_kd_sampling_weight_shrinks_a_converged_tasks_share(tmp_path, tiny_model):
     tr = _trainer_with(tmp_path, tiny_model, distillation={"kdSamplingWeight": 0.25})
     tr.states["sarcasm"].mode = "kd"

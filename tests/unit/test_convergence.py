@@ -112,3 +112,24 @@ def test_points_from_a_series_are_all_used():
     obs = TaskObservation(validations=3, points=[ValidationPoint(step=s, value=v) for s, v in [(100, 5), (200, 9), (300, 8)]])
     t, missed = observe(Track(), obs, rule)
     assert missed == 0 and t.best_step == 200 and t.last_step == 300
+
+
+def test_smoothing_reads_a_moving_average_and_the_trainer_agrees():
+    """s_k = 0.5·s_(k−1) + 0.5·v_k: one lucky point (60 at step 200) is not a peak to stop on."""
+    from asyncmtl.core.convergence import BestTracker, ConvergenceRule, Track, ValidationPoint, has_converged
+
+    rule = ConvergenceRule(patience=2, validation_interval=100, smoothing=0.5)
+    raw = ConvergenceRule(patience=2, validation_interval=100)
+    series = [(100, 50.0), (200, 60.0), (300, 52.0), (400, 58.0), (500, 59.0)]
+    smoothed, plain, tracker = Track(), Track(), BestTracker()
+    for step, v in series:
+        smoothed = smoothed._add_point(ValidationPoint(step=step, value=v), rule)
+        plain = plain._add_point(ValidationPoint(step=step, value=v), raw)
+        tracker.update(step, v, rule)
+    # smoothed: 50, 55, 53.5, 55.75, 57.375 -> the best keeps moving (500); raw: best 60 at 200, converged at 400
+    assert (smoothed.best_step, smoothed.best_value) == (500, 57.375) and not has_converged(smoothed, rule)
+    assert plain.best_step == 200 and has_converged(plain, raw)
+    assert (tracker.best_step, tracker.best_value) == (smoothed.best_step, smoothed.best_value)
+    # a rewind replays the kept points, smoothing included
+    cut = smoothed.cut(300, rule)
+    assert (cut.best_step, cut.smoothed) == (200, 53.5)

@@ -5,7 +5,7 @@ import pytest
 
 from asyncmtl.control import ConvergedSignal, SkipDistillationSignal, SoftLabelsReadySignal, StopSignal
 from asyncmtl.core.actions import Complete, EmitEvent, Fail, LaunchInference, WriteControl
-from asyncmtl.core.convergence import TaskObservation
+from asyncmtl.core.convergence import TaskObservation, ValidationPoint
 from asyncmtl.core.observations import InferenceObservation, Observations, TrainerObservation
 from asyncmtl.core.reconcile import reconcile
 from asyncmtl.core.status import RunStatus
@@ -49,11 +49,12 @@ class Sim:
             if self.best[task][0] > step:
                 self.best[task] = (step, self.last[task][1])
 
-    def obs(self, *, metrics=True, trainer_state="Running", inference=None, step=None):
+    def obs(self, *, metrics=True, trainer_state="Running", inference=None, step=None, complete=None):
         tasks = {t: TaskObservation(validations=self.counts[t], last_step=self.last[t][0], last_value=self.last[t][1],
                                     best_step=self.best[t][0], best_value=self.best[t][1]) for t in self.last}
         m = TrainerObservation(global_step=step or max([s for s, _ in self.last.values()] or [0]),
-                               applied_generation=self.applied, tasks=tasks) if metrics else None
+                               applied_generation=self.applied, tasks=tasks,
+                               validation_complete_step=complete) if metrics else None
         return Observations(time=self.t, metrics=m, trainer_state=trainer_state, inference=inference or {},
                             metrics_error="" if metrics else "connection refused")
 
@@ -155,6 +156,35 @@ def test_two_tasks_converging_in_the_same_poll_share_one_generation():
     assert {s.generation for s in conv} == {1} and {s.rewind_to for s in conv} == {200}  # the later best
     assert sorted((a.task, a.checkpoint_step) for a in kinds(actions, LaunchInference)) == [("a", 200), ("b", 100)]
     assert len(kinds(actions, WriteControl)) == 1
+
+
+def test_a_half_reported_validation_step_is_not_decided_on():
+    """The trainer reports a validation step task by task; a poll in between sees a at step 300 and b
+    still at 200. Deciding then would converge a alone (its own rewind) and b at the next poll (a second
+    one); waiting for the complete step converges both in one generation, as a calm poll would."""
+    sim = Sim(make_spec(names=("a", "b"), patience=1))
+    sim.poll(metrics=False)
+    sim.validate(100, {"a": 50, "b": 50})
+    sim.poll(complete=100)
+    sim.validate(200, {"a": 60, "b": 70})  # both peak at 200
+    sim.poll(complete=200)
+    sim.validate(300, {"a": 55})  # a reported step 300 (it meets the rule), b not yet: the step is not complete
+    actions = sim.poll(complete=200)
+    assert sim.status.tasks["a"].track.last_step == 200 and sim.status.tasks["a"].phase == "Training"
+    assert not kinds(actions, WriteControl) and not [s for s in sim.signals() if isinstance(s, ConvergedSignal)]
+    sim.validate(300, {"b": 65})
+    sim.poll(complete=300)
+    conv = [s for s in sim.signals() if isinstance(s, ConvergedSignal)]
+    assert {(s.task, s.best_step, s.generation, s.rewind_to) for s in conv} == {("a", 200, 1, 200), ("b", 200, 1, 200)}
+
+
+def test_an_observation_through_the_complete_step_keeps_only_whole_steps():
+    obs = TaskObservation(validations=3, last_step=300, last_value=1.0, best_step=100, best_value=2.0,
+                          points=[ValidationPoint(step=200, value=1.5), ValidationPoint(step=300, value=1.0)])
+    assert obs.through(None) is obs and obs.through(300) is obs
+    assert obs.through(200) is None  # its last step is beyond the complete one: folded at a later poll
+    early = obs.model_copy(update={"last_step": 200, "last_value": 1.5})
+    assert [p.step for p in early.through(200).points] == [200]
 
 
 def test_soft_labels_ready_switches_the_task_to_kd():

@@ -3,8 +3,10 @@
 Batches mix tasks: each slot draws a task with probability proportional to its training-set
 size times its `samplingWeight` (paper Sec. 4: "sampled roughly in proportion to dataset
 size with manual adjustments"), then an example of that task uniformly (with replacement).
-The draw is a pure function of (seed, step, control generation), so a resumed run sees the
-same batches and a rewound run does not replay the discarded ones.
+The draw is a pure function of (seed, step, rewinds applied so far), so a resumed run sees the
+same batches and a rewound run does not replay the discarded ones. It does not depend on the
+control generation: how many generations a runtime used to send the same signals (two tasks'
+soft labels in one poll or in two) is a matter of timing and must not change a batch.
 """
 from __future__ import annotations
 
@@ -143,9 +145,10 @@ class TaskSampler:
         total = sum(raw.values())
         return {t: v / total for t, v in raw.items()}
 
-    def draw(self, step: int, generation: int, active: list[str], scale: dict[str, float] | None = None) -> list[tuple[str, int]]:
-        """(task, example id) for each slot of the batch at `step`. `active` must be non-empty."""
-        rng = np.random.default_rng([self.seed, step, generation])
+    def draw(self, step: int, rewinds: int, active: list[str], scale: dict[str, float] | None = None) -> list[tuple[str, int]]:
+        """(task, example id) for each slot of the batch at `step` (steps) after `rewinds` rewinds.
+        `active` must be non-empty."""
+        rng = np.random.default_rng([self.seed, step, rewinds])
         probs = self.probabilities(active, scale)
         names = list(probs)
         picks = rng.choice(len(names), size=self.batch_size, p=[probs[n] for n in names])

@@ -39,6 +39,7 @@ class CheckpointState:
     validations: dict[str, int] = field(default_factory=dict)
     history: dict[str, list[list[float]]] = field(default_factory=dict)
     weighting: dict[str, Any] = field(default_factory=dict)
+    rewinds: int = 0  # rewinds applied before this checkpoint (the batch draw's key; see batching)
     sha256: dict[str, str] = field(default_factory=dict)
 
 

@@ -17,6 +17,10 @@ class TrainerExporter(MetricsEndpoint):
         self.run = run
         super().__init__(registry or CollectorRegistry())
         r = self.registry
+        # registered first: the exposition lists it before the per-task series (see metric_names)
+        self.validation_complete_step = Gauge(
+            M.VALIDATION_COMPLETE_STEP, "Last validation step reported for every validated task", ["run"], registry=r)
+        self.validation_complete_step.labels(run).set(0)
         self.validations = Counter(M.VALIDATIONS, "Validation steps run, per task", ["run", "task"], registry=r)
         self.last_step = Gauge(M.VALIDATION_LAST_STEP, "Step of the last validation", ["run", "task"], registry=r)
         self.last_value = Gauge(M.VALIDATION_LAST_VALUE, "Metric value (0-100) at the last validation", ["run", "task"], registry=r)
@@ -54,6 +58,12 @@ class TrainerExporter(MetricsEndpoint):
         a counted validation without its best."""
         self.set_task_state(task, step, value, best_step, best_value)
         self.validations.labels(self.run, task).inc()
+
+    def complete_validation(self, step: int) -> None:
+        """Mark validation step `step` complete: every validated task's values for it are exported.
+        Set after the last task's `record_validation` (and after a rewind or resume, to the restored
+        step), so runtimes decide only on whole validation steps."""
+        self.validation_complete_step.labels(self.run).set(step)
 
     def set_task_state(self, task: str, step: int | None, value: float | None, best_step: int | None,
                        best_value: float | None) -> None:

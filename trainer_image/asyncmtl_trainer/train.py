@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from asyncmtl.control import ControlDocument, read_control_file
-from asyncmtl.core.convergence import BestTracker
+from asyncmtl.core.convergence import BestTracker, Track, has_converged
 from asyncmtl.core.reconcile import rule_for
 from asyncmtl.data import load_task_splits
 from asyncmtl.logs import configure, run_logger
@@ -36,7 +36,6 @@ from asyncmtl_trainer.losses import bam_loss, kd_loss, supervised_loss
 from asyncmtl_trainer.metrics import compute_metrics
 from asyncmtl_trainer.model import MultiTaskModel, build_model, save_multitask_model
 from asyncmtl_trainer.softlabels import read_soft_labels
-from asyncmtl_trainer.weighting import Static, Uniform
 
 BEST_SCORES_KEY = "reports/best_checkpoint_scores.json"
 LOSS_EXPORT_EVERY = 10  # steps between loss/throughput exports
@@ -52,6 +51,8 @@ class TrainerOptions:
         workdir: scratch space (token cache, checkpoint staging, `trainer.json` with the bound port).
         base_dir: folder that relative data and model paths in the spec resolve against.
         metrics_port: Prometheus port (0 = any free port). resume: continue from the latest checkpoint.
+        report_delay_seconds: seconds to sleep after each task's validation report (fault injection for
+            tests, from `$ASYNCMTL_TRAINER_REPORT_DELAY`; 0 in normal use).
     """
 
     run: str
@@ -64,6 +65,7 @@ class TrainerOptions:
     metrics_addr: str = "0.0.0.0"
     resume: bool = False
     control_poll_seconds: float = 0.5
+    report_delay_seconds: float = 0.0  # fault injection (tests): sleep between tasks' validation reports
 
 
 class TaskState:
@@ -78,13 +80,14 @@ class TaskState:
         self.history: list[list[float]] = []
         self.validations = 0
         self.pinned_step: int | None = None  # checkpoint the soft labels are made from
+        self.decided = False  # a decision barrier on this task's convergence was answered (continual keeps training)
 
     def to_json(self) -> dict:
         return {"bestStep": self.best.best_step, "bestValue": self.best.best_value, "prevBestStep": self.prev_best_step,
-                "lastStep": self.last_step, "lastValue": self.last_value}
+                "lastStep": self.last_step, "lastValue": self.last_value, "smoothed": self.best.smoothed}
 
     def restore(self, d: dict, history: list[list[float]]) -> None:
-        self.best = BestTracker(best_step=d.get("bestStep"), best_value=d.get("bestValue"))
+        self.best = BestTracker(best_step=d.get("bestStep"), best_value=d.get("bestValue"), smoothed=d.get("smoothed"))
         self.prev_best_step = d.get("prevBestStep")
         self.last_step, self.last_value = d.get("lastStep"), d.get("lastValue")
         self.history = [list(p) for p in history]
@@ -105,6 +108,8 @@ class Trainer:
         self.soft: dict[str, torch.Tensor] = {}
         self.step = 0
         self.applied_generation = 0
+        self.rewinds = 0  # rewinds applied so far along the run's timeline (the batch draw's key)
+        self.awaiting: tuple[int, float, list[str]] | None = None  # decision barrier: (generation, since, tasks)
         self.stop_requested = False
         self.exporter = TrainerExporter(opts.run, list(self.task_specs))
         self.checkpointer = Checkpointer(storage, opts.workdir / "staging")
@@ -112,6 +117,7 @@ class Trainer:
         self._loss_sums: dict[tuple[str, str], list] = {}
         self._examples_since = 0
         self._train_time = 0.0
+        self._report_delay = opts.report_delay_seconds
         self.best_scores: dict[str, dict] = {}
 
     # ---- setup -------------------------------------------------------------------------------
@@ -243,6 +249,8 @@ class Trainer:
         if state.weighting:
             self.weighting.load_state_dict(state.weighting)
         self.checkpointer.prune({s for s in self.checkpointer.steps() if s <= step})
+        self.rewinds += 1
+        self.exporter.complete_validation(self.step)
         self.exporter.global_step.labels(self.opts.run).set(self.step)
         self.exporter.rewinds.labels(self.opts.run).inc()
         self._history_event("rewind", step=step)
@@ -282,35 +290,48 @@ class Trainer:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
+    def task_losses(self, batch, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-task losses of a mixed batch: supervised (Eq. 1) or KD (Eq. 2) by the task's mode.
+
+        Args:
+            batch: the step's `Batch`; pooled: (batch, hidden) encoder output.
+        Returns:
+            task -> 0-dim loss for each task with rows in the batch (tasks in other modes are skipped).
+        """
+        losses: dict[str, torch.Tensor] = {}
+        for task, rows in batch.rows.items():
+            mode = self.states[task].mode
+            logits = self.model.head(task, pooled[rows])
+            ttype = self.task_specs[task].type
+            if mode == "supervised":
+                losses[task] = supervised_loss(ttype, logits, batch.labels[task])
+            elif mode == "kd":
+                teacher = self.soft[task][batch.example_ids[task].to(self.device)]
+                if self.spec.strategy == "bam":  # teacher annealing towards the gold labels
+                    p = min(1.0, self.step / self.spec.training.max_steps)
+                    losses[task] = bam_loss(ttype, logits, batch.labels[task], teacher, p,
+                                            self.spec.distillation.temperature)
+                else:
+                    losses[task] = self.spec.distillation.kd_weight * kd_loss(
+                        ttype, logits, teacher, self.spec.distillation.temperature)
+        return losses
+
     def train_step(self, batch) -> dict[str, torch.Tensor]:
-        """One optimizer step on a mixed batch; returns per-task losses (detached, 0-dim)."""
+        """One optimizer step on a mixed batch; returns per-task losses (detached, 0-dim).
+
+        The weighting method owns how the losses become gradients (`Weighting.backward`; the paper's
+        Eq. 3 sum by default), and learns from them after the step where it does."""
         self.model.train()
         batch = batch.to(self.device)
         with self._autocast():
             pooled = self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
-            losses: dict[str, torch.Tensor] = {}
-            for task, rows in batch.rows.items():
-                mode = self.states[task].mode
-                logits = self.model.head(task, pooled[rows])
-                ttype = self.task_specs[task].type
-                if mode == "supervised":
-                    losses[task] = supervised_loss(ttype, logits, batch.labels[task])
-                elif mode == "kd":
-                    teacher = self.soft[task][batch.example_ids[task].to(self.device)]
-                    if self.spec.strategy == "bam":  # teacher annealing towards the gold labels
-                        p = min(1.0, self.step / self.spec.training.max_steps)
-                        losses[task] = bam_loss(ttype, logits, batch.labels[task], teacher, p,
-                                                self.spec.distillation.temperature)
-                    else:
-                        losses[task] = kd_loss(ttype, logits, teacher, self.spec.distillation.temperature)
-        lam = self.weighting.weights()
+            losses = self.task_losses(batch, pooled)
         grad_norms = None
         if self.weighting.needs_grad_norms and self.last_shared is not None:
             # ‖∇_W L_t‖ on the last shared layer, detached (GradNorm's analytic update)
             grad_norms = {t: float(torch.linalg.vector_norm(
                 torch.autograd.grad(l, self.last_shared, retain_graph=True)[0])) for t, l in losses.items()}
-        total = sum(lam.get(t, 1.0) * l for t, l in losses.items())  # paper Eq. 3 (λ = 1: uniform)
-        self.scaler.scale(total).backward()
+        self.weighting.backward(losses, pooled, self.scaler, self.model.encoder.parameters())
         if self.spec.training.max_grad_norm is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.training.max_grad_norm)
@@ -318,8 +339,13 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if not isinstance(self.weighting, (Uniform, Static)):  # the others learn from the losses
-            self.weighting.update(self.step, {t: float(l) for t, l in losses.items()}, grad_norms)
+        self.weighting.step()
+        if self.weighting.learns:
+            self.weighting.update(self.step, {t: float(l.detach()) for t, l in losses.items()}, grad_norms)
+        if self.weighting.needs_losses_after_step:  # FAMO: the same batch's losses after the update
+            with torch.no_grad(), self._autocast():
+                after = self.task_losses(batch, self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids))
+            self.weighting.after_step(after)
         for task, loss in losses.items():
             kind = "kd" if self.states[task].mode == "kd" else "supervised"
             acc = self._loss_sums.setdefault((task, kind), [torch.zeros((), device=self.device), 0, 0])
@@ -376,6 +402,9 @@ class Trainer:
                 "time": now, "step": self.step, "task": name, "metric": t.metric.value, "value": value,
                 "metrics": metrics, "mode": st.mode, "generation": self.applied_generation,
                 "bestStep": st.best.best_step, "bestValue": st.best.best_value}))
+            if self._report_delay:  # fault injection for the determinism test: a slow report between tasks
+                time.sleep(self._report_delay)
+        self.exporter.complete_validation(self.step)  # after the last task: the step may now be decided on
         self.log.info("step %d validation: %s", self.step,
                       ", ".join(f"{n}={s.last_value:.2f}{'*' if s.best.best_step == self.step else ''}[{s.mode}]"
                                 for n, s in self.states.items() if s.last_value is not None))
@@ -386,7 +415,7 @@ class Trainer:
             trackers={n: s.to_json() for n, s in self.states.items()},
             validations={n: s.validations for n, s in self.states.items()},
             history={n: s.history for n, s in self.states.items()},
-            weighting=self.weighting.state_dict(),
+            weighting=self.weighting.state_dict(), rewinds=self.rewinds,
         )
         self.checkpointer.save(self.step, self.model, self.optimizer, self.scheduler, state)
         needing = {n for n, s in self.states.items() if s.mode == "supervised"}
@@ -405,6 +434,7 @@ class Trainer:
             return
         state = self.checkpointer.load(steps[-1], self.model, self.optimizer, self.scheduler)
         self.step = state.step
+        self.rewinds = state.rewinds
         if state.weighting:
             self.weighting.load_state_dict(state.weighting)
         for name, st in self.states.items():
@@ -413,6 +443,7 @@ class Trainer:
             if st.validations:
                 self.exporter.validations.labels(self.opts.run, name).inc(st.validations)
             self.exporter.set_task_state(name, st.last_step, st.last_value, st.best.best_step, st.best.best_value)
+        self.exporter.complete_validation(self.step)
         if self.storage.exists(BEST_SCORES_KEY):
             self.best_scores = json.loads(self.storage.get_bytes(BEST_SCORES_KEY))
         doc = read_control_file(self.opts.control_path)
@@ -449,6 +480,10 @@ class Trainer:
             self.poll_control()
             if self.stop_requested or self.step >= tr.max_steps:
                 break
+            if self.awaiting is not None and self._hold_for_decision():
+                self.exporter.set_state("paused")
+                time.sleep(self.opts.control_poll_seconds)
+                continue
             if self.paused():
                 self.exporter.set_state("paused")
                 time.sleep(self.opts.control_poll_seconds)
@@ -459,7 +494,7 @@ class Trainer:
 
     def next_batch(self):
         """The mixed batch for the current step (deterministic in seed, step and control generation)."""
-        draw = self.sampler.draw(self.step, self.applied_generation, self.active_tasks(), self._sampling_scale())
+        draw = self.sampler.draw(self.step, self.rewinds, self.active_tasks(), self._sampling_scale())
         return make_batch(draw, self.train, self.pad_id)
 
     def step_once(self) -> dict[str, torch.Tensor]:
@@ -476,7 +511,52 @@ class Trainer:
             self._export_losses()
             self.validate()
             self.save_checkpoint()
+            due = self.decision_due()
+            if due:
+                self.awaiting = (self.applied_generation, time.monotonic(), due)
+                self.log.info("step %d: %s met the convergence rule; holding until the decision arrives",
+                              self.step, ", ".join(due))
         return losses
+
+    def decision_due(self) -> list[str]:
+        """Tasks whose convergence the runtime decides on at this validation step (paper Sec. 3 rule,
+        the same `has_converged` the decision core applies to the same best and last steps).
+
+        Under `distillation.whilePending: Pause` (the paper's setting) the trainer holds at such a step
+        until the decision's control generation arrives, so a signal always takes effect at the step it
+        was decided on, never at a later step that depends on how fast the runtime polled. Under
+        `Continue`, and for strategies that decide no convergence (fixedSteps, bam), nothing holds."""
+        if self.spec.distillation.while_pending != "Pause" or self.spec.strategy not in ("asyncKD", "continual"):
+            return []
+        due = []
+        for name, st in self.states.items():
+            if st.mode != "supervised" or st.decided or st.last_step is None:
+                continue
+            track = Track(best_step=st.best.best_step, best_value=st.best.best_value, last_step=st.last_step,
+                          last_value=st.last_value)
+            if has_converged(track, rule_for(self.spec, self.task_specs[name])):
+                due.append(name)
+        return due
+
+    def _hold_for_decision(self) -> bool:
+        """True while the decision barrier holds: no control generation since it was raised. Released
+        by any new generation, or after `metrics.ackTimeoutSeconds` (a runtime that disagrees or is
+        gone: training goes on, the decision then depends on timing, and a warning says so)."""
+        assert self.awaiting is not None
+        generation, since, tasks = self.awaiting
+        if self.applied_generation > generation:
+            for n in tasks:
+                self.states[n].decided = True
+            self.awaiting = None
+            return False
+        if time.monotonic() - since > self.spec.metrics.ack_timeout_seconds:
+            self.log.warning("no decision on %s within %.0fs of step %d: training on", ", ".join(tasks),
+                             self.spec.metrics.ack_timeout_seconds, self.step)
+            for n in tasks:
+                self.states[n].decided = True
+            self.awaiting = None
+            return False
+        return True
 
     def finalize(self) -> dict:
         """Final evaluation (validation and test of the final model, test of each unconverged task's
@@ -576,7 +656,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = TrainerOptions(run=run, namespace=args.namespace, control_path=Path(args.control), workdir=Path(args.workdir),
                           base_dir=base_dir, tweeteval_dir=args.tweeteval_dir,
                           metrics_port=spec.metrics.port if args.metrics_port is None else args.metrics_port,
-                          metrics_addr=args.metrics_addr, resume=args.resume)
+                          metrics_addr=args.metrics_addr, resume=args.resume,
+                          report_delay_seconds=float(os.environ.get("ASYNCMTL_TRAINER_REPORT_DELAY") or 0.0))
     log = run_logger(__name__, run)
     storage = open_run_storage(spec.storage.uri, namespace=args.namespace, run=run, base_dir=os.getcwd(),
                                endpoint_url=spec.storage.endpoint_url)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from asyncmtl_trainer.weighting.base import Weighting
+from asyncmtl.spec import RunSpec
+from asyncmtl_trainer.weighting.base import Weighting, register
 
 
 def dwa_weights(prev: dict[str, float], prev2: dict[str, float], temperature: float) -> dict[str, float]:
@@ -23,7 +24,14 @@ def dwa_weights(prev: dict[str, float], prev2: dict[str, float], temperature: fl
     return {t: len(tasks) * e[t] / z for t in tasks}
 
 
+@register("dwa")
 class DWA(Weighting):
+    learns = True
+
+    @classmethod
+    def from_spec(cls, spec: RunSpec) -> "DWA":
+        return cls([t.name for t in spec.tasks], temperature=spec.weighting.temperature, window=spec.weighting.window)
+
     def __init__(self, tasks: list[str], temperature: float = 2.0, window: int = 100) -> None:
         super().__init__(tasks)
         self.temperature = temperature

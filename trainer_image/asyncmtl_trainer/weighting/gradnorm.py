@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from asyncmtl_trainer.weighting.base import Weighting
+from asyncmtl.spec import RunSpec
+from asyncmtl_trainer.weighting.base import Weighting, register
 
 MIN_WEIGHT = 1e-3
 
@@ -43,8 +44,14 @@ def gradnorm_step(w: dict[str, float], g: dict[str, float], loss: dict[str, floa
     return {t: v * len(new) / total for t, v in new.items()}
 
 
+@register("gradnorm")
 class GradNorm(Weighting):
     needs_grad_norms = True
+    learns = True
+
+    @classmethod
+    def from_spec(cls, spec: RunSpec) -> "GradNorm":
+        return cls([t.name for t in spec.tasks], alpha=spec.weighting.alpha, lr=spec.weighting.learning_rate)
 
     def __init__(self, tasks: list[str], alpha: float = 1.5, lr: float = 0.025) -> None:
         super().__init__(tasks)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 
-from asyncmtl.spec import TaskSpec, TaskType
-from asyncmtl_trainer.weighting.base import Weighting
+from asyncmtl.spec import RunSpec, TaskSpec, TaskType
+from asyncmtl_trainer.weighting.base import Weighting, register
 
 
 def muppet_scale(task: TaskSpec) -> float:
@@ -23,6 +23,7 @@ def muppet_scale(task: TaskSpec) -> float:
     return 1.0 / math.log(c) if c >= 2 else 1.0
 
 
+@register("static")
 class Static(Weighting):
     """Fixed λ_t: `weights` given (missing tasks get 1.0)."""
 
@@ -30,12 +31,21 @@ class Static(Weighting):
         super().__init__(tasks)
         self._w = {t: float(weights.get(t, 1.0)) for t in tasks}
 
+    @classmethod
+    def from_spec(cls, spec: RunSpec) -> "Static":
+        return cls([t.name for t in spec.tasks], spec.weighting.weights)
+
     def weights(self) -> dict[str, float]:
         return dict(self._w)
 
 
+@register("muppet")
 class Muppet(Static):
     """Static weights from `muppet_scale`."""
 
     def __init__(self, task_specs: list[TaskSpec]) -> None:
         super().__init__([t.name for t in task_specs], {t.name: muppet_scale(t) for t in task_specs})
+
+    @classmethod
+    def from_spec(cls, spec: RunSpec) -> "Muppet":
+        return cls(spec.tasks)

@@ -1,0 +1,94 @@
+"""Same spec, same seed => the same decisions, whatever the timing (issue: deterministic decisions).
+
+Two `asyncmtl run`s of one small spec under `whilePending: Pause`: one as is, one with the trainer
+slowed between its tasks' validation reports (`$ASYNCMTL_TRAINER_REPORT_DELAY`) and the runtime
+polling fast, so that polls land in the middle of validation steps. The convergence decisions,
+rewinds, KD switches, every validation value and the final metrics must be identical.
+
+What may differ is bookkeeping: two tasks' soft labels can be signalled in one control generation or
+in two, depending on the poll that sees them, so generation numbers and the order of SoftLabelsReady
+events are not compared (no batch and no decision depends on them).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+
+def _task(name: str, num_labels: int, **extra) -> dict:
+    data = {"train": f"tweeteval://{name}/train", "validation": f"tweeteval://{name}/val",
+            "test": f"tweeteval://{name}/test", "maxTrainExamples": 200, "maxValidationExamples": 100,
+            "maxTestExamples": 100, "allowEmptyText": True}
+    t = {"name": name, "type": "binary" if num_labels == 2 else "multiclass", "metric": "accuracy",
+         "patience": 2, "data": data}
+    if num_labels > 2:
+        t["numLabels"] = num_labels
+    t.update(extra)
+    return t
+
+
+def _run(tmp: Path, tiny_model: Path, tweeteval_dir: Path, *, delay: float) -> Path:
+    doc = {
+        "apiVersion": "asyncmtl.dev/v1alpha1", "kind": "AsyncMTLRun", "metadata": {"name": "det"},
+        "spec": {
+            "model": {"pretrained": str(tiny_model), "maxLength": 32},
+            # hate and irony never improve on their first validation (minDelta 100), so they meet the rule
+            # at the same validation step and must converge together, in one decision, with one rewind;
+            # emotion goes on learning and converges on its own later
+            "tasks": [_task("emotion", 4), _task("hate", 2, minDelta=100), _task("irony", 2, minDelta=100)],
+            "training": {"batchSize": 16, "learningRate": 1e-3, "maxSteps": 500, "validationInterval": 20, "seed": 3},
+            "distillation": {"whilePending": "Pause", "shards": 1},
+            "storage": {"uri": "file://./store"},
+            "metrics": {"pollIntervalSeconds": 0.05 if delay else 0.5},
+        },
+    }
+    tmp.mkdir(parents=True, exist_ok=True)
+    spec = tmp / "det.yaml"
+    spec.write_text(yaml.safe_dump(doc, sort_keys=False))
+    env = dict(os.environ, ASYNCMTL_TRAINER_REPORT_DELAY=str(delay))
+    r = subprocess.run([sys.executable, "-m", "asyncmtl.cli", "run", str(spec), "--no-live", "--threads", "1",
+                        "--tweeteval-dir", str(tweeteval_dir)], capture_output=True, text=True, cwd=tmp,
+                       timeout=900, env=env)
+    run_dir = tmp / "store" / "local" / "det"
+    log = run_dir / "logs" / "trainer.log"
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:] + (log.read_text()[-3000:] if log.exists() else "")
+    return run_dir
+
+
+def _decisions(run_dir: Path) -> list[tuple]:
+    """Every decision and what the trainer did with it, without wall-clock times."""
+    status = json.loads((run_dir / "status.json").read_text())
+    here = str(run_dir.parent.parent.parent)  # the run's own folder differs between the two runs
+    decided = [(h["reason"], h.get("task"), h.get("step"), h["message"].replace(here, "")) for h in status["history"]
+               if h["reason"] in ("TaskConverged", "InferenceLaunched", "Stopping")]
+    ready = sorted((h.get("task"), h["message"].replace(here, "")) for h in status["history"]
+                   if h["reason"] == "SoftLabelsReady")
+    trainer = []
+    for line in (run_dir / "reports" / "history.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        trainer.append((r.get("event"), r.get("task"), r["step"], r.get("value"), r.get("mode")))
+    return decided + [("SoftLabelsReady", *x) for x in ready] + trainer
+
+
+def _finals(run_dir: Path) -> dict:
+    final = json.loads((run_dir / "reports" / "final.json").read_text())
+    return {n: (t["finalValidation"], t.get("finalTest"), t["bestCheckpoint"]) for n, t in final["tasks"].items()}
+
+
+def test_same_seed_same_decisions_whatever_the_timing(tmp_path, tiny_model, tweeteval_dir):
+    calm = _run(tmp_path / "calm", tiny_model, tweeteval_dir, delay=0.0)
+    rushed = _run(tmp_path / "rushed", tiny_model, tweeteval_dir, delay=0.25)
+    a, b = _decisions(calm), _decisions(rushed)
+    converged = [d for d in a if d[0] == "TaskConverged"]
+    assert len(converged) == 3, a  # the spec must make decisions, or the comparison proves nothing
+    assert converged[0][2] == converged[1][2] == 60 and {converged[0][1], converged[1][1]} == {"hate", "irony"}, a
+    assert a == b
+    assert _finals(calm) == _finals(rushed)
