@@ -3,7 +3,10 @@
 - `asyncmtl run SPEC.yaml [--workdir DIR] [--resume] [--tweeteval-dir DIR]`: run locally.
 - `asyncmtl validate SPEC.yaml...`: check specs (and their data) without running anything.
 - `asyncmtl report WORKDIR`: rebuild report.md/json and curves.png of a local run.
-- `asyncmtl compare RUN...`: the paper's Table 3 and validation curves from finished runs.
+- `asyncmtl compare RUN...`: the paper's Table 3 and validation curves from finished runs;
+  `--by-seed` (or `--experiment NAME`): methods over seeds, mean ± std and paired 95 % intervals.
+- `asyncmtl sweep SPEC... --seeds N`: one run per (method spec, seed), run locally (resumable) or
+  printed for `kubectl apply -f -` with `-o yaml`.
 - `asyncmtl crd`: print the CustomResourceDefinition generated from the spec models.
 - `asyncmtl spec-doc`: print the spec reference generated from the models.
 """
@@ -81,15 +84,44 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment_runs(runs_root: Path, experiment: str) -> list[str]:
+    """Names of an experiment's Succeeded runs (those `asyncmtl sweep` wrote a spec for)."""
+    from asyncmtl.sweep import run_phase
+
+    folder = runs_root.parent / "sweeps" / experiment
+    names = sorted(p.stem for p in folder.glob("*.yaml"))
+    return [n for n in names if run_phase(runs_root, n) == "Succeeded"]
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from asyncmtl.compare import CompareError, compare, write
 
+    items = list(args.runs)
+    if args.experiment:
+        items += _experiment_runs(Path(args.runs_root), args.experiment)
+    if not items:
+        print("error: no runs to compare (give run names or folders, or --experiment with finished runs)",
+              file=sys.stderr)
+        return 2
     dirs = []
-    for item in args.runs:
+    for item in items:
         p = Path(item)
         if not p.is_dir():
             p = Path(args.runs_root) / item
         dirs.append(p)
+    if args.by_seed or args.experiment:
+        from asyncmtl.compare_seeds import compare_by_seed, write_by_seed
+
+        try:
+            grouped = compare_by_seed(dirs, reference=args.reference)
+        except CompareError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        sys.stdout.write(grouped.markdown())
+        print()
+        for name, p in write_by_seed(grouped, Path(args.out)).items():
+            print(f"  {name:28s} {p}")
+        return 0
     try:
         comparison, reports = compare(dirs, reference=args.reference)
     except CompareError as exc:
@@ -101,6 +133,33 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for name, p in paths.items():
         print(f"  {name:28s} {p}")
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from asyncmtl.sweep import EXPERIMENT_LABEL, LocalSweep, SweepError, expand, parse_seeds, to_yaml
+
+    try:
+        seeds = parse_seeds(args.seeds)
+        runs = expand([Path(p) for p in args.specs], seeds, args.experiment, absolute_paths=args.output != "yaml")
+    except SweepError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.output == "yaml":
+        sys.stdout.write(to_yaml(runs))
+        return 0
+    experiment = runs[0].resource.metadata.labels[EXPERIMENT_LABEL]
+    runs_root = Path(args.runs_root)
+    sweep = LocalSweep(runs_root=runs_root, sweep_dir=runs_root.parent / "sweeps" / experiment,
+                       tweeteval_dir=args.tweeteval_dir, parallel=args.parallel, threads=args.threads)
+    try:
+        phases = sweep.run(runs)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: run the same command again to resume the sweep", file=sys.stderr)
+        return 130
+    for name, phase in phases.items():
+        print(f"  {name:48s} {phase}")
+    print(f"\ncompare: asyncmtl compare --experiment {experiment} --runs-root {runs_root}")
+    return 0 if all(p == "Succeeded" for p in phases.values()) else 1
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
@@ -139,11 +198,24 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("workdir", help="a run's folder, e.g. runs/local/<run>")
     rep.set_defaults(func=cmd_report)
     cp = sub.add_parser("compare", help="The paper's Table 3 (and curves) from finished runs.")
-    cp.add_argument("runs", nargs="+", help="Run folders, or names of local runs under --runs-root.")
+    cp.add_argument("runs", nargs="*", help="Run folders, or names of local runs under --runs-root.")
+    cp.add_argument("--by-seed", action="store_true",
+                    help="Group runs named <method>-s<seed> by method: mean ± std over seeds, paired 95%% intervals.")
+    cp.add_argument("--experiment", help="Compare (by seed) every finished run of this `asyncmtl sweep` experiment.")
     cp.add_argument("--reference", help="Row the others are compared with (default: the first baseline's Final).")
     cp.add_argument("--runs-root", default="runs/local", help="Where run names are looked up.")
     cp.add_argument("--out", default="runs/compare", help="Where compare.md, compare.csv and the figures go.")
     cp.set_defaults(func=cmd_compare)
+    sw = sub.add_parser("sweep", help="One run per (method spec, seed): run them locally, or print them (-o yaml).")
+    sw.add_argument("specs", nargs="+", help="AsyncMTLRun files, one per method (a BAM teacher before BAM).")
+    sw.add_argument("--seeds", default="3", help="A count (3: seeds 1, 2, 3) or a list (7,11,13).")
+    sw.add_argument("--experiment", help="Experiment label (default: the first spec's asyncmtl.dev/experiment label).")
+    sw.add_argument("-o", "--output", choices=["yaml"], help="Print the runs as YAML for kubectl instead of running.")
+    sw.add_argument("--runs-root", default="runs/local", help="Where local runs live (storage file://./runs).")
+    sw.add_argument("--parallel", type=int, default=1, help="Runs at once (default 1).")
+    sw.add_argument("--threads", type=int, help="CPU threads per trainer.")
+    sw.add_argument("--tweeteval-dir", help="TweetEval root for tweeteval:// data (or $TWEETEVAL_DIR).")
+    sw.set_defaults(func=cmd_sweep)
     c = sub.add_parser("crd", help="Print the AsyncMTLRun CustomResourceDefinition generated from the models.")
     c.set_defaults(func=cmd_crd)
     sd = sub.add_parser("spec-doc", help="Print the spec reference (Markdown) generated from the models.")

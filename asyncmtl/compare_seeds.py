@@ -1,0 +1,201 @@
+"""`asyncmtl compare --by-seed RUN...`: methods compared over seeds, with confidence intervals.
+
+Runs named `<method>-s<seed>` (`asyncmtl sweep`) are grouped by method; a fixed-step baseline
+gives two groups, "(Final)" (its last model) and "(Best)" (each task's best checkpoint, the paper's
+"Uni. Weight (Best)"). Per group and task: the mean test score over seeds ± its sample standard
+deviation, and the same for the average over tasks. Against the reference group (default: the
+uniform baseline's Final, the paper's "Uni. Weight (Final)"), the paired difference over the seeds
+both have: mean and 95 % confidence interval, mean ± t(0.975, n−1)·sd/√n (Student's t, scipy).
+Written as `compare-seeds.md`, `compare-seeds.csv` and `compare-seeds.png` (per-task bars with
+the standard deviation as error bars).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from asyncmtl.compare import CompareError, Row, load_rows
+from asyncmtl.sweep import split_run_name
+
+
+@dataclass
+class Interval:
+    """Mean of paired differences over `n` seeds and its 95 % confidence interval (None when n < 2)."""
+
+    mean: float
+    n: int
+    low: float | None = None
+    high: float | None = None
+
+    @classmethod
+    def of(cls, diffs: list[float]) -> "Interval | None":
+        from scipy.stats import t as student_t
+
+        if not diffs:
+            return None
+        m = statistics.fmean(diffs)
+        if len(diffs) < 2:
+            return cls(m, len(diffs))
+        half = float(student_t.ppf(0.975, len(diffs) - 1)) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+        return cls(m, len(diffs), m - half, m + half)
+
+    def text(self) -> str:
+        if self.low is None:
+            return f"{self.mean:+.2f} (n={self.n}, no interval)"
+        return f"{self.mean:+.2f} [{self.low:+.2f}, {self.high:+.2f}]"
+
+
+@dataclass
+class Group:
+    """One method (and variant: "Final" or "Best" for fixed-step baselines) over its seeds."""
+
+    name: str
+    rows: dict[int | None, Row] = field(default_factory=dict)  # seed -> row
+
+    def scores(self, task: str | None) -> dict[int | None, float]:
+        out = {}
+        for seed, r in self.rows.items():
+            v = r.average if task is None else r.scores.get(task)
+            if v is not None:
+                out[seed] = v
+        return out
+
+    def mean_std(self, task: str | None) -> tuple[float | None, float | None]:
+        vals = list(self.scores(task).values())
+        if not vals:
+            return None, None
+        return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+    def steps(self) -> float:
+        return statistics.fmean(r.steps for r in self.rows.values())
+
+
+@dataclass
+class SeedComparison:
+    tasks: list[str]
+    groups: list[Group]
+    reference: Group
+
+    def paired(self, g: Group, task: str | None) -> Interval | None:
+        a, b = g.scores(task), self.reference.scores(task)
+        return Interval.of([a[s] - b[s] for s in sorted(set(a) & set(b), key=str)])
+
+    def markdown(self) -> str:
+        cols = [*self.tasks, None]
+        head = ["method", "seeds", "train steps", *self.tasks, "average", f"Δ average vs {self.reference.name} [95 % CI]"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for g in self.groups:
+            cells = [g.name, str(len(g.rows)), f"{g.steps():.0f}"]
+            for task in cols:
+                m, sd = g.mean_std(task)
+                cells.append("–" if m is None else f"{m:.2f} ± {sd:.2f}")
+            iv = None if g is self.reference else self.paired(g, None)
+            cells.append("reference" if g is self.reference else ("–" if iv is None else iv.text()))
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", f"Test scores (0-100): mean ± sample standard deviation over seeds. Δ: paired difference of the "
+                      f"average over the seeds a method shares with `{self.reference.name}`, with its 95 % t-interval.",
+                  "", "Per-task paired differences vs the reference [95 % CI]:", "",
+                  "| method | " + " | ".join(self.tasks) + " |", "|" + "---|" * (len(self.tasks) + 1)]
+        for g in self.groups:
+            if g is self.reference:
+                continue
+            ivs = [self.paired(g, t) for t in self.tasks]
+            lines.append(f"| {g.name} | " + " | ".join("–" if iv is None else iv.text() for iv in ivs) + " |")
+        return "\n".join(lines) + "\n"
+
+    def csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["method", "column", "seeds", "mean", "std", "diff_vs_reference", "ci95_low", "ci95_high",
+                    "is_reference"])
+        for g in self.groups:
+            for task in [*self.tasks, None]:
+                m, sd = g.mean_std(task)
+                iv = None if g is self.reference else self.paired(g, task)
+                w.writerow([g.name, task or "average", len(g.scores(task)), _f(m), _f(sd), _f(iv.mean if iv else None),
+                            _f(iv.low if iv else None), _f(iv.high if iv else None), g is self.reference])
+        return buf.getvalue()
+
+    def plot(self, path: Path) -> None:
+        """Per-task bars (and the average) per method, error bars one standard deviation."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        cols = [*self.tasks, None]
+        n = len(self.groups)
+        width = 0.8 / max(1, n)
+        fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(cols) * max(1, n) * 0.35 + 3), 4.5))
+        for i, g in enumerate(self.groups):
+            ms = [g.mean_std(t) for t in cols]
+            xs = [c + (i - (n - 1) / 2) * width for c in range(len(cols))]
+            ax.bar(xs, [m or 0.0 for m, _ in ms], width, yerr=[sd or 0.0 for _, sd in ms], capsize=2, label=g.name)
+        ax.set_xticks(range(len(cols)), [t or "average" for t in cols])
+        lows = [m - (sd or 0) for g in self.groups for m, sd in (g.mean_std(t) for t in cols) if m is not None]
+        if lows:
+            ax.set_ylim(max(0.0, min(lows) - 5), None)
+        ax.set_ylabel("test score (0-100), mean ± sd over seeds")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+
+def _f(v: float | None) -> str:
+    return "" if v is None else f"{v:.4f}"
+
+
+def compare_by_seed(run_dirs: list[Path], reference: str | None = None) -> SeedComparison:
+    """Group finished runs by method over seeds.
+
+    Args:
+        run_dirs: local run folders (names `<method>-s<seed>`; other names are a method of one run).
+        reference: a group name (`tweeteval-compare-uniform (Final)`) or a method name (its Final
+            group if it has one); default: the first group that is a "(Final)" row whose method name
+            contains "uniform", else the first "(Final)" group, else the first group.
+
+    Raises:
+        CompareError: a folder is not a finished run, runs have different tasks, a method has the same
+            seed twice, or `reference` is unknown.
+    """
+    groups: dict[str, Group] = {}
+    tasks: list[str] | None = None
+    for d in run_dirs:
+        rows, t, _ = load_rows(Path(d))
+        if tasks is not None and sorted(t) != sorted(tasks):
+            raise CompareError(f"{d}: tasks {sorted(t)} differ from {sorted(tasks)}")
+        tasks = tasks or t
+        for row in rows:
+            base, _, variant = row.name.partition(" (")
+            method, seed = split_run_name(base)
+            name = f"{method} ({variant}" if variant else method
+            g = groups.setdefault(name, Group(name))
+            if seed in g.rows:
+                raise CompareError(f"{d}: {name} has seed {seed} twice")
+            g.rows[seed] = row
+    if not groups or tasks is None:
+        raise CompareError("no runs given")
+    ordered = list(groups.values())
+    if reference is not None:
+        ref = groups.get(reference) or groups.get(f"{reference} (Final)")
+        if ref is None:
+            raise CompareError(f"reference {reference!r} is none of {list(groups)}")
+    else:
+        finals = [g for g in ordered if g.name.endswith("(Final)")]
+        ref = next((g for g in finals if "uniform" in g.name), finals[0] if finals else ordered[0])
+    return SeedComparison(tasks=tasks, groups=ordered, reference=ref)
+
+
+def write_by_seed(comparison: SeedComparison, out: Path) -> dict[str, Path]:
+    """Write compare-seeds.md, .csv and .png into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {n: out / n for n in ("compare-seeds.md", "compare-seeds.csv", "compare-seeds.png")}
+    paths["compare-seeds.md"].write_text(comparison.markdown())
+    paths["compare-seeds.csv"].write_text(comparison.csv())
+    comparison.plot(paths["compare-seeds.png"])
+    return paths
