@@ -71,6 +71,26 @@ def load_rows(run_dir: Path) -> tuple[list[Row], list[str], object]:
     return rows, tasks, rep
 
 
+def load_runs(run_dirs: list[Path]) -> tuple[list[tuple[Path, list[Row], object]], list[str] | None]:
+    """`load_rows` of each folder, checking that all runs have the same tasks.
+
+    Returns:
+        ([(folder, rows, report)], the first run's task names; None when no folder is given).
+
+    Raises:
+        CompareError: a folder is not a finished run, or its tasks differ from the first run's.
+    """
+    out = []
+    tasks: list[str] | None = None
+    for d in run_dirs:
+        rows, t, rep = load_rows(Path(d))
+        if tasks is not None and sorted(t) != sorted(tasks):
+            raise CompareError(f"{d}: tasks {sorted(t)} differ from {sorted(tasks)}")
+        tasks = tasks or t
+        out.append((Path(d), rows, rep))
+    return out, tasks
+
+
 @dataclass
 class Comparison:
     tasks: list[str]
@@ -134,14 +154,10 @@ def compare(run_dirs: list[Path], reference: str | None = None) -> tuple[Compari
     """
     rows: list[Row] = []
     reports = []
-    tasks: list[str] | None = None
-    for d in run_dirs:
-        r, t, rep = load_rows(Path(d))
-        if tasks is not None and sorted(t) != sorted(tasks):
-            raise CompareError(f"{d}: tasks {sorted(t)} differ from {sorted(tasks)}")
-        tasks = tasks or t
+    loaded, tasks = load_runs(run_dirs)
+    for d, r, rep in loaded:
         rows += r
-        reports.append((Path(d), rep))
+        reports.append((d, rep))
     if not rows or tasks is None:
         raise CompareError("no runs given")
     if reference is not None:

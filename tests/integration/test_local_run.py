@@ -12,19 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import tweeteval_task
+
 pytestmark = pytest.mark.slow
-
-
-def tweeteval_task(name: str, num_labels: int, **extra) -> dict:
-    data = {"train": f"tweeteval://{name}/train", "validation": f"tweeteval://{name}/val",
-            "test": f"tweeteval://{name}/test", "maxTrainExamples": 240, "maxValidationExamples": 120,
-            "maxTestExamples": 120, "allowEmptyText": True}
-    t = {"name": name, "type": "binary" if num_labels == 2 else "multiclass", "metric": "accuracy",
-         "patience": 2, "data": data}
-    if num_labels > 2:
-        t["numLabels"] = num_labels
-    t.update(extra)
-    return t
 
 
 def test_local_run_ends_succeeded_with_tasks_switched_to_kd(tmp_path, tiny_model, tweeteval_dir):
