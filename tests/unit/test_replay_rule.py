@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 
 from tests.conftest import REPO
 
 spec = importlib.util.spec_from_file_location("replay_rule", REPO / "benchmarks" / "replay_rule.py")
 replay_rule = importlib.util.module_from_spec(spec)
+sys.modules["replay_rule"] = replay_rule  # dataclasses look their module up
 spec.loader.exec_module(replay_rule)
 
 
