@@ -28,14 +28,35 @@ _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
 class _Strict(BaseModel):
-    """Base for spec models: camelCase aliases, unknown fields rejected, values validated."""
+    """Base for spec models: camelCase aliases, unknown fields rejected, values validated: numbers are
+    finite (no .inf/.nan) and never booleans (YAML's `true` is not the number 1)."""
 
     model_config = ConfigDict(
         alias_generator=to_camel,
         populate_by_name=True,
         extra="forbid",
         frozen=False,
+        allow_inf_nan=False,
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, f in cls.model_fields.items():
+                key = f.alias if f.alias in data else name
+                if isinstance(data.get(key), bool) and _numeric(f.annotation):
+                    raise _FieldError((key,), f"must be a number, not true/false (got {data[key]})")
+        return data
+
+
+def _numeric(annotation: Any) -> bool:
+    """True for int/float annotations (also inside Optional, tuples and dict values)."""
+    import typing
+
+    if annotation in (int, float):
+        return True
+    return any(_numeric(a) for a in typing.get_args(annotation) if a is not type(None) and a is not str)
 
 
 class TaskType(str, Enum):
@@ -145,24 +166,29 @@ class TaskSpec(_Strict):
     data: DataSpec = Field(..., description="Where the task's splits live.")
     text_fields: list[str] = Field(
         default_factory=lambda: ["text"], min_length=1, max_length=2,
-        description="Input column(s): one text, or a text pair.",
+        description="Input column(s): one text, or a text pair (distinct, non-empty names).",
     )
     label_field: str = Field("label", min_length=1, description="Label column.")
     label_range: tuple[float, float] | None = Field(
         None, description="Regression only: [min, max] of the labels; targets are normalised to [0, 1]."
     )
     patience: int = Field(3, ge=1, description="Validation steps without improvement before the task converges.")
-    min_delta: float = Field(0.0, ge=0.0, description="Smallest improvement (metric points) that counts.")
+    min_delta: float = Field(0.0, ge=0.0, le=100.0, description="Smallest improvement (metric points) that counts.")
     min_steps: int = Field(0, ge=0, description="No convergence is declared before this training step.")
     smoothing: float = Field(
         0.0, ge=0.0, lt=1.0,
         description="Exponential moving average of the validation curve the convergence rule reads: "
                     "s_k = smoothing·s_(k-1) + (1-smoothing)·value_k (0: the raw values, the paper).")
-    sampling_weight: float = Field(1.0, gt=0.0, description="Multiplies the task's share of each batch (size-proportional).")
+    sampling_weight: float = Field(1.0, gt=0.0, le=1e6,
+                                   description="Multiplies the task's share of each batch (size-proportional).")
 
     @model_validator(mode="after")
     def _check_type_rules(self) -> "TaskSpec":
         t = self.type
+        if any(not f.strip() for f in self.text_fields):
+            raise ValueError("textFields: a field name must not be empty")
+        if len(set(self.text_fields)) != len(self.text_fields):
+            raise ValueError("textFields: the names must be distinct")
         if self.num_labels is None:
             self.num_labels = {TaskType.binary: 2, TaskType.regression: 1}.get(t)
             if self.num_labels is None:
@@ -207,12 +233,12 @@ class TrainingSpec(_Strict):
 
     batch_size: int = Field(32, ge=1, le=65536, description="Examples per batch, mixed over tasks.")
     learning_rate: float = Field(2e-5, gt=0.0, le=1.0)
-    weight_decay: float = Field(0.01, ge=0.0)
+    weight_decay: float = Field(0.01, ge=0.0, le=10.0)
     warmup: int = Field(0, ge=0, description="Linear warm-up length in steps.")
     max_steps: int = Field(10000, ge=1, description="Hard cap on training steps.")
     validation_interval: int = Field(200, ge=1, description="Steps between validation steps (paper: 200).")
-    max_grad_norm: float | None = Field(1.0, gt=0.0, description="Gradient clipping norm; null disables.")
-    seed: int = Field(42, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0.0, le=1e6, description="Gradient clipping norm; null disables.")
+    seed: int = Field(42, ge=0, le=2 ** 32 - 1, description="Seed of the model's initialisation and the batch draws.")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Autocast dtype for forward passes (bf16/fp16 on GPU; bf16 also on CPU)."
     )
@@ -267,7 +293,8 @@ class MetricsSpec(_Strict):
     port: int = Field(9400, ge=0, le=65535, description="Trainer metrics port; 0 picks a free one (local only).")
     poll_interval_seconds: float = Field(2.0, gt=0.0, le=3600.0, description="Reconcile period.")
     ack_timeout_seconds: float = Field(
-        600.0, gt=0.0, description="A control signal not acknowledged within this time sets SignalAcknowledged=False."
+        600.0, gt=0.0, le=7 * 24 * 3600.0,
+        description="A control signal not acknowledged within this time sets SignalAcknowledged=False."
     )
 
 
@@ -278,13 +305,14 @@ class WeightingSpec(_Strict):
         "uniform", description="uniform; static (weights); muppet (1/log #classes); dwa; gradnorm; famo (Liu et al. "
                                "2023), uw (Kendall et al. 2018 uncertainty weighting), upgrad (Jacobian descent): "
                                "the last three from PyPI torchjd.")
-    weights: dict[str, float] = Field(default_factory=dict, description="static: λ per task name (default 1).")
-    temperature: float = Field(2.0, gt=0.0, description="dwa: softmax temperature T (Liu et al. 2019: 2).")
+    weights: dict[str, Annotated[float, Field(ge=0.0, le=1e6)]] = Field(
+        default_factory=dict, description="static: λ per task name (default 1; non-negative).")
+    temperature: float = Field(2.0, gt=0.0, le=100.0, description="dwa: softmax temperature T (Liu et al. 2019: 2).")
     window: int = Field(100, ge=1, description="dwa: steps per loss-averaging window (in place of an epoch).")
-    alpha: float = Field(1.5, ge=0.0, description="gradnorm: asymmetry α (Chen et al. 2018).")
-    learning_rate: float = Field(0.025, gt=0.0, description="gradnorm, famo, uw: step size of the weights' update "
+    alpha: float = Field(1.5, ge=0.0, le=100.0, description="gradnorm: asymmetry α (Chen et al. 2018).")
+    learning_rate: float = Field(0.025, gt=0.0, le=10.0, description="gradnorm, famo, uw: step size of the weights' update "
                                                             "(GradNorm and FAMO papers: 0.025).")
-    weight_decay: float = Field(1e-3, ge=0.0, description="famo: weight decay of its logits' Adam (FAMO paper: 1e-3).")
+    weight_decay: float = Field(1e-3, ge=0.0, le=10.0, description="famo: weight decay of its logits' Adam (FAMO paper: 1e-3).")
 
 
 class Toleration(_Strict):
@@ -399,6 +427,9 @@ class RunSpec(_Strict):
             raise _FieldError(("weighting", "weights"), f"unknown task(s) {unknown}")
         if self.training.warmup >= self.training.max_steps:
             raise _FieldError(("training", "warmup"), "must be smaller than training.maxSteps")
+        if self.training.validation_interval > self.training.max_steps:
+            raise _FieldError(("training", "validationInterval"),
+                              f"must be <= training.maxSteps ({self.training.max_steps}): no validation would run")
         return self
 
     def task(self, name: str) -> TaskSpec:
@@ -414,7 +445,7 @@ class Metadata(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     name: str = Field(..., pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=52)
-    namespace: str | None = None
+    namespace: str | None = Field(None, pattern=_DNS_LABEL, max_length=63)
     labels: dict[str, str] = Field(default_factory=dict)
 
 
@@ -546,32 +577,86 @@ def _nearest_line(path: str, lines: dict[str, int]) -> int | None:
     return None
 
 
+MAX_SPEC_BYTES = 1 << 20  # a spec file larger than 1 MiB is refused
+MAX_YAML_DEPTH = 64  # nesting levels (a spec needs fewer than 10)
+MAX_YAML_NODES = 100_000  # nodes after alias expansion (no "billion laughs")
+MAX_INT_DIGITS = 100
+
+
 def load_run_file(path: str | Path) -> AsyncMTLRun:
-    """Read and validate an AsyncMTLRun YAML file.
+    """Read and validate an AsyncMTLRun YAML file; whatever the bytes, it raises nothing but SpecError.
+
+    The file must be UTF-8 and at most `MAX_SPEC_BYTES`; the YAML is read with PyYAML's safe loader,
+    after its node graph was checked for recursive aliases, nesting deeper than `MAX_YAML_DEPTH`,
+    more than `MAX_YAML_NODES` nodes and integers longer than `MAX_INT_DIGITS` digits.
 
     Raises:
-        SpecError: unreadable file, YAML syntax error (with line), or invalid fields (with path and line).
+        SpecError: unreadable or oversized file, bytes that are not UTF-8 (with line and byte offset),
+            a YAML syntax or structure error (with line), or invalid fields (with path and line).
     """
     import yaml
 
     path = Path(path)
+
+    def fail(where: str, message: str, line: int | None = None) -> SpecError:
+        return SpecError([SpecIssue(path=where, message=message, file=str(path), line=line)])
+
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
-        raise SpecError([SpecIssue(path="(file)", message=f"cannot read: {exc.strerror}", file=str(path))]) from None
+        raise fail("(file)", f"cannot read: {exc.strerror}") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise fail("(file)", f"{len(data)} bytes: a spec may have at most {MAX_SPEC_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise fail("(file)", f"not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start} "
+                             "(save the file as UTF-8)", data[:exc.start].count(b"\n") + 1) from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise SpecError([SpecIssue(
-            path="(yaml)", message=str(getattr(exc, "problem", exc)), file=str(path),
-            line=(mark.line + 1) if mark is not None else None,
-        )]) from None
+        raise fail("(yaml)", str(getattr(exc, "problem", exc)), (mark.line + 1) if mark is not None else None) from None
+    except RecursionError:
+        raise fail("(yaml)", f"nested too deeply (a spec is nested at most {MAX_YAML_DEPTH} levels)") from None
+    if node is not None:
+        _check_yaml_structure(node, fail)
+    try:
+        doc = yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:  # what the structure check cannot foresee
+        raise fail("(yaml)", str(exc)) from None
     lines: dict[str, int] = {}
     if node is not None:
         _index_lines(node, (), lines)
     return parse_run(doc, file=str(path), lines=lines)
+
+
+def _check_yaml_structure(root: Any, fail) -> None:
+    """Refuse YAML graphs a spec never has: recursive aliases, deep nesting, alias bombs, huge integers."""
+    import yaml
+
+    count = 0
+    stack: list[tuple[Any, int, frozenset[int]]] = [(root, 1, frozenset())]
+    while stack:
+        node, depth, ancestors = stack.pop()
+        line = node.start_mark.line + 1
+        count += 1
+        if count > MAX_YAML_NODES:
+            raise fail("(yaml)", f"more than {MAX_YAML_NODES} YAML nodes once aliases are expanded", line)
+        if id(node) in ancestors:
+            raise fail("(yaml)", "recursive alias: an anchor is used inside itself", line)
+        if depth > MAX_YAML_DEPTH:
+            raise fail("(yaml)", f"nested more than {MAX_YAML_DEPTH} levels deep", line)
+        if isinstance(node, yaml.MappingNode):
+            children = [c for kv in node.value for c in kv]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            if node.tag == "tag:yaml.org,2002:int" and len(str(node.value).lstrip("+-")) > MAX_INT_DIGITS:
+                raise fail("(yaml)", f"an integer of {len(str(node.value))} digits (at most {MAX_INT_DIGITS})", line)
+            continue
+        inner = ancestors | {id(node)}
+        stack.extend((c, depth + 1, inner) for c in children)
 
 
 def _index_lines(node: Any, loc: tuple[str | int, ...], out: dict[str, int]) -> None:
