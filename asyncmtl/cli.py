@@ -51,9 +51,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from asyncmtl.data import DataError, load_task_splits
     from asyncmtl.pretrained import ModelLoadError, resolve_pretrained
 
+    from asyncmtl.spec import SpecError, load_run_file
+
     rc = 0
-    for path in args.specs:
-        resource = _load(path)
+    for path in args.specs:  # every file is checked; the exit status says whether any was bad
+        try:
+            resource = load_run_file(path)
+        except SpecError as exc:
+            print(f"error: invalid AsyncMTLRun spec\n{exc}", file=sys.stderr)
+            rc = 2
+            continue
         if args.data:
             try:
                 for t in resource.spec.tasks:
@@ -176,11 +183,28 @@ def cmd_spec_doc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("asyncmtl")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="asyncmtl", description="Asynchronous multi-task learning runs, locally or on Kubernetes.")
-    p.add_argument("-v", "--verbose", action="store_true")
+    # global flags work before and after the subcommand (`asyncmtl -v run x` and `asyncmtl run x -v`)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="Debug logging.")
+    p = argparse.ArgumentParser(prog="asyncmtl", parents=[common],
+                                description="Asynchronous multi-task learning runs, locally or on Kubernetes.")
+    p.add_argument("--version", action="version", version=f"asyncmtl {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="Run an AsyncMTLRun locally (processes instead of pods).")
+
+    def command(name: str, **kw) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kw)  # every subcommand takes the global flags
+
+    r = command("run", help="Run an AsyncMTLRun locally (processes instead of pods).")
     r.add_argument("spec")
     r.add_argument("--workdir", help="Where control.json, status.json and logs go.")
     r.add_argument("--resume", action="store_true", help="Continue an interrupted run.")
@@ -189,15 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, help="CPU threads for the trainer.")
     r.add_argument("--no-live", action="store_true", help="Print lines instead of a live table.")
     r.set_defaults(func=cmd_run)
-    v = sub.add_parser("validate", help="Validate spec files (and with --data, their data).")
+    v = command("validate", help="Validate spec files (and with --data, their data).")
     v.add_argument("specs", nargs="+")
     v.add_argument("--data", action="store_true", help="Also read and check every data split.")
     v.add_argument("--tweeteval-dir")
     v.set_defaults(func=cmd_validate)
-    rep = sub.add_parser("report", help="Rebuild the report of a local run from its folder.")
+    rep = command("report", help="Rebuild the report of a local run from its folder.")
     rep.add_argument("workdir", help="a run's folder, e.g. runs/local/<run>")
     rep.set_defaults(func=cmd_report)
-    cp = sub.add_parser("compare", help="The paper's Table 3 (and curves) from finished runs.")
+    cp = command("compare", help="The paper's Table 3 (and curves) from finished runs.")
     cp.add_argument("runs", nargs="*", help="Run folders, or names of local runs under --runs-root.")
     cp.add_argument("--by-seed", action="store_true",
                     help="Group runs named <method>-s<seed> by method: mean ± std over seeds, paired 95%% intervals.")
@@ -206,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--runs-root", default="runs/local", help="Where run names are looked up.")
     cp.add_argument("--out", default="runs/compare", help="Where compare.md, compare.csv and the figures go.")
     cp.set_defaults(func=cmd_compare)
-    sw = sub.add_parser("sweep", help="One run per (method spec, seed): run them locally, or print them (-o yaml).")
+    sw = command("sweep", help="One run per (method spec, seed): run them locally, or print them (-o yaml).")
     sw.add_argument("specs", nargs="+", help="AsyncMTLRun files, one per method (a BAM teacher before BAM).")
     sw.add_argument("--seeds", default="3", help="A count (3: seeds 1, 2, 3) or a list (7,11,13).")
     sw.add_argument("--experiment", help="Experiment label (default: the first spec's asyncmtl.dev/experiment label).")
@@ -216,16 +240,16 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--threads", type=int, help="CPU threads per trainer.")
     sw.add_argument("--tweeteval-dir", help="TweetEval root for tweeteval:// data (or $TWEETEVAL_DIR).")
     sw.set_defaults(func=cmd_sweep)
-    c = sub.add_parser("crd", help="Print the AsyncMTLRun CustomResourceDefinition generated from the models.")
+    c = command("crd", help="Print the AsyncMTLRun CustomResourceDefinition generated from the models.")
     c.set_defaults(func=cmd_crd)
-    sd = sub.add_parser("spec-doc", help="Print the spec reference (Markdown) generated from the models.")
+    sd = command("spec-doc", help="Print the spec reference (Markdown) generated from the models.")
     sd.set_defaults(func=cmd_spec_doc)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure(logging.DEBUG if args.verbose else logging.INFO)
+    configure(logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
     return int(args.func(args) or 0)
 
 

@@ -73,3 +73,32 @@ def test_validate_command(tmp_path):
     good = write_spec(tmp_path, run_doc([builtin_task("sentiment")]))
     r = subprocess.run([sys.executable, "-m", "asyncmtl.cli", "validate", str(good), "--data"], capture_output=True, text=True)
     assert r.returncode == 0 and "ok (t, 1 tasks)" in r.stdout
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "asyncmtl.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+
+def test_validate_checks_every_file_and_fails_if_any_is_bad(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(run_doc([builtin_task("sentiment")])))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(run_doc([builtin_task("sentiment", patience=0)])))
+    r = _cli("validate", str(bad), str(good), str(tmp_path / "missing.yaml"), cwd=tmp_path)
+    assert r.returncode == 2
+    assert "good.yaml: ok" in r.stdout  # checked although an earlier file was bad
+    assert "bad.yaml" in r.stderr and "patience" in r.stderr and "missing.yaml" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_version_and_global_flags_after_the_subcommand(tmp_path):
+    from importlib.metadata import version
+
+    r = _cli("--version", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == f"asyncmtl {version('asyncmtl')}"
+    spec = tmp_path / "good.yaml"
+    spec.write_text(yaml.safe_dump(run_doc([builtin_task("sentiment")])))
+    for args in (("-v", "validate", str(spec)), ("validate", str(spec), "-v"), ("validate", "--verbose", str(spec))):
+        r = _cli(*args, cwd=tmp_path)
+        assert r.returncode == 0, (args, r.stderr)
