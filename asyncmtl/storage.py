@@ -106,6 +106,7 @@ class FileRunStorage(RunStorage):
         fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            os.fchmod(f.fileno(), 0o644)  # mkstemp's 0600 would hide reports from the rest of the team
         os.replace(tmp, p)
 
     def get_bytes(self, key: str) -> bytes:

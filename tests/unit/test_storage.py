@@ -82,3 +82,14 @@ def test_file_keys_cannot_escape_the_run_folder(tmp_path):
     st = FileRunStorage(tmp_path / "run")
     with pytest.raises(StorageError, match="escapes"):
         st.put_bytes("../other/x", b"")
+
+
+def test_files_written_atomically_are_readable_by_others(tmp_path):
+    """mkstemp's private 0600 would make reports unreadable to the team sharing a run folder."""
+    import stat
+
+    from asyncmtl.storage import FileRunStorage
+
+    s = FileRunStorage(tmp_path)
+    s.put_bytes("reports/report.md", b"# r\n")
+    assert stat.S_IMODE((tmp_path / "reports" / "report.md").stat().st_mode) == 0o644
