@@ -1,11 +1,14 @@
 """Live progress of a local run (rich): per task its phase, last validation, best and patience left.
 
 On a terminal it redraws a table in place; otherwise it prints one summary line per new
-validation step, so logs stay readable in CI.
+validation step, so logs stay readable in CI, a heartbeat (step, examples/s, ETA) when nothing was
+printed for `heartbeat_seconds`, and a line when a rewind sends the step back.
 """
 from __future__ import annotations
 
 import sys
+import time
+from typing import Callable
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -22,9 +25,14 @@ PHASE_STYLE = {"Training": "cyan", "Converged": "yellow", "Distilling": "magenta
 class Progress:
     """Context manager; call `update(status, events)` after each reconcile."""
 
-    def __init__(self, spec: RunSpec, run: str, live: bool | None = None) -> None:
+    def __init__(self, spec: RunSpec, run: str, live: bool | None = None, *, heartbeat_seconds: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.spec = spec
         self.run = run
+        self.heartbeat_seconds = heartbeat_seconds
+        self.clock = clock
+        self._printed_at: tuple[float, int] | None = None  # (clock, step) of the last line printed
+        self._max_step = 0
         self.console = Console(stderr=False)
         self.live_enabled = sys.stdout.isatty() if live is None else live
         self._live: Live | None = None
@@ -71,12 +79,37 @@ class Progress:
         if self._live is not None:
             self._live.update(self.render(status))
             return
+        now = self.clock()
+        if status.step < self._max_step:
+            self._print(f"[run={self.run}] rewound to step {status.step}: steps {status.step + 1}-{self._max_step} "
+                        "discarded (the model is back at a converged task's best checkpoint)", now, status.step)
+        self._max_step = status.step if status.step < self._max_step else max(self._max_step, status.step)
         if self._line_due(status):
             parts = []
             for n, t in status.tasks.items():
                 v = f"{t.track.last_value:.2f}" if t.track.last_value is not None else "–"
                 parts.append(f"{n}={v}[{t.phase}]")
-            print(f"[run={self.run}] step {status.step}: " + " ".join(parts), flush=True)
+            self._print(f"[run={self.run}] step {status.step}: " + " ".join(parts), now, status.step)
+        elif self._printed_at is not None and now - self._printed_at[0] >= self.heartbeat_seconds:
+            self._print(self._heartbeat(status, now), now, status.step)
+        elif self._printed_at is None:
+            self._printed_at = (now, status.step)
+
+    def _print(self, line: str, now: float, step: int) -> None:
+        print(line, flush=True)
+        self._printed_at = (now, step)
+
+    def _heartbeat(self, status: RunStatus, now: float) -> str:
+        """`step N/max · E examples/s · ETA …` from the steps made since the last line printed."""
+        assert self._printed_at is not None
+        t0, s0 = self._printed_at
+        tr = self.spec.training
+        rate = max(0, status.step - s0) / max(now - t0, 1e-9)  # steps/s
+        line = f"[run={self.run}] step {status.step}/{tr.max_steps} · {rate * tr.batch_size:.1f} examples/s"
+        if rate > 0:
+            eta = int(round((tr.max_steps - status.step) / rate))
+            line += f" · ETA {eta // 60}m{eta % 60:02d}s to maxSteps"
+        return f"{line} · {status.phase}"
 
     def _line_due(self, status: RunStatus) -> bool:
         """Whether a summary line is due (non-live mode): once per validation step, when every

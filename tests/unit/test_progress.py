@@ -54,3 +54,29 @@ def test_log_mode_prints_one_line_per_validation_step_and_each_phase_change(caps
     assert [line.split(":")[0] for line in lines] == [
         "[run=demo] step 200", "[run=demo] step 400", "[run=demo] step 600", "[run=demo] step 600"]
     assert "sarcasm=70.00[Converged]" in lines[2]
+
+
+def test_log_mode_prints_a_heartbeat_and_says_when_a_rewind_discards_steps(capsys):
+    """Between validation steps minutes can pass: a heartbeat at least every 30 s (step, examples/s,
+    ETA); a rewind is said in words instead of step numbers silently running backwards."""
+    spec = parse_run(run_doc([builtin_task("sentiment"), builtin_task("sarcasm")],
+                             training={"batchSize": 16, "maxSteps": 1000, "validationInterval": 200})).spec
+    now = [0.0]
+    progress = Progress(spec, "demo", live=False, clock=lambda: now[0])
+    start = _status({"sentiment": (200, "Training"), "sarcasm": (200, "Training")})
+    progress.update(start, [])  # the step-200 line
+    for t, step in ((10.0, 220), (29.0, 240)):
+        now[0] = t
+        progress.update(start.model_copy(update={"step": step}), [])
+    assert len(capsys.readouterr().out.splitlines()) == 1  # no heartbeat before 30 s
+    now[0] = 31.0
+    progress.update(start.model_copy(update={"step": 262}), [])
+    beat = capsys.readouterr().out.strip()
+    # 62 steps in 31 s since the last line: 2 steps/s = 32 examples/s; 738 steps left = 6 min 9 s
+    assert beat == "[run=demo] step 262/1000 · 32.0 examples/s · ETA 6m09s to maxSteps · Running"
+    now[0] = 35.0
+    rewound = _status({"sentiment": (200, "Training"), "sarcasm": (200, "Converged")})
+    rewound.step = 150
+    progress.update(rewound, [])
+    out = capsys.readouterr().out
+    assert "[run=demo] rewound to step 150: steps 151-262 discarded" in out
