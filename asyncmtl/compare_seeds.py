@@ -79,6 +79,11 @@ class SeedComparison:
     tasks: list[str]
     groups: list[Group]
     reference: Group
+    prefix: str = ""  # shared by every method name (e.g. the experiment's `tweeteval-compare-`), not shown
+
+    def label(self, g: Group) -> str:
+        """The group's name as shown: without the prefix every method shares."""
+        return g.name[len(self.prefix):]
 
     def paired(self, g: Group, task: str | None) -> Interval | None:
         a, b = g.scores(task), self.reference.scores(task)
@@ -86,10 +91,11 @@ class SeedComparison:
 
     def markdown(self) -> str:
         cols = [*self.tasks, None]
-        head = ["method", "seeds", "train steps", *self.tasks, "average", f"Δ average vs {self.reference.name} [95 % CI]"]
+        head = ["method", "seeds", "train steps", *self.tasks, "average",
+                f"Δ average vs {self.label(self.reference)} [95 % CI]"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for g in self.groups:
-            cells = [g.name, str(len(g.rows)), f"{g.steps():.0f}"]
+            cells = [self.label(g), str(len(g.rows)), f"{g.steps():.0f}"]
             for task in cols:
                 m, sd = g.mean_std(task)
                 cells.append("–" if m is None else f"{m:.2f} ± {sd:.2f}")
@@ -97,14 +103,15 @@ class SeedComparison:
             cells.append("reference" if g is self.reference else ("–" if iv is None else iv.text()))
             lines.append("| " + " | ".join(cells) + " |")
         lines += ["", f"Test scores (0-100): mean ± sample standard deviation over seeds. Δ: paired difference of the "
-                      f"average over the seeds a method shares with `{self.reference.name}`, with its 95 % t-interval.",
+                      f"average over the seeds a method shares with `{self.label(self.reference)}`, with its 95 % "
+                      "t-interval." + (f" Methods are named without their common prefix `{self.prefix}`." if self.prefix else ""),
                   "", "Per-task paired differences vs the reference [95 % CI]:", "",
                   "| method | " + " | ".join(self.tasks) + " |", "|" + "---|" * (len(self.tasks) + 1)]
         for g in self.groups:
             if g is self.reference:
                 continue
             ivs = [self.paired(g, t) for t in self.tasks]
-            lines.append(f"| {g.name} | " + " | ".join("–" if iv is None else iv.text() for iv in ivs) + " |")
+            lines.append(f"| {self.label(g)} | " + " | ".join("–" if iv is None else iv.text() for iv in ivs) + " |")
         return "\n".join(lines) + "\n"
 
     def csv(self) -> str:
@@ -116,7 +123,7 @@ class SeedComparison:
             for task in [*self.tasks, None]:
                 m, sd = g.mean_std(task)
                 iv = None if g is self.reference else self.paired(g, task)
-                w.writerow([g.name, task or "average", len(g.scores(task)), _f(m), _f(sd), _f(iv.mean if iv else None),
+                w.writerow([self.label(g), task or "average", len(g.scores(task)), _f(m), _f(sd), _f(iv.mean if iv else None),
                             _f(iv.low if iv else None), _f(iv.high if iv else None), g is self.reference])
         return buf.getvalue()
 
@@ -134,7 +141,7 @@ class SeedComparison:
         for i, g in enumerate(self.groups):
             ms = [g.mean_std(t) for t in cols]
             xs = [c + (i - (n - 1) / 2) * width for c in range(len(cols))]
-            ax.bar(xs, [m or 0.0 for m, _ in ms], width, yerr=[sd or 0.0 for _, sd in ms], capsize=2, label=g.name)
+            ax.bar(xs, [m or 0.0 for m, _ in ms], width, yerr=[sd or 0.0 for _, sd in ms], capsize=2, label=self.label(g))
         ax.set_xticks(range(len(cols)), [t or "average" for t in cols])
         lows = [m - (sd or 0) for g in self.groups for m, sd in (g.mean_std(t) for t in cols) if m is not None]
         if lows:
@@ -184,7 +191,17 @@ def compare_by_seed(run_dirs: list[Path], reference: str | None = None) -> SeedC
     else:
         finals = [g for g in ordered if g.name.endswith("(Final)")]
         ref = next((g for g in finals if "uniform" in g.name), finals[0] if finals else ordered[0])
-    return SeedComparison(tasks=tasks, groups=ordered, reference=ref)
+    return SeedComparison(tasks=tasks, groups=ordered, reference=ref, prefix=_shared_prefix([g.name for g in ordered]))
+
+
+def _shared_prefix(names: list[str]) -> str:
+    """The longest prefix ending in "-" that every name has, when there are two names or more."""
+    import os
+
+    if len(names) < 2:
+        return ""
+    common = os.path.commonprefix(names)
+    return common[:common.rfind("-") + 1]
 
 
 def write_by_seed(comparison: SeedComparison, out: Path) -> dict[str, Path]:

@@ -108,6 +108,14 @@ def test_compare_by_seed_groups_methods_and_pairs_seeds(tmp_path):
     assert paths["compare-seeds.csv"].read_text().splitlines()[0].startswith("method,column,seeds,mean,std")
 
 
+def test_method_names_are_shown_without_their_shared_prefix(tmp_path):
+    make_run(tmp_path, "exp-uniform-s1", tests={"a": 70.0}, stopped="maxSteps", converged=False)
+    make_run(tmp_path, "exp-joint-s1", tests={"a": 71.0})
+    comp = compare_by_seed(sorted(tmp_path.iterdir()))
+    assert comp.prefix == "exp-" and comp.reference.name == "exp-uniform (Final)"
+    assert "| joint | 1 |" in comp.markdown() and "common prefix `exp-`" in comp.markdown()
+
+
 def test_compare_cli_by_experiment(tmp_path):
     for seed in (1, 2):
         make_run(tmp_path / "local", f"uni-s{seed}", tests={"a": 70.0 + seed}, stopped="maxSteps", converged=False)
