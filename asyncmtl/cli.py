@@ -250,7 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure(logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
-    return int(args.func(args) or 0)
+    try:
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the guard: a piped stdout is flushed here, not at exit
+        return rc
+    except BrokenPipeError:  # `asyncmtl compare ... | head`: the reader left; no traceback (Python docs, signal)
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -58,3 +58,11 @@ def test_cli(tmp_path):
     assert "*+1.00" in r.stdout and (tmp_path / "cmp" / "compare.md").is_file()
     bad = subprocess.run([sys.executable, "-m", "asyncmtl.cli", "compare", str(tmp_path / "nope")], capture_output=True, text=True)
     assert bad.returncode == 2 and "no status.json" in bad.stderr
+
+
+def test_output_piped_into_a_reader_that_leaves_early_gives_no_traceback(tmp_path):
+    make_run(tmp_path, "uniform", tests={"a": 70.0}, stopped="maxSteps", converged=False)
+    make_run(tmp_path, "joint", tests={"a": 71.0})
+    r = subprocess.run(f"{sys.executable} -m asyncmtl.cli compare uniform joint --runs-root {tmp_path} "
+                       f"--out {tmp_path / 'cmp'} | true", shell=True, capture_output=True, text=True)
+    assert "Traceback" not in r.stderr and "BrokenPipeError" not in r.stderr, r.stderr
