@@ -117,7 +117,6 @@ class Trainer:
         self._loss_sums: dict[tuple[str, str], list] = {}
         self._examples_since = 0
         self._train_time = 0.0
-        self._report_delay = opts.report_delay_seconds
         self.best_scores: dict[str, dict] = {}
 
     # ---- setup -------------------------------------------------------------------------------
@@ -402,8 +401,8 @@ class Trainer:
                 "time": now, "step": self.step, "task": name, "metric": t.metric.value, "value": value,
                 "metrics": metrics, "mode": st.mode, "generation": self.applied_generation,
                 "bestStep": st.best.best_step, "bestValue": st.best.best_value}))
-            if self._report_delay:  # fault injection for the determinism test: a slow report between tasks
-                time.sleep(self._report_delay)
+            if self.opts.report_delay_seconds:  # fault injection (determinism test): a slow report between tasks
+                time.sleep(self.opts.report_delay_seconds)
         self.exporter.complete_validation(self.step)  # after the last task: the step may now be decided on
         self.log.info("step %d validation: %s", self.step,
                       ", ".join(f"{n}={s.last_value:.2f}{'*' if s.best.best_step == self.step else ''}[{s.mode}]"

@@ -58,5 +58,4 @@ def load_adam_state(opt: torch.optim.Optimizer, param: torch.Tensor, state: dict
     """Restore what `adam_state` returned into `opt` for `param`."""
     if not state:
         return
-    opt.state[param] = {k: torch.tensor(v, dtype=torch.float32 if k != "step" else torch.float32, device=param.device)
-                        for k, v in state.items()}
+    opt.state[param] = {k: torch.tensor(v, dtype=torch.float32, device=param.device) for k, v in state.items()}
