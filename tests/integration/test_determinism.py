@@ -6,8 +6,9 @@ polling fast, so that polls land in the middle of validation steps. The converge
 rewinds, KD switches, every validation value and the final metrics must be identical.
 
 What may differ is bookkeeping: two tasks' soft labels can be signalled in one control generation or
-in two, depending on the poll that sees them, so generation numbers and the order of SoftLabelsReady
-events are not compared (no batch and no decision depends on them).
+in two, depending on the poll that sees them, so generation numbers, the order of SoftLabelsReady
+events and the order of the trainer's KD switches at one step are not compared (under Pause they all
+take effect at that step, before any training; no batch and no decision depends on their order).
 """
 from __future__ import annotations
 
@@ -62,10 +63,16 @@ def _decisions(run_dir: Path) -> list[tuple]:
                if h["reason"] in ("TaskConverged", "InferenceLaunched", "Stopping")]
     ready = sorted((h.get("task"), h["message"].replace(here, "")) for h in status["history"]
                    if h["reason"] == "SoftLabelsReady")
-    trainer = []
+    trainer: list[tuple] = []
     for line in (run_dir / "reports" / "history.jsonl").read_text().splitlines():
         r = json.loads(line)
-        trainer.append((r.get("event"), r.get("task"), r["step"], r.get("value"), r.get("mode")))
+        if r.get("event") == "kd" and trainer and trainer[-1][:1] == ("kd",) and trainer[-1][2] == r["step"]:
+            # KD switches at one step (soft labels seen in one poll or in two): a set, not a sequence
+            trainer[-1] = ("kd", tuple(sorted((*trainer[-1][1], r["task"]))), r["step"])
+        elif r.get("event") == "kd":
+            trainer.append(("kd", (r["task"],), r["step"]))
+        else:
+            trainer.append((r.get("event"), r.get("task"), r["step"], r.get("value"), r.get("mode")))
     return decided + [("SoftLabelsReady", *x) for x in ready] + trainer
 
 
