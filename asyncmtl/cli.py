@@ -32,6 +32,7 @@ def _load(path: str):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from asyncmtl.data import DataError
+    from asyncmtl.local.lifeline import RunLocked
     from asyncmtl.local.runtime import LocalOptions, LocalRuntime
     from asyncmtl.pretrained import ModelLoadError
 
@@ -42,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     rt = LocalRuntime(resource, Path(args.spec), opts)
     try:
         return rt.run()
-    except (DataError, ModelLoadError) as exc:
+    except (DataError, ModelLoadError, RunLocked) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -143,6 +144,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from asyncmtl.local.lifeline import Terminated
     from asyncmtl.sweep import EXPERIMENT_LABEL, LocalSweep, SweepError, expand, parse_seeds, to_yaml
 
     try:
@@ -160,9 +162,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                        tweeteval_dir=args.tweeteval_dir, parallel=args.parallel, threads=args.threads)
     try:
         phases = sweep.run(runs)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: run the same command again to resume the sweep", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as exc:
+        print("\ninterrupted: run the same command again to resume the sweep", file=sys.stderr)
+        return exc.exit_status if isinstance(exc, Terminated) else 130
     for name, phase in phases.items():
         print(f"  {name:48s} {phase}")
     print(f"\ncompare: asyncmtl compare --experiment {experiment} --runs-root {runs_root}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import logging
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from asyncmtl.local.lifeline import Terminated, shielded, terminate_on_signals
 from asyncmtl.spec import AsyncMTLRun, parse_run
 
 log = logging.getLogger(__name__)
@@ -212,6 +214,21 @@ class LocalSweep:
             else:
                 todo.append(r)
         running: dict[str, tuple[subprocess.Popen, SweepRun]] = {}
+        try:
+            with terminate_on_signals():
+                self._loop(todo, running, result)
+        except Terminated:  # SIGTERM/SIGHUP: each running `asyncmtl run` stops its trainer and saves its status
+            with shielded():
+                for proc, _ in running.values():
+                    if proc.poll() is None:
+                        proc.send_signal(signal.SIGTERM)
+                for proc, _ in running.values():
+                    proc.wait()
+            raise
+        return result
+
+    def _loop(self, todo: list[SweepRun], running: dict[str, tuple[subprocess.Popen, SweepRun]],
+              result: dict[str, str]) -> None:
         while todo or running:
             for name, (proc, r) in list(running.items()):
                 if proc.poll() is not None:
@@ -232,4 +249,3 @@ class LocalSweep:
                 running[r.name] = (subprocess.Popen(self.command(r, spec_file), stdout=out, stderr=subprocess.STDOUT),
                                    r)
             time.sleep(1.0)
-        return result

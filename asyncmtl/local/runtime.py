@@ -22,6 +22,7 @@ from asyncmtl.core.actions import Complete, EmitEvent, Fail, LaunchInference, Wr
 from asyncmtl.core.observations import InferenceObservation, Observations, TrainerObservation
 from asyncmtl.core.reconcile import reconcile
 from asyncmtl.core.status import RunStatus
+from asyncmtl.local.lifeline import RunLock, Terminated, shielded, terminate_on_signals
 from asyncmtl.local.scrape import scrape
 from asyncmtl.logs import run_logger
 from asyncmtl.pretrained import resolve_pretrained
@@ -101,6 +102,7 @@ class LocalRuntime:
         self.train_sizes: dict[str, int] = {}
         self.events: list[str] = []
         self._teacher_steps: dict[str, int] = {}  # BAM: read once at start (teacher_steps)
+        self.lock = RunLock(self.workdir / "run.lock")
 
     # ---- processes ---------------------------------------------------------------------------
     def _common_args(self) -> list[str]:
@@ -118,9 +120,12 @@ class LocalRuntime:
             env["OMP_NUM_THREADS"] = str(threads)
             args = [*args, "--threads", str(threads)]
         out = log_path.open("ab")
-        # a new session: Ctrl-C in the terminal reaches the runtime only, which stops children in order
+        # a new session: Ctrl-C in the terminal reaches the runtime only, which stops children in order;
+        # the child watches its parent and inherits the run lock (asyncmtl.local.lifeline)
+        args = [*args, "--parent-pid", str(os.getpid())]
         return subprocess.Popen([sys.executable, "-m", module, *args], stdout=out, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True, cwd=os.getcwd())
+                                env=env, start_new_session=True, cwd=os.getcwd(),
+                                pass_fds=(self.lock.fd,) if self.lock.fd is not None else ())
 
     def start_trainer(self, resume: bool) -> None:
         (self.workdir / "trainer.json").unlink(missing_ok=True)
@@ -309,11 +314,23 @@ class LocalRuntime:
         return True
 
     def run(self) -> int:
-        """Preflight, start, reconcile until Succeeded or Failed. Returns 0 on success."""
+        """Preflight, start, reconcile until Succeeded or Failed. Returns 0 on success, 130 after Ctrl-C,
+        128 + the signal number after SIGTERM or SIGHUP (children stopped, status saved, resumable).
+
+        Raises:
+            RunLocked: another runtime, or a process one started, still holds this run.
+        """
+        self.preflight()  # bad data or encoder: an error before anything is created
+        self.lock.acquire(self.name)
+        try:
+            return self._run()
+        finally:
+            self.lock.release()
+
+    def _run(self) -> int:
         from asyncmtl.local.progress import Progress
 
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.preflight()
         self.resolve_order()
         self._teacher_steps = self.teacher_steps()
         resumed = self.opts.resume and self._resume_state()
@@ -332,7 +349,7 @@ class LocalRuntime:
         self.save_status()
         self.start_trainer(resume=resumed)
         try:
-            with progress:
+            with terminate_on_signals(), progress:
                 while True:
                     time.sleep(self.poll_interval)
                     obs = self.observe()
@@ -343,11 +360,13 @@ class LocalRuntime:
                     progress.update(self.status, self.events)
                     if done is not None:
                         break
-        except KeyboardInterrupt:
-            self.log.warning("interrupted: stopping children; continue with `asyncmtl run %s --resume`", self.spec_path)
-            self.stop_children()
-            self.save_status()
-            return 130
+        except (KeyboardInterrupt, Terminated) as exc:
+            why = f"terminated ({exc})" if isinstance(exc, Terminated) else "interrupted"
+            self.log.warning("%s: stopping children; continue with `asyncmtl run %s --resume`", why, self.spec_path)
+            with shielded():  # a second signal must not cut the cleanup short
+                self.stop_children()
+                self.save_status()
+            return exc.exit_status if isinstance(exc, Terminated) else 130
         return self._finish(done)
 
     def _apply(self, actions) -> str | None:

@@ -50,8 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-dir")
     p.add_argument("--tweeteval-dir")
     p.add_argument("--threads", type=int)
+    p.add_argument("--parent-pid", type=int, default=None,
+                   help="Terminate when this parent process is gone (the local runtime passes its pid).")
     p.add_argument("--manifest", action="store_true", help="Only verify all shards and write the manifest.")
     args = p.parse_args(argv)
+    if args.parent_pid:
+        from asyncmtl.local.lifeline import watch_parent
+
+        watch_parent(args.parent_pid)
     if args.threads:
         torch.set_num_threads(args.threads)
     spec, name = load_spec_for_entrypoint(args.spec)

@@ -1,0 +1,137 @@
+"""One owner per local run: its processes stop with it, and no second runtime drives the same run.
+
+Three mechanisms, all POSIX (Linux, macOS):
+
+- **Termination signals** (`terminate_on_signals`): SIGTERM and SIGHUP (`timeout`, a closed terminal,
+  a batch scheduler's cancel) are turned into `Terminated`, handled where Ctrl-C is: the runtime stops
+  its children in order and saves its status (exit status 128 + signal number, as a shell reports).
+- **Parent watch** (`watch_parent`): the trainer and inference shards run in their own process
+  sessions (so Ctrl-C reaches the runtime alone). When the runtime dies without cleaning up (SIGKILL,
+  the OOM killer), a child notices that its parent changed and terminates itself (SIGTERM to itself:
+  the default action, nothing half-written survives the manifest-last checkpoint rule).
+- **Run lock** (`RunLock`): an exclusive `flock` on `<workdir>/run.lock`, taken by the runtime before it
+  touches anything and inherited by its children (`pass_fds`), so it is held until the last process of
+  the run has exited, however the runtime ended. `asyncmtl run --resume` on a run still held fails
+  with a clear message instead of starting a second trainer on the same storage.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+class Terminated(Exception):
+    """The process received `signum` (SIGTERM or SIGHUP)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_status(self) -> int:
+        """128 + the signal number (143 for SIGTERM), as shells report a signalled process."""
+        return 128 + self.signum
+
+
+@contextmanager
+def terminate_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
+    """Within the block, `signals` raise `Terminated` in the main thread; previous handlers are restored
+    after. Outside the main thread (where Python cannot install handlers) the block runs unchanged."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, _frame) -> None:
+        raise Terminated(signum)
+
+    previous = {s: signal.signal(s, _raise) for s in signals}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextmanager
+def shielded(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
+    """Within the block, `signals` are ignored (cleanup after a first signal is not cut short by a
+    second); previous handlers are restored after. Outside the main thread: unchanged."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in signals}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def watch_parent(parent_pid: int, interval: float = 1.0) -> threading.Thread | None:
+    """Start a daemon thread that sends SIGTERM to this process once its parent is no longer
+    `parent_pid` (the parent died and the process was re-parented). Checks every `interval` seconds.
+    Returns the thread, or None when the parent is already gone (then SIGTERM is sent at once)."""
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return None
+
+    def _watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    t = threading.Thread(target=_watch, name="parent-watch", daemon=True)
+    t.start()
+    return t
+
+
+class RunLocked(Exception):
+    """Another runtime (or a process it started, still alive) holds the run's lock."""
+
+
+class RunLock:
+    """Exclusive `flock` on `path` for the life of a local run (see the module docstring).
+
+    `fd` is the descriptor children inherit through `subprocess.Popen(pass_fds=...)`.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self, run: str) -> None:
+        """Take the lock and write this pid into the file.
+
+        Raises:
+            RunLocked: the lock is held; the message names the run and the holder's pid.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunLocked(
+                    f"run {run} is in use: `asyncmtl run` (pid {holder}) or a trainer or inference process it "
+                    f"started is still running ({self.path}). Stop it (Ctrl-C, or kill the pid), then resume with "
+                    f"--resume.") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.set_inheritable(fd, True)
+        self.fd = fd
+
+    def release(self) -> None:
+        """Close this process's descriptor (the lock is freed once no child holds it either)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

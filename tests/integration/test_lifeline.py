@@ -1,0 +1,137 @@
+"""One owner per local run: SIGTERM stops the children like Ctrl-C, a killed runtime takes its
+children with it, and no second runtime drives a run whose processes are still alive."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from asyncmtl.local.lifeline import RunLock, RunLocked
+from tests.conftest import builtin_task, run_doc
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by init) counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _start(tmp_path: Path, tiny_model: Path) -> tuple[subprocess.Popen, Path, list[str]]:
+    """Start `asyncmtl run` on a small spec; return it once the trainer has trained 20 steps."""
+    tasks = [builtin_task("sentiment", patience=50), builtin_task("sarcasm", patience=50)]
+    for t in tasks:
+        t["data"].update(maxTrainExamples=200, maxValidationExamples=40, maxTestExamples=40)
+    doc = run_doc(tasks, model=str(tiny_model), name="owned",
+                  training={"batchSize": 16, "learningRate": 1e-3, "maxSteps": 5000, "validationInterval": 10},
+                  storage={"uri": "file://./store"}, metrics={"pollIntervalSeconds": 0.3})
+    spec = tmp_path / "owned.yaml"
+    spec.write_text(yaml.safe_dump(doc, sort_keys=False))
+    cmd = [sys.executable, "-m", "asyncmtl.cli", "run", str(spec), "--no-live"]
+    run_dir = tmp_path / "store" / "local" / "owned"
+    p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        try:
+            if json.loads((run_dir / "status.json").read_text()).get("step", 0) >= 20:
+                return p, run_dir, cmd
+        except (OSError, ValueError):
+            pass
+        assert p.poll() is None, p.stdout.read()
+        time.sleep(0.2)
+    p.kill()
+    raise AssertionError("the run never got going")
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_children_and_leaves_a_resumable_run(tmp_path, tiny_model):
+    p, run_dir, _ = _start(tmp_path, tiny_model)
+    trainer_pid = json.loads((run_dir / "trainer.json").read_text())["pid"]
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 128 + signal.SIGTERM, out
+    assert "--resume" in out
+    assert _wait_gone(trainer_pid, 5), "the trainer outlived the runtime"
+    assert json.loads((run_dir / "status.json").read_text())["phase"] == "Running"
+
+
+@pytest.mark.slow
+def test_a_killed_runtime_takes_its_trainer_with_it_and_a_resume_waits_for_it(tmp_path, tiny_model):
+    p, run_dir, cmd = _start(tmp_path, tiny_model)
+    trainer_pid = json.loads((run_dir / "trainer.json").read_text())["pid"]
+    p.kill()  # SIGKILL: no cleanup in the runtime at all
+    p.communicate(timeout=30)
+    assert _wait_gone(trainer_pid, 15), "the trainer kept training after its runtime was killed"
+    # once every thread of every process of the run is gone the lock is free again: a resume may take
+    # the run over (a dying multi-threaded process shows as a zombie while its last threads exit)
+    lock, deadline = RunLock(run_dir / "run.lock"), time.monotonic() + 15
+    while True:
+        try:
+            lock.acquire("owned")
+            break
+        except RunLocked:
+            assert time.monotonic() < deadline, "the run's lock is still held after its processes died"
+            time.sleep(0.2)
+    lock.release()
+
+
+def test_the_run_lock_is_held_while_any_process_of_the_run_lives(tmp_path):
+    path = tmp_path / "run.lock"
+    owner = RunLock(path)
+    owner.acquire("r")
+    with pytest.raises(RunLocked, match=rf"run r is in use: `asyncmtl run` \(pid {os.getpid()}\)"):
+        RunLock(path).acquire("r")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], pass_fds=(owner.fd,))
+    try:
+        owner.release()  # the runtime is gone, its child still holds the run
+        with pytest.raises(RunLocked):
+            RunLock(path).acquire("r")
+    finally:
+        child.kill()
+        child.wait()
+    again = RunLock(path)
+    again.acquire("r")  # the last process of the run exited: free
+    assert path.read_text().strip() == str(os.getpid())
+    again.release()
+
+
+def test_resume_refuses_a_run_that_is_still_held(tmp_path, capsys):
+    """`asyncmtl run --resume` on a run whose processes are alive: a one-line error, no second trainer."""
+    from asyncmtl.cli import main
+
+    doc = run_doc([builtin_task("sentiment")], name="held", storage={"uri": "file://./store"})
+    spec = tmp_path / "held.yaml"
+    spec.write_text(yaml.safe_dump(doc, sort_keys=False))
+    holder = RunLock(tmp_path / "store" / "local" / "held" / "run.lock")
+    holder.acquire("held")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        rc = main(["run", str(spec), "--resume", "--no-live"])
+    finally:
+        os.chdir(cwd)
+        holder.release()
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "run held is in use" in err and "Traceback" not in err
+    assert not (tmp_path / "store" / "local" / "held" / "logs").exists()  # nothing was started
