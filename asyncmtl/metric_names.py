@@ -24,6 +24,7 @@ TASK_MODE = f"{PREFIX}_task_mode"  # gauge {task, mode=supervised|pending|kd|fro
 TRAINER_STATE = f"{PREFIX}_trainer_state"  # gauge {state=starting|training|paused|finalizing|finished}
 REWINDS = f"{PREFIX}_rewinds"  # counter: rewinds applied
 TRAIN_SIZE = f"{PREFIX}_task_train_examples"  # gauge {task}: examples in the task's training split
+TASK_CHANCE = f"{PREFIX}_task_chance_value"  # gauge {task}: validation score of a constant predictor (0-100)
 LOSS_WEIGHT = f"{PREFIX}_loss_weight"  # gauge {task}: the task's loss weight λ (weighting methods)
 # gauge: the last validation step every validated task has reported (set after the step's last task, and
 # exposed before the per-task series, so a scrape that reads N also reads every task's step-N values)

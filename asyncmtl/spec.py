@@ -179,6 +179,12 @@ class TaskSpec(_Strict):
         0.0, ge=0.0, lt=1.0,
         description="Exponential moving average of the validation curve the convergence rule reads: "
                     "s_k = smoothing·s_(k-1) + (1-smoothing)·value_k (0: the raw values, the paper).")
+    min_gain_over_chance: float | None = Field(
+        None, ge=0.0, le=100.0,
+        description="Chance floor (metric points): the task is not declared converged until its best validation "
+                    "value beats its chance score (a constant predictor: the training split's class prior, or its "
+                    "mean for regression) by this much, so a task that has not started to learn is not frozen on "
+                    "a dip of its validation curve. Unset: no floor (the paper).")
     sampling_weight: float = Field(1.0, gt=0.0, le=1e6,
                                    description="Multiplies the task's share of each batch (size-proportional).")
 
@@ -244,6 +250,11 @@ class TrainingSpec(_Strict):
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto")
     eval_batch_size: int = Field(128, ge=1, description="Examples per batch for validation, test and inference.")
+    regression_loss: Literal["mse", "normalizedMse"] = Field(
+        "mse", description="Loss of regression tasks (supervised and KD), on targets normalised to [0, 1]: mse, or "
+                           "normalizedMse = MSE / variance of the training targets, so that predicting the training "
+                           "mean costs 1, the scale of a classification loss, and a regression task keeps its share "
+                           "of the summed loss's gradient on the shared encoder.")
 
 
 class DistillationSpec(_Strict):

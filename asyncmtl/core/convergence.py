@@ -10,6 +10,12 @@ decision. The trainer reports its own best-so-far (value and step) computed with
 
 After a rewind to step `s`, `Track.cut(s)` forgets every point after `s`, so no later
 decision uses observations from the discarded steps.
+
+Optional chance floor (`minGainOverChance`, not in the paper): a task is not declared converged
+while its best validation value does not beat its *chance score* — the score a constant predictor
+(the training split's class prior, or its mean for regression; scikit-learn's `DummyClassifier` /
+`DummyRegressor`) gets on the validation split — by at least that many points. A task that has not
+started to learn is then never frozen on a dip of its noisy validation curve at chance level.
 """
 from __future__ import annotations
 
@@ -38,6 +44,8 @@ class ConvergenceRule:
         direction: "max" when higher is better (all AsyncMTL metrics), "min" otherwise.
         smoothing: the rule reads an exponential moving average of the validation values,
             s_k = smoothing·s_(k−1) + (1−smoothing)·v_k, s_1 = v_1 (0: raw values, the paper).
+        min_gain_over_chance: metric points the best value must exceed the task's chance score by
+            before convergence may be declared (None: no floor, the paper).
     """
 
     patience: int
@@ -46,6 +54,7 @@ class ConvergenceRule:
     min_steps: int = 0
     direction: Literal["max", "min"] = "max"
     smoothing: float = 0.0
+    min_gain_over_chance: float | None = None
 
     def smooth(self, value: float, previous: float | None) -> float:
         """The smoothed value after `value`, given the previous smoothed value (None: the first)."""
@@ -73,6 +82,8 @@ class Track(BaseModel):
     smoothed: float | None = Field(None, description="The rule's smoothed value at the last point (smoothing > 0).")
     validations_seen: int = Field(0, description="Trainer's validations counter at the last observation.")
     missed: int = Field(0, description="Validations counted by the trainer but never seen as a point.")
+    chance: float | None = Field(None, description="The validation score of a constant predictor (metric points), "
+                                                   "as the trainer reported it; None: not reported.")
 
     def validation_steps_since_best(self, interval: int) -> int:
         """Validation steps between the best step and the last validation step."""
@@ -84,7 +95,7 @@ class Track(BaseModel):
         """The track as it was at `step` (after a rewind): later points are forgotten and
         the best is recomputed from the points kept."""
         kept = [p for p in self.points if p.step <= step]
-        out = Track(validations_seen=self.validations_seen, missed=self.missed)
+        out = Track(validations_seen=self.validations_seen, missed=self.missed, chance=self.chance)
         for p in kept:
             out = out._add_point(p, rule)
         if self.best_step is not None and self.best_step <= step and (
@@ -112,6 +123,7 @@ class TaskObservation(BaseModel):
         best_step, best_value: the trainer's best-so-far (BestTracker rule), reset on a rewind.
         points: validation points recovered from a time series since the last poll
             (Prometheus range query); empty when only the latest values are known.
+        chance: the task's chance score on its validation split (metric points; constant for a run).
     """
 
     validations: int = 0
@@ -120,6 +132,7 @@ class TaskObservation(BaseModel):
     best_step: int | None = None
     best_value: float | None = None
     points: list[ValidationPoint] = Field(default_factory=list)
+    chance: float | None = None
 
     def through(self, complete_step: int | None) -> "TaskObservation | None":
         """This observation if it describes only whole validation steps (steps <= `complete_step`,
@@ -173,16 +186,30 @@ def observe(track: Track, obs: TaskObservation, rule: ConvergenceRule, *,
     # else: the counter went down: the trainer restarted; nothing can be said about gaps.
     out.validations_seen = obs.validations
     out.missed += missed
+    if obs.chance is not None:
+        out.chance = obs.chance
     return out, missed
 
 
 def has_converged(track: Track, rule: ConvergenceRule) -> bool:
-    """Paper Sec. 3: no improvement for `patience` validation steps (and past `min_steps`)."""
+    """Paper Sec. 3: no improvement for `patience` validation steps (and past `min_steps`, and, when
+    the rule has a chance floor and the task's chance score is known, with a best value at least
+    `min_gain_over_chance` points above it)."""
     if track.last_step is None or track.best_step is None:
         return False
     if track.last_step < rule.min_steps:
         return False
+    if rule.min_gain_over_chance is not None and track.chance is not None and (
+            track.best_value is None or not beats_chance(track.best_value, track.chance, rule)):
+        return False
     return track.validation_steps_since_best(rule.validation_interval) >= rule.patience
+
+
+def beats_chance(value: float, chance: float, rule: ConvergenceRule) -> bool:
+    """True when `value` is at least `rule.min_gain_over_chance` points better than `chance` (the
+    rule's direction; 1e-9 tolerance as in `improves`)."""
+    gain = value - chance if rule.direction == "max" else chance - value
+    return gain >= (rule.min_gain_over_chance or 0.0) - 1e-9
 
 
 class BestTracker(BaseModel):

@@ -62,6 +62,7 @@ def rule_for(spec: RunSpec, task: TaskSpec) -> ConvergenceRule:
         min_steps=task.min_steps,
         direction="max",
         smoothing=task.smoothing,
+        min_gain_over_chance=task.min_gain_over_chance,
     )
 
 

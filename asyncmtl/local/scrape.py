@@ -25,7 +25,8 @@ def parse_trainer_metrics(text: str, run: str) -> TrainerObservation:
                 continue
             task = s.labels.get("task")
             if task is not None and s.name in (f"{M.VALIDATIONS}_total", M.VALIDATION_LAST_STEP, M.VALIDATION_LAST_VALUE,
-                                               M.VALIDATION_BEST_STEP, M.VALIDATION_BEST_VALUE, M.TRAIN_SIZE):
+                                               M.VALIDATION_BEST_STEP, M.VALIDATION_BEST_VALUE, M.TRAIN_SIZE,
+                                               M.TASK_CHANCE):
                 per_task.setdefault(task, {})[s.name] = s.value
             elif task is None and s.name in (M.GLOBAL_STEP, M.CONTROL_GENERATION, M.CONTROL_APPLIED_STEP,
                                              M.VALIDATION_COMPLETE_STEP):
@@ -42,6 +43,7 @@ def parse_trainer_metrics(text: str, run: str) -> TrainerObservation:
             last_value=_num(d.get(M.VALIDATION_LAST_VALUE)),
             best_step=int(best_step) if best_step is not None else None,
             best_value=_num(d.get(M.VALIDATION_BEST_VALUE)),
+            chance=_num(d.get(M.TASK_CHANCE)),
         )
     applied_step = _num(trainer.get(M.CONTROL_APPLIED_STEP))
     complete = _num(trainer.get(M.VALIDATION_COMPLETE_STEP))

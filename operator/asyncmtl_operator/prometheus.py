@@ -62,7 +62,7 @@ class PrometheusClient:
         sel = f'run="{run}",namespace="{namespace}"'
         names = "|".join([f"{M.VALIDATIONS}_total", M.VALIDATION_LAST_STEP, M.VALIDATION_LAST_VALUE,
                           M.VALIDATION_BEST_STEP, M.VALIDATION_BEST_VALUE, M.GLOBAL_STEP, M.CONTROL_GENERATION,
-                          M.CONTROL_APPLIED_STEP, M.TRAIN_SIZE, M.VALIDATION_COMPLETE_STEP])
+                          M.CONTROL_APPLIED_STEP, M.TRAIN_SIZE, M.VALIDATION_COMPLETE_STEP, M.TASK_CHANCE])
         current = self.query(f'{{__name__=~"{names}",{sel}}}')
         if not current:
             return None
@@ -100,7 +100,7 @@ class PrometheusClient:
                 validations=int(d.get(f"{M.VALIDATIONS}_total", 0)),
                 last_step=_int(d.get(M.VALIDATION_LAST_STEP)), last_value=_num(d.get(M.VALIDATION_LAST_VALUE)),
                 best_step=_int(d.get(M.VALIDATION_BEST_STEP)), best_value=_num(d.get(M.VALIDATION_BEST_VALUE)),
-                points=points)
+                points=points, chance=_num(d.get(M.TASK_CHANCE)))
         obs = TrainerObservation(global_step=_int(trainer.get(M.GLOBAL_STEP)) or 0,
                                  applied_generation=_int(trainer.get(M.CONTROL_GENERATION)) or 0,
                                  applied_at_step=_int(trainer.get(M.CONTROL_APPLIED_STEP)), tasks=tasks,

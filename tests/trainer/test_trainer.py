@@ -13,7 +13,7 @@ from asyncmtl.softlabels import write_manifest
 from asyncmtl.spec import parse_run
 from asyncmtl.storage import open_run_storage
 from asyncmtl_trainer.exporter import TrainerExporter
-from asyncmtl_trainer.losses import kd_loss
+from asyncmtl_trainer.losses import kd_loss, supervised_loss
 from asyncmtl_trainer.softlabels import write_shard
 from asyncmtl_trainer.train import Trainer, TrainerOptions
 from tests.conftest import builtin_task, run_doc
@@ -27,7 +27,7 @@ def tiny_nodrop(tmp_path_factory) -> Path:
     return save_tiny_random_encoder(tmp_path_factory.mktemp("tiny-nodrop"), dropout=0.0)
 
 
-def make_trainer(tmp_path: Path, model_dir: Path, *, while_pending: str = "Continue") -> Trainer:
+def make_trainer(tmp_path: Path, model_dir: Path, *, while_pending: str = "Continue", **training) -> Trainer:
     caps = {"maxTrainExamples": 64, "maxValidationExamples": 32, "maxTestExamples": 32}
     tasks = []
     for name, typ in (("sentiment", "binary"), ("sarcasm", "binary"), ("rating", "regression")):
@@ -37,7 +37,7 @@ def make_trainer(tmp_path: Path, model_dir: Path, *, while_pending: str = "Conti
             t["labelRange"] = [1, 5]
         tasks.append(t)
     doc = run_doc(tasks, model=str(model_dir), training={"batchSize": 8, "learningRate": 1e-3, "maxSteps": 1000,
-                                                         "validationInterval": 5, "maxGradNorm": None},
+                                                         "validationInterval": 5, "maxGradNorm": None, **training},
                   distillation={"whilePending": while_pending}, storage={"uri": f"file://{tmp_path}/store"})
     doc["spec"]["model"]["dropout"] = 0.0
     spec = parse_run(doc).spec
@@ -289,3 +289,70 @@ def test_retention_keeps_the_bests_a_rewind_target_refers_to(tmp_path, tiny_mode
     tr.rewind(10)
     assert tr.states["sarcasm"].best.best_step == 5
     tr.checkpointer.load_weights(5, tr.model)  # what scoring a converged sarcasm would do
+
+
+def test_chance_scores_are_a_constant_predictors_metrics():
+    """The class prior / training mean scored on validation: accuracy is the majority class's share
+    of the validation labels, prAuc the positive rate, rmseScore that of predicting the training mean."""
+    import numpy as np
+
+    from asyncmtl.spec import TaskType
+    from asyncmtl_trainer.metrics import chance_scores
+
+    b = chance_scores(TaskType.binary, 2, np.array([0, 1, 1, 1]), np.array([1, 0, 1, 1, 0]))
+    assert b["accuracy"] == pytest.approx(60.0) and b["prAuc"] == pytest.approx(60.0)
+    m = chance_scores(TaskType.multiclass, 4, np.array([0, 2, 2, 3]), np.array([2, 0, 3, 2, 1, 2]))
+    assert m["accuracy"] == pytest.approx(50.0)
+    r = chance_scores(TaskType.regression, 1, np.array([0.2, 0.4, 0.6]), np.array([0.4, 0.6, 0.2]))
+    assert r["rmseScore"] == pytest.approx((1 - np.sqrt((0.04 + 0.04) / 3)) * 100) and r["pearson"] == 0.0
+    ml = chance_scores(TaskType.multilabel, 2, np.array([[1, 0], [1, 0], [0, 1]]), np.array([[1, 0], [0, 1]]))
+    assert ml["accuracy"] == pytest.approx(50.0)  # priors 2/3 and 1/3: predicts label 0 alone
+
+
+def test_the_trainer_exports_each_tasks_chance_score_and_decides_with_it(tmp_path, tiny_model):
+    import numpy as np
+    from prometheus_client import generate_latest
+
+    from asyncmtl.local.scrape import parse_trainer_metrics
+
+    tr = _trainer_with(tmp_path, tiny_model, training={"batchSize": 8, "learningRate": 1e-3, "maxSteps": 1000,
+                                                       "validationInterval": 5})
+    obs = parse_trainer_metrics(generate_latest(tr.exporter.registry).decode(), "t")
+    for name, split in tr.val.items():
+        assert tr.task_specs[name].metric.value == "prAuc"  # binary default: a constant score's AP is the positive rate
+        share = float(split.labels.numpy().mean()) * 100
+        assert tr.chance[name] == pytest.approx(share)
+        assert obs.tasks[name].chance == pytest.approx(share)
+    # the trainer's own decision (the Pause barrier) reads the floor too: a best below chance + gain is not due
+    tr.spec.tasks[0].min_gain_over_chance = 100.0
+    st = tr.states["sentiment"]
+    st.best.best_step, st.best.best_value, st.last_step, st.last_value = 5, 99.0, 100, 10.0
+    tr.spec.distillation.while_pending = "Pause"
+    assert "sentiment" not in tr.decision_due()
+    tr.spec.tasks[0].min_gain_over_chance = None
+    assert "sentiment" in tr.decision_due()
+
+
+@pytest.mark.parametrize("regression_loss", ["mse", "normalizedMse"])
+def test_regression_loss_is_mse_or_mse_over_the_training_targets_variance(tmp_path, tiny_nodrop, regression_loss):
+    """normalizedMse: the rating task's loss (supervised, and KD) is MSE / Var(training targets), so the
+    training mean costs exactly 1; classification losses are unchanged."""
+    tr = make_trainer(tmp_path, tiny_nodrop, regressionLoss=regression_loss)
+    y = tr.train["rating"].labels.float()
+    var = float(y.var(unbiased=False))
+    assert 0.01 < var < 0.5
+    expected_scale = var if regression_loss == "normalizedMse" else 1.0
+    assert tr.loss_scale.get("rating", 1.0) == pytest.approx(expected_scale)
+    assert "sentiment" not in tr.loss_scale
+    mean = torch.full((len(y), 1), float(y.mean()))
+    assert float(supervised_loss(tr.task_specs["rating"].type, mean, y, tr.loss_scale.get("rating", 1.0))) == \
+        pytest.approx(1.0 if regression_loss == "normalizedMse" else var, rel=1e-5)
+    batch = tr.next_batch()
+    assert "rating" in batch.rows
+    with torch.no_grad():
+        tr.model.train()
+        pooled = tr.model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+        out = tr.model.head("rating", pooled[batch.rows["rating"]])
+        plain = F.mse_loss(out[:, 0], batch.labels["rating"])
+        losses = tr.task_losses(batch, pooled)
+    assert float(losses["rating"]) == pytest.approx(float(plain) / expected_scale, rel=1e-5)

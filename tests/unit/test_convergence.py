@@ -133,3 +133,54 @@ def test_smoothing_reads_a_moving_average_and_the_trainer_agrees():
     # a rewind replays the kept points, smoothing included
     cut = smoothed.cut(300, rule)
     assert (cut.best_step, cut.smoothed) == (200, 53.5)
+
+
+def _feed_with_chance(points, rule, chance):
+    track, tracker, history = Track(), BestTracker(), []
+    for i, (step, value) in enumerate(points, start=1):
+        tracker.update(step, value, rule)
+        track, _ = observe(track, TaskObservation(validations=i, last_step=step, last_value=value, chance=chance,
+                                                  best_step=tracker.best_step, best_value=tracker.best_value), rule)
+        history.append(has_converged(track, rule))
+    return track, history
+
+
+def test_chance_floor_keeps_a_task_at_chance_training():
+    """A task hovering at chance (50) dips on its validation set: without the floor it converges at 400
+    on a best of 50.6; with `minGainOverChance: 5` it keeps training until it has learned, and then the
+    ordinary rule decides (best 62 at 600, converged 3 validation steps later)."""
+    curve = [(100, 50.2), (200, 50.6), (300, 46.7), (400, 42.8), (500, 55.0), (600, 62.0), (700, 61.0),
+             (800, 60.0), (900, 61.5)]
+    plain = ConvergenceRule(patience=2, validation_interval=IV)
+    floored = ConvergenceRule(patience=2, validation_interval=IV, min_gain_over_chance=5.0)
+    _, h_plain = _feed_with_chance(curve, plain, chance=48.0)
+    track, h_floor = _feed_with_chance(curve, floored, chance=48.0)
+    assert h_plain.index(True) == 3  # step 400, best 50.6
+    assert h_floor.index(True) == 7  # step 800, best 62 at 600
+    assert track.chance == 48.0 and track.best_step == 600
+
+
+@pytest.mark.parametrize("best,chance,gain,expected", [
+    (53.0, 48.0, 5.0, True),    # exactly the gain: it counts
+    (52.9, 48.0, 5.0, False),
+    (90.0, 48.0, 0.0, True),
+    (47.0, 48.0, 0.0, False),   # below chance never converges under a floor
+])
+def test_chance_floor_boundary(best, chance, gain, expected):
+    rule = ConvergenceRule(patience=1, validation_interval=IV, min_gain_over_chance=gain)
+    track = Track(best_step=100, best_value=best, last_step=300, last_value=best - 1, chance=chance)
+    assert has_converged(track, rule) is expected
+
+
+def test_chance_floor_without_a_reported_chance_or_without_a_floor_is_the_paper_rule():
+    track = Track(best_step=100, best_value=40.0, last_step=300, last_value=39.0)
+    assert has_converged(track, ConvergenceRule(patience=1, validation_interval=IV, min_gain_over_chance=5.0))
+    track.chance = 48.0
+    assert has_converged(track, ConvergenceRule(patience=1, validation_interval=IV))
+    assert not has_converged(track, ConvergenceRule(patience=1, validation_interval=IV, min_gain_over_chance=5.0))
+
+
+def test_cut_keeps_the_chance_score():
+    rule = ConvergenceRule(patience=2, validation_interval=IV, min_gain_over_chance=1.0)
+    track, _ = _feed_with_chance([(100, 50), (200, 60), (300, 70)], rule, chance=30.0)
+    assert track.cut(200, rule).chance == 30.0

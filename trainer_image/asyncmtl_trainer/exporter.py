@@ -36,6 +36,8 @@ class TrainerExporter(MetricsEndpoint):
         self.trainer_state = Gauge(M.TRAINER_STATE, "1 for the trainer's current state", ["run", "state"], registry=r)
         self.rewinds = Counter(M.REWINDS, "Rewinds applied", ["run"], registry=r)
         self.train_size = Gauge(M.TRAIN_SIZE, "Examples in the task's training split", ["run", "task"], registry=r)
+        self.chance = Gauge(M.TASK_CHANCE, "Validation score (0-100) of a constant predictor: the task's chance score",
+                            ["run", "task"], registry=r)
         self.loss_weight = Gauge(M.LOSS_WEIGHT, "The task's loss weight (weighting methods)", ["run", "task"], registry=r)
         for t in tasks:
             self.validations.labels(run, t)

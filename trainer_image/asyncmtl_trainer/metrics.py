@@ -60,3 +60,30 @@ def compute_metrics(task_type: TaskType, outputs: np.ndarray, labels: np.ndarray
             Metric.macro_f1.value: float(f1_score(y, pred, average="macro", zero_division=0)) * 100.0,
             Metric.pr_auc.value: float(ap) * 100.0,
         }
+
+
+def chance_scores(task_type: TaskType, num_labels: int, train_labels: np.ndarray,
+                  val_labels: np.ndarray) -> dict[str, float]:
+    """Every metric of a constant predictor fitted on the training labels, scored on the validation
+    labels (0-100): scikit-learn's `DummyClassifier(strategy="prior")` (the class prior; multilabel:
+    each label's prior) or `DummyRegressor(strategy="mean")`, through `compute_metrics`.
+
+    train_labels, val_labels: as `TokenizedSplit.labels` — (n,) class ids, (n, num_labels) multi-hot,
+    or (n,) regression targets in [0, 1]. Accuracy is then the majority class's share, prAuc the
+    positive rate, pearson 0. Used by the optional chance floor of the convergence rule.
+    """
+    from sklearn.dummy import DummyClassifier, DummyRegressor
+
+    train_labels, val_labels = np.asarray(train_labels), np.asarray(val_labels)
+    x_train, x_val = np.zeros((len(train_labels), 1)), np.zeros((len(val_labels), 1))
+    if task_type is TaskType.regression:
+        pred = DummyRegressor(strategy="mean").fit(x_train, train_labels).predict(x_val)
+        return compute_metrics(task_type, pred.reshape(-1, 1), val_labels)
+    if task_type is TaskType.multilabel:
+        prior = np.clip(train_labels.astype(np.float64).mean(axis=0), 1e-6, 1 - 1e-6)
+        logits = np.log(prior / (1 - prior))
+        return compute_metrics(task_type, np.tile(logits, (len(val_labels), 1)), val_labels)
+    dummy = DummyClassifier(strategy="prior").fit(x_train, train_labels)
+    probs = np.full((len(val_labels), num_labels), 1e-6)
+    probs[:, dummy.classes_.astype(int)] = dummy.predict_proba(x_val)
+    return compute_metrics(task_type, np.log(probs), val_labels)

@@ -33,7 +33,7 @@ from asyncmtl_trainer.batching import TaskSampler, TokenizedSplit, eval_batches,
 from asyncmtl_trainer.checkpoint import Checkpointer, CheckpointState, retained_steps
 from asyncmtl_trainer.exporter import TrainerExporter
 from asyncmtl_trainer.losses import bam_loss, kd_loss, supervised_loss
-from asyncmtl_trainer.metrics import compute_metrics
+from asyncmtl_trainer.metrics import chance_scores, compute_metrics
 from asyncmtl_trainer.model import MultiTaskModel, build_model, save_multitask_model
 from asyncmtl_trainer.softlabels import read_soft_labels
 
@@ -118,6 +118,8 @@ class Trainer:
         self._examples_since = 0
         self._train_time = 0.0
         self.best_scores: dict[str, dict] = {}
+        self.chance: dict[str, float] = {}  # task -> validation score of a constant predictor (0-100)
+        self.loss_scale: dict[str, float] = {}  # regression task -> divisor of its loss (normalizedMse)
 
     # ---- setup -------------------------------------------------------------------------------
     def _device(self) -> torch.device:
@@ -166,8 +168,16 @@ class Trainer:
         for name, st in self.states.items():
             self.exporter.set_mode(name, st.mode)
             self.exporter.train_size.labels(self.opts.run, name).set(len(self.train[name]))
-        self.log.info("setup done in %.1fs: %d tasks, train sizes %s, device %s", time.perf_counter() - t0,
-                      len(self.train), {n: len(s) for n, s in self.train.items()}, self.device)
+            t = self.task_specs[name]
+            self.chance[name] = chance_scores(t.type, int(t.num_labels or 1), self.train[name].labels.numpy(),
+                                              self.val[name].labels.numpy())[t.metric.value]
+            self.exporter.chance.labels(self.opts.run, name).set(self.chance[name])
+            if t.type is TaskType.regression and tr.regression_loss == "normalizedMse":
+                # MSE / Var(training targets): the training mean costs 1 (floor: a constant training split)
+                self.loss_scale[name] = max(float(self.train[name].labels.float().var(unbiased=False)), 1e-6)
+        self.log.info("setup done in %.1fs: %d tasks, train sizes %s, chance scores %s, device %s",
+                      time.perf_counter() - t0, len(self.train), {n: len(s) for n, s in self.train.items()},
+                      {n: round(v, 2) for n, v in self.chance.items()}, self.device)
 
     def serve_metrics(self) -> int:
         port = self.exporter.serve(self.opts.metrics_port, self.opts.metrics_addr)
@@ -302,17 +312,18 @@ class Trainer:
             mode = self.states[task].mode
             logits = self.model.head(task, pooled[rows])
             ttype = self.task_specs[task].type
+            scale = self.loss_scale.get(task, 1.0)
             if mode == "supervised":
-                losses[task] = supervised_loss(ttype, logits, batch.labels[task])
+                losses[task] = supervised_loss(ttype, logits, batch.labels[task], scale)
             elif mode == "kd":
                 teacher = self.soft[task][batch.example_ids[task].to(self.device)]
                 if self.spec.strategy == "bam":  # teacher annealing towards the gold labels
                     p = min(1.0, self.step / self.spec.training.max_steps)
                     losses[task] = bam_loss(ttype, logits, batch.labels[task], teacher, p,
-                                            self.spec.distillation.temperature)
+                                            self.spec.distillation.temperature, scale)
                 else:
                     losses[task] = self.spec.distillation.kd_weight * kd_loss(
-                        ttype, logits, teacher, self.spec.distillation.temperature)
+                        ttype, logits, teacher, self.spec.distillation.temperature, scale)
         return losses
 
     def train_step(self, batch) -> dict[str, torch.Tensor]:
@@ -532,7 +543,7 @@ class Trainer:
             if st.mode != "supervised" or st.decided or st.last_step is None:
                 continue
             track = Track(best_step=st.best.best_step, best_value=st.best.best_value, last_step=st.last_step,
-                          last_value=st.last_value)
+                          last_value=st.last_value, chance=self.chance.get(name))
             if has_converged(track, rule_for(self.spec, self.task_specs[name])):
                 due.append(name)
         return due
@@ -614,6 +625,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-addr", default="0.0.0.0")
     p.add_argument("--resume", action="store_true", help="Continue from the latest checkpoint.")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads.")
+    p.add_argument("--parent-pid", type=int, default=None,
+                   help="Terminate when this parent process is gone (the local runtime passes its pid).")
     return p
 
 
@@ -643,6 +656,10 @@ def main(argv: list[str] | None = None) -> int:
 
     configure()
     args = build_arg_parser().parse_args(argv)
+    if args.parent_pid:  # a local run: never outlive the runtime that started us (asyncmtl.local.lifeline)
+        from asyncmtl.local.lifeline import watch_parent
+
+        watch_parent(args.parent_pid)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
