@@ -363,7 +363,9 @@ class ClusterSpec(_Strict):
     priority_class_name: str | None = None
     service_account_name: str | None = Field(None, description="Service account of trainer and inference pods.")
     labels: dict[str, str] = Field(default_factory=dict, description="Extra pod and Job labels (e.g. kueue.x-k8s.io/queue-name).")
-    backoff_limit: int = Field(3, ge=0, le=100, description="Pod retries of the training Job (resumes from the latest checkpoint).")
+    backoff_limit: int = Field(3, ge=0, le=100, description="Retries of a failed trainer, each resumed from the latest "
+                                                            "checkpoint: the training Job's pod retries on a cluster, "
+                                                            "trainer restarts in a local run.")
     volumes: list[VolumeSpec] = Field(default_factory=list, description="PVCs mounted into every pod (data, caches).")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment of every pod (e.g. TWEETEVAL_DIR).")
 

@@ -15,6 +15,10 @@ deterministically from (seed, task, split): every process sees the same data.
 | same-topic | binary | 1500 | 10% | text pair |
 | rating | regression [1, 5] | 1500 | Gaussian sd 0.35 | text |
 | sarcasm | binary | 300 | 35% | text |
+
+Validation and test splits are 12 % and 15 % of the training size, but never fewer than 300 rows: on
+the 50 rows sarcasm once had, at 35 % label noise, its PR-AUC moved 5-10 points between validation
+steps, so convergence was decided on noise and no final model could be "within 0.5 of its best".
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ INTENSE_NEG = ["disastrous", "unbearable", "atrocious", "pathetic", "abysmal"]
 SARCASM_CUES = ["yeah right", "oh sure", "totally", "what a surprise", "just perfect"]
 
 SIZES = {"train": 1.0, "validation": 0.12, "test": 0.15}
+MIN_EVAL_ROWS = 300
 
 
 @dataclass(frozen=True)
@@ -143,7 +148,9 @@ def generate(benchmark: str, task: str, split: str, seed: int) -> list[dict[str,
         raise DataError([f"builtin://{benchmark}/{task}: unknown built-in task (known: {known})"]) from None
     if split not in SIZES:
         raise DataError([f"builtin://{benchmark}/{task}/{split}: split must be train, validation or test"])
-    n = max(50, int(spec.train_size * SIZES[split]))
+    n = int(spec.train_size * SIZES[split])
+    if split != "train":  # decisions and reports read these: never fewer than MIN_EVAL_ROWS (see module doc)
+        n = max(MIN_EVAL_ROWS, n)
     r = random.Random(f"{benchmark}/{task}/{split}/{seed}")
     rows = []
     for _ in range(n):

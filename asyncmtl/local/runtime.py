@@ -103,6 +103,7 @@ class LocalRuntime:
         self.events: list[str] = []
         self._teacher_steps: dict[str, int] = {}  # BAM: read once at start (teacher_steps)
         self.lock = RunLock(self.workdir / "run.lock")
+        self.trainer_restarts = 0  # trainer processes restarted after a failure (cluster.backoffLimit)
 
     # ---- processes ---------------------------------------------------------------------------
     def _common_args(self) -> list[str]:
@@ -207,6 +208,16 @@ class LocalRuntime:
                     final = json.loads(self.storage.get_bytes(FINAL_KEY))
                     obs.metrics = TrainerObservation(global_step=int(final.get("step") or 0),
                                                      applied_generation=int(final.get("controlGeneration") or 0))
+            elif code is not None and code != 2 and self.trainer_restarts < self.spec.cluster.backoff_limit:
+                # as the training Job retries its pod (backoffLimit): resume from the latest checkpoint;
+                # exit code 2 is a bad spec or data, which no retry fixes
+                self.trainer_restarts += 1
+                msg = (f"TrainerRestarted: trainer exited with code {code}; restarting it from its latest checkpoint "
+                       f"(retry {self.trainer_restarts} of {self.spec.cluster.backoff_limit}, cluster.backoffLimit)")
+                self.log.warning("%s; log tail:\n%s", msg, tail(self.logs / "trainer.log"))
+                self.events.append(msg)
+                self.start_trainer(resume=True)
+                obs.trainer_state = "Starting"
             elif code is not None:
                 obs.trainer_state = "Failed"
                 obs.trainer_message = f"exit code {code}; log tail:\n{tail(self.logs / 'trainer.log')}"
@@ -334,9 +345,12 @@ class LocalRuntime:
         self.resolve_order()
         self._teacher_steps = self.teacher_steps()
         resumed = self.opts.resume and self._resume_state()
-        if resumed and self.status.phase in ("Succeeded", "Failed"):
-            self.log.info("run already %s", self.status.phase)
-            return 0 if self.status.phase == "Succeeded" else 1
+        if resumed and self.status.phase == "Succeeded":
+            self.log.info("run already Succeeded")
+            return 0
+        if resumed and self.status.phase == "Failed":  # e.g. its trainer failed more than backoffLimit times
+            self.log.warning("run had Failed (%s): resuming it from its latest checkpoint", self.status.message)
+            self.status.phase, self.status.message = "Running", "resumed after a failure"
         if not resumed:
             for sub in ("checkpoints", "softlabels", "reports", "model"):
                 self.storage.delete_prefix(sub)

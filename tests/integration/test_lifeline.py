@@ -135,3 +135,63 @@ def test_resume_refuses_a_run_that_is_still_held(tmp_path, capsys):
     assert rc == 2
     assert "run held is in use" in err and "Traceback" not in err
     assert not (tmp_path / "store" / "local" / "held" / "logs").exists()  # nothing was started
+
+
+def _wait_step(run_dir: Path, p: subprocess.Popen, at_least: int, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if json.loads((run_dir / "status.json").read_text()).get("step", 0) >= at_least:
+                return
+        except (OSError, ValueError):
+            pass
+        assert p.poll() is None, p.stdout.read()
+        time.sleep(0.2)
+    raise AssertionError(f"the run never reached step {at_least}")
+
+
+def _trainer_pid(run_dir: Path, not_pid: int | None = None, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            pid = json.loads((run_dir / "trainer.json").read_text())["pid"]
+            if pid != not_pid:
+                return pid
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError("no (new) trainer")
+
+
+@pytest.mark.slow
+def test_a_killed_trainer_is_restarted_backoff_limit_times_and_a_failed_run_resumes(tmp_path, tiny_model):
+    """As the training Job retries its pod: the trainer killed once resumes from its checkpoint; killed
+    again with `backoffLimit: 1` the run fails; `--resume` then continues it to Succeeded."""
+    tasks = [builtin_task("sentiment", patience=50), builtin_task("sarcasm", patience=50)]
+    for t in tasks:
+        t["data"].update(maxTrainExamples=200, maxValidationExamples=40, maxTestExamples=40)
+    doc = run_doc(tasks, model=str(tiny_model), name="retried",
+                  training={"batchSize": 16, "learningRate": 1e-3, "maxSteps": 120, "validationInterval": 10},
+                  storage={"uri": "file://./store"}, metrics={"pollIntervalSeconds": 0.3})
+    doc["spec"]["cluster"] = {"backoffLimit": 1}
+    spec = tmp_path / "retried.yaml"
+    spec.write_text(yaml.safe_dump(doc, sort_keys=False))
+    cmd = [sys.executable, "-m", "asyncmtl.cli", "run", str(spec), "--no-live"]
+    run_dir = tmp_path / "store" / "local" / "retried"
+    p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_step(run_dir, p, 20)
+    first = _trainer_pid(run_dir)
+    os.kill(first, signal.SIGKILL)
+    second = _trainer_pid(run_dir, not_pid=first)
+    _wait_step(run_dir, p, json.loads((run_dir / "status.json").read_text())["step"] + 10)
+    os.kill(second, signal.SIGKILL)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 1, out
+    assert "TrainerRestarted: trainer exited with code -9" in out and "retry 1 of 1" in out
+    assert json.loads((run_dir / "status.json").read_text())["phase"] == "Failed"
+
+    r = subprocess.run(cmd + ["--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert json.loads((run_dir / "status.json").read_text())["phase"] == "Succeeded"
+    log = (run_dir / "logs" / "trainer.log").read_text()
+    assert log.count("resumed at step") == 2  # the restart, then the --resume; neither started over
