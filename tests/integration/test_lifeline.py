@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from asyncmtl.local.lifeline import RunLock, RunLocked
-from tests.conftest import builtin_task, run_doc
+from tests.conftest import builtin_task, local_run_command, run_doc
 
 
 def _alive(pid: int) -> bool:
@@ -40,27 +40,14 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 def _start(tmp_path: Path, tiny_model: Path) -> tuple[subprocess.Popen, Path, list[str]]:
     """Start `asyncmtl run` on a small spec; return it once the trainer has trained 20 steps."""
     tasks = [builtin_task("sentiment", patience=50), builtin_task("sarcasm", patience=50)]
-    for t in tasks:
-        t["data"].update(maxTrainExamples=200, maxValidationExamples=40, maxTestExamples=40)
-    doc = run_doc(tasks, model=str(tiny_model), name="owned",
-                  training={"batchSize": 16, "learningRate": 1e-3, "maxSteps": 5000, "validationInterval": 10},
-                  storage={"uri": "file://./store"}, metrics={"pollIntervalSeconds": 0.3})
-    spec = tmp_path / "owned.yaml"
-    spec.write_text(yaml.safe_dump(doc, sort_keys=False))
-    cmd = [sys.executable, "-m", "asyncmtl.cli", "run", str(spec), "--no-live"]
-    run_dir = tmp_path / "store" / "local" / "owned"
+    cmd, run_dir = local_run_command(tmp_path, tiny_model, "owned", tasks, max_steps=5000)
     p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        try:
-            if json.loads((run_dir / "status.json").read_text()).get("step", 0) >= 20:
-                return p, run_dir, cmd
-        except (OSError, ValueError):
-            pass
-        assert p.poll() is None, p.stdout.read()
-        time.sleep(0.2)
-    p.kill()
-    raise AssertionError("the run never got going")
+    try:
+        _wait_step(run_dir, p, 20)
+    except AssertionError:
+        p.kill()
+        raise
+    return p, run_dir, cmd
 
 
 @pytest.mark.slow
@@ -168,16 +155,8 @@ def test_a_killed_trainer_is_restarted_backoff_limit_times_and_a_failed_run_resu
     """As the training Job retries its pod: the trainer killed once resumes from its checkpoint; killed
     again with `backoffLimit: 1` the run fails; `--resume` then continues it to Succeeded."""
     tasks = [builtin_task("sentiment", patience=50), builtin_task("sarcasm", patience=50)]
-    for t in tasks:
-        t["data"].update(maxTrainExamples=200, maxValidationExamples=40, maxTestExamples=40)
-    doc = run_doc(tasks, model=str(tiny_model), name="retried",
-                  training={"batchSize": 16, "learningRate": 1e-3, "maxSteps": 120, "validationInterval": 10},
-                  storage={"uri": "file://./store"}, metrics={"pollIntervalSeconds": 0.3})
-    doc["spec"]["cluster"] = {"backoffLimit": 1}
-    spec = tmp_path / "retried.yaml"
-    spec.write_text(yaml.safe_dump(doc, sort_keys=False))
-    cmd = [sys.executable, "-m", "asyncmtl.cli", "run", str(spec), "--no-live"]
-    run_dir = tmp_path / "store" / "local" / "retried"
+    cmd, run_dir = local_run_command(tmp_path, tiny_model, "retried", tasks, max_steps=120,
+                                     cluster={"backoffLimit": 1})
     p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_step(run_dir, p, 20)
     first = _trainer_pid(run_dir)

@@ -5,13 +5,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-import yaml
 
-from tests.conftest import builtin_task, run_doc
+from tests.conftest import builtin_task, local_run_command
 
 pytestmark = pytest.mark.slow
 
@@ -27,15 +25,7 @@ def _alive(pid: int) -> bool:
 def test_interrupt_then_resume(tmp_path, tiny_model):
     tasks = [builtin_task("sentiment", patience=2), builtin_task("sarcasm", patience=2),
              builtin_task("rating", "regression", labelRange=[1, 5], patience=2)]
-    for t in tasks:
-        t["data"].update(maxTrainExamples=200, maxValidationExamples=60, maxTestExamples=60)
-    doc = run_doc(tasks, model=str(tiny_model), name="resume",
-                  training={"batchSize": 16, "learningRate": 1e-3, "maxSteps": 300, "validationInterval": 10},
-                  storage={"uri": "file://./store"}, metrics={"pollIntervalSeconds": 0.3})
-    spec = tmp_path / "resume.yaml"
-    spec.write_text(yaml.safe_dump(doc, sort_keys=False))
-    cmd = [sys.executable, "-m", "asyncmtl.cli", "run", str(spec), "--no-live"]
-    run_dir = tmp_path / "store" / "local" / "resume"
+    cmd, run_dir = local_run_command(tmp_path, tiny_model, "resume", tasks, max_steps=300, rows=(200, 60, 60))
     p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 240
     status = {}

@@ -77,6 +77,17 @@ def assert_state_equal(a, b) -> None:
             assert va == vb, k
 
 
+def _next_batch_outputs(tr: Trainer, task: str):
+    """The next batch (which must hold `task`), its pooled features and `task`'s outputs, in train mode
+    without gradients: (batch, pooled: (batch, hidden), outputs: (rows, num_labels))."""
+    batch = tr.next_batch()
+    assert task in batch.rows
+    with torch.no_grad():
+        tr.model.train()
+        pooled = tr.model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+        return batch, pooled, tr.model.head(task, pooled[batch.rows[task]])
+
+
 def test_rewind_restores_parameters_optimizer_scheduler_and_rng_exactly(tmp_path, tiny_model):
     tr = make_trainer(tmp_path, tiny_model)
     for _ in range(5):
@@ -125,12 +136,8 @@ def test_after_soft_labels_ready_the_loss_is_kd_and_moves_outputs_toward_the_sof
     assert tr.states["sentiment"].mode == "kd"
 
     # the task's loss is the KD loss against its soft labels (not the supervised loss)
-    batch = tr.next_batch()
-    assert "sentiment" in batch.rows
+    batch, pooled, logits = _next_batch_outputs(tr, "sentiment")
     with torch.no_grad():
-        tr.model.train()
-        pooled = tr.model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
-        logits = tr.model.head("sentiment", pooled[batch.rows["sentiment"]])
         expected = kd_loss(tr.task_specs["sentiment"].type, logits, teacher[batch.example_ids["sentiment"]], 1.0)
         supervised = F.cross_entropy(logits, batch.labels["sentiment"])
     losses = tr.train_step(batch)
@@ -347,12 +354,8 @@ def test_regression_loss_is_mse_or_mse_over_the_training_targets_variance(tmp_pa
     mean = torch.full((len(y), 1), float(y.mean()))
     assert float(supervised_loss(tr.task_specs["rating"].type, mean, y, tr.loss_scale.get("rating", 1.0))) == \
         pytest.approx(1.0 if regression_loss == "normalizedMse" else var, rel=1e-5)
-    batch = tr.next_batch()
-    assert "rating" in batch.rows
+    batch, pooled, out = _next_batch_outputs(tr, "rating")
     with torch.no_grad():
-        tr.model.train()
-        pooled = tr.model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
-        out = tr.model.head("rating", pooled[batch.rows["rating"]])
         plain = F.mse_loss(out[:, 0], batch.labels["rating"])
         losses = tr.task_losses(batch, pooled)
     assert float(losses["rating"]) == pytest.approx(float(plain) / expected_scale, rel=1e-5)
