@@ -275,6 +275,26 @@ def test_kd_sampling_weight_shrinks_a_converged_tasks_share(tmp_path, tiny_model
     assert p["sarcasm"] == pytest.approx(0.2) and p["sentiment"] == pytest.approx(0.8)
 
 
+def test_under_bam_every_tasks_best_checkpoint_is_kept_for_the_report(tmp_path, tiny_model):
+    """BAM distils every task from the start (mode kd) and never converges one; the final report scores
+    each task's best checkpoint (the Best row), so retention must keep them."""
+    tr = make_trainer(tmp_path, tiny_model)
+    tr.spec.strategy = "bam"
+    for st in tr.states.values():
+        st.mode = "kd"
+    for step, best in [(5, {}), (10, {"sarcasm": 5}), (15, {"sarcasm": 5, "sentiment": 10})]:
+        tr.step = step
+        for name, st in tr.states.items():
+            st.best.best_step = best.get(name, step)
+        tr.save_checkpoint()
+    assert tr.checkpointer.steps() == [5, 10, 15]
+    tr.step = 20
+    for st in tr.states.values():
+        st.best.best_step = 20
+    tr.save_checkpoint()
+    assert tr.checkpointer.steps() == [20]  # no best refers to the others any more
+
+
 def test_retention_keeps_the_bests_a_rewind_target_refers_to(tmp_path, tiny_model):
     """A task's best checkpoint recorded in an earlier checkpoint survives a trajectory in which the
     task's best moved on: rewinding to that earlier checkpoint brings the old best back into use."""

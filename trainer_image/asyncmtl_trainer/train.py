@@ -428,7 +428,10 @@ class Trainer:
             weighting=self.weighting.state_dict(), rewinds=self.rewinds,
         )
         self.checkpointer.save(self.step, self.model, self.optimizer, self.scheduler, state)
-        needing = {n for n, s in self.states.items() if s.mode == "supervised"}
+        # tasks whose best checkpoint may still be used: as a rewind target or teacher (training tasks), or,
+        # under BAM (every task distilled from the start, none ever converges), for the report's Best row
+        needing = {n for n, s in self.states.items()
+                   if s.mode == "supervised" or (s.mode == "kd" and self.spec.strategy == "bam")}
         keep = retained_steps(self.step, {n: (s.best.best_step, s.prev_best_step) for n, s in self.states.items()}, needing,
                               recorded=self.checkpointer.recorded_bests)
         keep |= {s.pinned_step for s in self.states.values() if s.pinned_step is not None}
