@@ -29,7 +29,7 @@ $(PROMETHEUS):
 
 tools: $(PROMETHEUS) ## test tools that are not Python packages (Prometheus)
 
-demo: setup ## the main job: the quickstart run on the built-in benchmark (about 10 minutes on 2 CPU cores)
+demo: setup ## the main job: the quickstart run on the built-in benchmark (a few minutes on 2 idle CPU cores: README)
 	$(BIN)/asyncmtl run manifests/examples/quickstart.yaml
 
 test: setup tools ## the whole test suite (CI runs this)
