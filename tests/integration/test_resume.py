@@ -28,7 +28,10 @@ def test_interrupt_then_resume(tmp_path, tiny_model):
     tasks = [builtin_task("sentiment", patience=5), builtin_task("sarcasm", patience=5),
              builtin_task("rating", "regression", labelRange=[1, 5], patience=5)]
     cmd, run_dir = local_run_command(tmp_path, tiny_model, "resume", tasks, max_steps=300, rows=(200, 60, 60))
-    p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # SIGINT at its default, as in a terminal: a test run started in the background (`cmd &` in a script)
+    # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler in the child
+    p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     status = {}
     while time.monotonic() < deadline:
