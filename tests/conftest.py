@@ -89,6 +89,24 @@ def local_run_command(tmp_path: Path, model: Path, name: str, tasks: list[dict],
     return [sys.executable, "-m", "asyncmtl.cli", "run", str(path), "--no-live"], tmp_path / "store" / "local" / name
 
 
+def wait_for_step(run_dir: Path, proc, at_least: int, timeout: float = 240) -> None:
+    """Wait until the local run in `run_dir` (started as `proc`, stdout piped) reports step >= `at_least`
+    in its status.json. Raises AssertionError (with the run's output) if it exits or times out first."""
+    import json
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if json.loads((run_dir / "status.json").read_text()).get("step", 0) >= at_least:
+                return
+        except (OSError, ValueError):
+            pass
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.2)
+    raise AssertionError(f"the run never reached step {at_least}")
+
+
 @contextmanager
 def moto_server() -> Iterator[str]:
     """moto's S3 server in server mode on loopback (the real S3 HTTP API); yields its endpoint URL."""

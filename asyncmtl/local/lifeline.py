@@ -41,17 +41,13 @@ class Terminated(Exception):
 
 
 @contextmanager
-def terminate_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
-    """Within the block, `signals` raise `Terminated` in the main thread; previous handlers are restored
+def _handlers(signals: tuple[int, ...], handler) -> Iterator[None]:
+    """Within the block, `handler` handles `signals` in the main thread; previous handlers are restored
     after. Outside the main thread (where Python cannot install handlers) the block runs unchanged."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def _raise(signum: int, _frame) -> None:
-        raise Terminated(signum)
-
-    previous = {s: signal.signal(s, _raise) for s in signals}
+    previous = {s: signal.signal(s, handler) for s in signals}
     try:
         yield
     finally:
@@ -59,19 +55,19 @@ def terminate_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGH
             signal.signal(s, h)
 
 
-@contextmanager
-def shielded(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
-    """Within the block, `signals` are ignored (cleanup after a first signal is not cut short by a
-    second); previous handlers are restored after. Outside the main thread: unchanged."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in signals}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+def _raise_terminated(signum: int, _frame) -> None:
+    raise Terminated(signum)
+
+
+def terminate_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)):
+    """Context manager: within the block, `signals` raise `Terminated` (main thread only)."""
+    return _handlers(signals, _raise_terminated)
+
+
+def shielded(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)):
+    """Context manager: within the block, `signals` are ignored (cleanup after a first signal is not cut
+    short by a second; main thread only)."""
+    return _handlers(signals, signal.SIG_IGN)
 
 
 def watch_parent(parent_pid: int, interval: float = 1.0) -> threading.Thread | None:

@@ -341,8 +341,7 @@ class LocalRuntime:
     def _run(self) -> int:
         from asyncmtl.local.progress import Progress
 
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.resolve_order()
+        self.resolve_order()  # the run folder exists: taking the lock created it
         self._teacher_steps = self.teacher_steps()
         resumed = self.opts.resume and self._resume_state()
         if resumed and self.status.phase == "Succeeded":

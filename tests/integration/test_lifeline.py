@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from asyncmtl.local.lifeline import RunLock, RunLocked
-from tests.conftest import builtin_task, local_run_command, run_doc
+from tests.conftest import builtin_task, local_run_command, run_doc, wait_for_step
 
 
 def _alive(pid: int) -> bool:
@@ -43,7 +43,7 @@ def _start(tmp_path: Path, tiny_model: Path) -> tuple[subprocess.Popen, Path, li
     cmd, run_dir = local_run_command(tmp_path, tiny_model, "owned", tasks, max_steps=5000)
     p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_step(run_dir, p, 20)
+        wait_for_step(run_dir, p, 20)
     except AssertionError:
         p.kill()
         raise
@@ -124,19 +124,6 @@ def test_resume_refuses_a_run_that_is_still_held(tmp_path, capsys):
     assert not (tmp_path / "store" / "local" / "held" / "logs").exists()  # nothing was started
 
 
-def _wait_step(run_dir: Path, p: subprocess.Popen, at_least: int, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if json.loads((run_dir / "status.json").read_text()).get("step", 0) >= at_least:
-                return
-        except (OSError, ValueError):
-            pass
-        assert p.poll() is None, p.stdout.read()
-        time.sleep(0.2)
-    raise AssertionError(f"the run never reached step {at_least}")
-
-
 def _trainer_pid(run_dir: Path, not_pid: int | None = None, timeout: float = 60) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -158,11 +145,11 @@ def test_a_killed_trainer_is_restarted_backoff_limit_times_and_a_failed_run_resu
     cmd, run_dir = local_run_command(tmp_path, tiny_model, "retried", tasks, max_steps=120,
                                      cluster={"backoffLimit": 1})
     p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _wait_step(run_dir, p, 20)
+    wait_for_step(run_dir, p, 20)
     first = _trainer_pid(run_dir)
     os.kill(first, signal.SIGKILL)
     second = _trainer_pid(run_dir, not_pid=first)
-    _wait_step(run_dir, p, json.loads((run_dir / "status.json").read_text())["step"] + 10)
+    wait_for_step(run_dir, p, json.loads((run_dir / "status.json").read_text())["step"] + 10)
     os.kill(second, signal.SIGKILL)
     out, _ = p.communicate(timeout=120)
     assert p.returncode == 1, out

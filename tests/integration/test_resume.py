@@ -5,11 +5,10 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 
-from tests.conftest import builtin_task, local_run_command
+from tests.conftest import builtin_task, local_run_command, wait_for_step
 
 pytestmark = pytest.mark.slow
 
@@ -32,18 +31,7 @@ def test_interrupt_then_resume(tmp_path, tiny_model):
     # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler in the child
     p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 240
-    status = {}
-    while time.monotonic() < deadline:
-        try:
-            status = json.loads((run_dir / "status.json").read_text())
-        except (OSError, ValueError):
-            status = {}
-        if status.get("step", 0) >= 30:
-            break
-        assert p.poll() is None, p.stdout.read()
-        time.sleep(0.2)
-    assert status.get("step", 0) >= 30, "the run never got going"
+    wait_for_step(run_dir, p, 30)
     trainer_pid = json.loads((run_dir / "trainer.json").read_text())["pid"]
     p.send_signal(signal.SIGINT)
     out, _ = p.communicate(timeout=180)  # stopping the children takes seconds; a loaded CI machine, more
