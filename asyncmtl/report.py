@@ -71,6 +71,14 @@ def read_history(storage: RunStorage) -> list[dict]:
     return [json.loads(line) for line in storage.get_bytes(HISTORY_KEY).decode().splitlines() if line.strip()]
 
 
+def history_key(record: dict) -> tuple:
+    """What makes a history record the same record: its kind (`validation`, or the event: `rewind`,
+    `kd`, `start`), task, step and the rewinds applied before it. A trainer that resumes from a
+    checkpoint repeats the records written after it with the same key; a rewind changes the key of
+    every later record (the same step, validated again on a new trajectory, is a new record)."""
+    return (record.get("event", "validation"), record.get("task"), record.get("step"), record.get("rewinds"))
+
+
 def validations(history: list[dict], task: str) -> list[dict]:
     """The validation records of `task`, in order."""
     return [r for r in history if r.get("task") == task and "value" in r]

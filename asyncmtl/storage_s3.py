@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from asyncmtl.storage import RunStorage, StorageError
+from asyncmtl.storage import RunStorage, StorageError, StorageFault
 
 RETRIES = {"max_attempts": 8, "mode": "standard"}
 
@@ -66,10 +66,11 @@ class S3RunStorage(RunStorage):
         return StorageError(f"{self.uri(key)}: {exc}")
 
     def put_bytes(self, key: str, data: bytes) -> None:
+        """Raises StorageFault when the store refuses the write after botocore's own retries."""
         try:
             self.s3.put_object(Bucket=self.bucket, Key=self._k(key), Body=data)
-        except Exception as exc:  # botocore raises many types; all become StorageError
-            raise self._err(exc, key) from exc
+        except Exception as exc:  # botocore raises many types; a failed write is a storage fault
+            raise StorageFault(self.uri(key), str(exc)) from exc
 
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -80,10 +81,11 @@ class S3RunStorage(RunStorage):
             raise self._err(exc, key) from exc
 
     def put_file(self, key: str, src: str | Path) -> None:
+        """Raises StorageFault when the store refuses the upload after botocore's own retries."""
         try:
             self.s3.upload_file(str(src), self.bucket, self._k(key))
         except Exception as exc:
-            raise self._err(exc, key) from exc
+            raise StorageFault(self.uri(key), str(exc)) from exc
 
     def get_file(self, key: str, dst: str | Path) -> Path:
         if not self.exists(key):

@@ -83,7 +83,7 @@ def local_run_command(tmp_path: Path, model: Path, name: str, tasks: list[dict],
         t["data"].update(maxTrainExamples=rows[0], maxValidationExamples=rows[1], maxTestExamples=rows[2])
     doc = run_doc(tasks, model=str(model), name=name,
                   training={"batchSize": 16, "learningRate": 1e-3, "maxSteps": max_steps, "validationInterval": 10},
-                  storage={"uri": "file://./store"}, metrics={"pollIntervalSeconds": 0.3}, **spec)
+                  **{"storage": {"uri": "file://./store"}, "metrics": {"pollIntervalSeconds": 0.3}, **spec})
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return [sys.executable, "-m", "asyncmtl.cli", "run", str(path), "--no-live"], tmp_path / "store" / "local" / name

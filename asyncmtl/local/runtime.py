@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from asyncmtl import termination
 from asyncmtl.control import write_control_file
 from asyncmtl.core.actions import Complete, EmitEvent, Fail, LaunchInference, WriteControl
 from asyncmtl.core.observations import InferenceObservation, Observations, TrainerObservation
@@ -27,9 +28,12 @@ from asyncmtl.local.scrape import scrape
 from asyncmtl.logs import run_logger
 from asyncmtl.pretrained import resolve_pretrained
 from asyncmtl.report import FINAL_KEY, best_checkpoint_steps, write_report
+from asyncmtl.retention import retain_after_run
 from asyncmtl.softlabels import manifest_key, write_manifest
 from asyncmtl.spec import AsyncMTLRun
-from asyncmtl.storage import LOCAL_NAMESPACE, StorageError, open_run_storage
+from asyncmtl.failpoints import Failpoints
+from asyncmtl.storage import (LOCAL_NAMESPACE, StorageError, StorageFault, as_storage_fault, atomic_write, ensure_writable,
+                              open_run_storage)
 
 
 @dataclass
@@ -103,6 +107,7 @@ class LocalRuntime:
         self.events: list[str] = []
         self._teacher_steps: dict[str, int] = {}  # BAM: read once at start (teacher_steps)
         self.lock = RunLock(self.workdir / "run.lock")
+        self.failpoints = Failpoints.from_env()  # injected write faults (tests); none by default
         self.trainer_restarts = 0  # trainer processes restarted after a failure (cluster.backoffLimit)
 
     # ---- processes ---------------------------------------------------------------------------
@@ -114,7 +119,12 @@ class LocalRuntime:
         return args
 
     def _spawn(self, module: str, args: list[str], log_path: Path, threads: int | None) -> subprocess.Popen:
+        """Start `python -m module args` with its output in `log_path` and its termination message
+        (asyncmtl.termination) in `log_path` with the suffix `.termination-log`."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        term_log = log_path.with_suffix(".termination-log")
+        term_log.unlink(missing_ok=True)
+        args = [*args, "--termination-log", str(term_log)]
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                    TOKENIZERS_PARALLELISM="false")
         if threads:
@@ -167,7 +177,8 @@ class LocalRuntime:
         bad = [i for i, c in enumerate(codes) if c != 0]
         if bad:
             run.state = "Failed"
-            run.message = f"shard {bad[0]} exited {codes[bad[0]]}: {tail(run.logs[bad[0]], 3)}"
+            said = termination.read_message(run.logs[bad[0]].with_suffix(".termination-log"))
+            run.message = f"shard {bad[0]} exited {codes[bad[0]]}: {said or tail(run.logs[bad[0]], 3)}"
             return
         try:
             run.uri = write_manifest(run.storage or self.storage, run.task, run.step, run.shards, self.train_sizes[run.task])
@@ -208,9 +219,10 @@ class LocalRuntime:
                     final = json.loads(self.storage.get_bytes(FINAL_KEY))
                     obs.metrics = TrainerObservation(global_step=int(final.get("step") or 0),
                                                      applied_generation=int(final.get("controlGeneration") or 0))
-            elif code is not None and code != 2 and self.trainer_restarts < self.spec.cluster.backoff_limit:
+            elif (code is not None and code not in termination.NOT_RETRIED
+                  and self.trainer_restarts < self.spec.cluster.backoff_limit):
                 # as the training Job retries its pod (backoffLimit): resume from the latest checkpoint;
-                # exit code 2 is a bad spec or data, which no retry fixes
+                # a bad spec or data (2) or a storage fault (3) is not something a retry fixes
                 self.trainer_restarts += 1
                 msg = (f"TrainerRestarted: trainer exited with code {code}; restarting it from its latest checkpoint "
                        f"(retry {self.trainer_restarts} of {self.spec.cluster.backoff_limit}, cluster.backoffLimit)")
@@ -220,7 +232,9 @@ class LocalRuntime:
                 obs.trainer_state = "Starting"
             elif code is not None:
                 obs.trainer_state = "Failed"
-                obs.trainer_message = f"exit code {code}; log tail:\n{tail(self.logs / 'trainer.log')}"
+                said = termination.read_message(self.logs / "trainer.termination-log")
+                obs.trainer_message = (said if said and code in termination.NOT_RETRIED
+                                       else f"exit code {code}; log tail:\n{tail(self.logs / 'trainer.log')}")
         info = self.workdir / "trainer.json"
         if obs.trainer_state == "Running" and info.is_file():
             try:
@@ -238,15 +252,42 @@ class LocalRuntime:
 
     # ---- main loop ---------------------------------------------------------------------------
     def save_status(self) -> None:
-        tmp = self.status_path.with_suffix(".tmp")
-        tmp.write_text(self.status.model_dump_json(by_alias=True, indent=1))
-        tmp.replace(self.status_path)
-
-    def preflight(self) -> None:
-        """Validate every data split (file:line errors) and the encoder path before anything starts.
+        """Write status.json atomically (a failed write leaves the previous one and no stray file).
 
         Raises:
-            asyncmtl.data.DataError, asyncmtl.pretrained.ModelLoadError: as found.
+            StorageFault: naming status.json (disk full, read-only).
+        """
+        try:
+            self.failpoints.hit("runtime.status", self.status_path)
+        except OSError as exc:
+            raise as_storage_fault(exc, self.status_path) from None
+        atomic_write(self.status_path, self.status.model_dump_json(by_alias=True, indent=1).encode())
+
+    def check_storage(self) -> None:
+        """Storage and the run's folder are writable, with room for a checkpoint (estimated from the
+        encoder's weight files: weights plus Adam's two moments); object stores: reachable.
+
+        Raises:
+            StorageFault: naming the folder and the reason (creates the folders when it succeeds).
+            StorageError: an object store that is unreachable or refuses the credentials.
+        """
+        root = self.storage.local_path("")
+        need = checkpoint_bytes_estimate(resolve_pretrained(self.spec.model.pretrained, self.spec_path.parent))
+        if root is not None:
+            ensure_writable(root, need, self.failpoints)
+        else:
+            check = getattr(self.storage, "check", None)
+            if check is not None:  # object stores: bucket reachable, credentials work
+                check()
+        if self.workdir != root:
+            ensure_writable(self.workdir, 0, self.failpoints)
+
+    def preflight(self) -> None:
+        """Validate every data split (file:line errors) and the encoder path, then check storage,
+        before anything starts.
+
+        Raises:
+            asyncmtl.data.DataError, asyncmtl.pretrained.ModelLoadError, StorageError: as found.
         """
         from asyncmtl.data import load_split
 
@@ -257,9 +298,7 @@ class LocalRuntime:
                 if split == "train" and s is not None:
                     self.train_sizes[t.name] = len(s)
         resolve_pretrained(self.spec.model.pretrained, self.spec_path.parent)
-        check = getattr(self.storage, "check", None)
-        if check is not None:  # object stores: bucket reachable, credentials work
-            check()
+        self.check_storage()  # only now, with spec and data accepted, is anything created
 
     def resolve_order(self) -> None:
         """easiest-first: the order in which the tasks converged in the run named by `orderFromRun`
@@ -339,8 +378,6 @@ class LocalRuntime:
             self.lock.release()
 
     def _run(self) -> int:
-        from asyncmtl.local.progress import Progress
-
         self.resolve_order()  # the run folder exists: taking the lock created it
         self._teacher_steps = self.teacher_steps()
         resumed = self.opts.resume and self._resume_state()
@@ -350,6 +387,14 @@ class LocalRuntime:
         if resumed and self.status.phase == "Failed":  # e.g. its trainer failed more than backoffLimit times
             self.log.warning("run had Failed (%s): resuming it from its latest checkpoint", self.status.message)
             self.status.phase, self.status.message = "Running", "resumed after a failure"
+        try:
+            return self._drive(resumed)
+        except StorageFault as exc:
+            return self._stop_on_storage_fault(exc)
+
+    def _drive(self, resumed: bool) -> int:
+        from asyncmtl.local.progress import Progress
+
         if not resumed:
             for sub in ("checkpoints", "softlabels", "reports", "model"):
                 self.storage.delete_prefix(sub)
@@ -382,11 +427,29 @@ class LocalRuntime:
             return exc.exit_status if isinstance(exc, Terminated) else 130
         return self._finish(done)
 
+    def _stop_on_storage_fault(self, fault: StorageFault) -> int:
+        """A write of the runtime's own failed (status, control file, report): stop the children,
+        record phase Failed with the fault as its reason where the status can still be written, say
+        so in one line. Returns 1."""
+        with shielded():
+            self.stop_children()
+        self.status.phase, self.status.message = "Failed", str(fault)
+        try:
+            self.save_status()
+        except StorageFault:
+            self.log.warning("status.json could not be updated either; it still shows the last saved state")
+        print(f"error: {fault}\n  the run is stopped; once the fault is gone continue it with "
+              f"`asyncmtl run {_shown('file://' + str(self.spec_path))} --resume`", file=sys.stderr)
+        return 1
+
     def _apply(self, actions) -> str | None:
         result = None
         for a in actions:
             if isinstance(a, WriteControl):
-                write_control_file(self.control_path, a.document)
+                try:
+                    write_control_file(self.control_path, a.document)
+                except OSError as exc:
+                    raise as_storage_fault(exc, self.control_path) from None
             elif isinstance(a, LaunchInference):
                 self.launch_inference(a)
             elif isinstance(a, EmitEvent):
@@ -402,12 +465,31 @@ class LocalRuntime:
     def _finish(self, outcome: str) -> int:
         self.stop_children()
         paths = write_report(self.name, self.status, self.storage, self.workdir / "staging")
+        kept = None
+        if self.status.phase == "Succeeded":
+            kept = retain_after_run(self.storage, [t.name for t in self.spec.tasks], self.spec.storage.keep_checkpoints)
         print(f"\nRun {self.name}: {self.status.phase} — {self.status.message}")
         for n, uri in paths.items():
             print(f"  {n:12s} {_shown(uri)}")
         if self.storage.exists("model/asyncmtl.json"):
             print(f"  {'model':12s} {_shown(self.storage.uri('model'))}")
+        if kept is not None and kept.kept:
+            print(f"  {'checkpoints':12s} {_shown(self.storage.uri('checkpoints'))} (steps "
+                  f"{', '.join(map(str, kept.kept))}: storage.keepCheckpoints {self.spec.storage.keep_checkpoints})")
+        root = self.storage.local_path("")
+        if root is not None:
+            used = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+            print(f"  {'disk use':12s} {used / 1e6:.0f} MB in {_shown('file://' + str(root))}")
+        if self.status.phase == "Failed":
+            print(f"  once the cause is fixed, continue with `asyncmtl run {_shown('file://' + str(self.spec_path))} --resume`")
         return 0 if outcome == "Succeeded" else 1
+
+
+def checkpoint_bytes_estimate(model_dir: Path) -> int:
+    """Bytes one checkpoint takes, estimated from the encoder's weight files (`*.safetensors`,
+    `*.bin`): the weights in fp32 plus Adam's two moments, i.e. 3x their size (0 if there are none)."""
+    size = sum(p.stat().st_size for pattern in ("*.safetensors", "*.bin") for p in model_dir.glob(pattern))
+    return 3 * size
 
 
 def _shown(uri: str) -> str:

@@ -379,3 +379,41 @@ def test_regression_loss_is_mse_or_mse_over_the_training_targets_variance(tmp_pa
         plain = F.mse_loss(out[:, 0], batch.labels["rating"])
         losses = tr.task_losses(batch, pooled)
     assert float(losses["rating"]) == pytest.approx(float(plain) / expected_scale, rel=1e-5)
+
+
+def test_a_checkpoint_that_cannot_be_written_is_removed_and_raises_a_storage_fault(tmp_path):
+    """Disk full midway (the second file): no partial checkpoint stays behind to take space."""
+    import torch
+
+    from asyncmtl.failpoints import Failpoints
+    from asyncmtl.storage import FileRunStorage, StorageFault
+    from asyncmtl_trainer.checkpoint import Checkpointer, CheckpointState
+
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    storage = FileRunStorage(tmp_path / "run", Failpoints.parse("storage.write:checkpoints=ENOSPC@4"))
+    ck = Checkpointer(storage, tmp_path / "scratch")
+    ck.save(10, model, opt, sched, CheckpointState(step=10, applied_generation=0))
+    with pytest.raises(StorageFault, match="No space left on device"):
+        ck.save(20, model, opt, sched, CheckpointState(step=20, applied_generation=0))  # its state.json fails
+    assert ck.steps() == [10]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-00000010"]
+
+
+def test_resume_discards_checkpoints_without_their_state_json(tmp_path):
+    import torch
+
+    from asyncmtl.storage import FileRunStorage
+    from asyncmtl_trainer.checkpoint import Checkpointer, CheckpointState
+
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    ck = Checkpointer(FileRunStorage(tmp_path / "run"), tmp_path / "scratch")
+    ck.save(10, model, opt, sched, CheckpointState(step=10, applied_generation=0))
+    half = tmp_path / "run" / "checkpoints" / "step-00000020"
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"half a file")
+    assert ck.discard_incomplete() == [20]
+    assert not half.exists() and ck.steps() == [10]

@@ -93,3 +93,77 @@ def test_files_written_atomically_are_readable_by_others(tmp_path):
     s = FileRunStorage(tmp_path)
     s.put_bytes("reports/report.md", b"# r\n")
     assert stat.S_IMODE((tmp_path / "reports" / "report.md").stat().st_mode) == 0o644
+
+
+def test_a_failed_write_is_a_storage_fault_naming_the_path_and_leaves_the_old_file_and_no_temporary(tmp_path):
+    from asyncmtl.failpoints import Failpoints
+    from asyncmtl.storage import StorageFault
+
+    s = FileRunStorage(tmp_path, Failpoints.parse("storage.write:reports=ENOSPC@2"))
+    s.put_bytes("reports/final.json", b"old")
+    with pytest.raises(StorageFault, match=r"final\.json: No space left on device \(ENOSPC\)") as info:
+        s.put_bytes("reports/final.json", b"new")
+    assert info.value.path.endswith("reports/final.json")
+    assert (tmp_path / "reports" / "final.json").read_bytes() == b"old"
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["final.json"]
+    s.put_bytes("checkpoints/x", b"other keys still write")
+
+
+def test_a_real_os_error_on_write_is_a_storage_fault(tmp_path):
+    """Not injected: the folder for the key is a regular file (EEXIST on mkdir), as root too."""
+    from asyncmtl.storage import StorageFault
+
+    (tmp_path / "reports").write_text("a file where a folder should be")
+    s = FileRunStorage(tmp_path)
+    for write in (lambda: s.put_bytes("reports/a", b"x"), lambda: s.append_line("reports/h.jsonl", "{}")):
+        with pytest.raises(StorageFault, match=r"cannot write .*/reports: File exists \(EEXIST\)"):
+            write()
+
+
+@pytest.mark.parametrize("exc, reason", [
+    (OSError(28, "No space left on device", "/x/y"), "No space left on device (ENOSPC)"),
+    (OSError(30, "Read-only file system"), "Read-only file system (EROFS)"),
+    (RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"), "(ENOSPC)"),
+    (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"), "(ENOSPC)"),
+])
+def test_writer_errors_are_classified_as_storage_faults(exc, reason):
+    from asyncmtl.storage import as_storage_fault
+
+    fault = as_storage_fault(exc, "/run/checkpoints/step-1")
+    assert fault is not None and reason in str(fault)
+    assert fault.path == (exc.filename if isinstance(exc, OSError) and exc.filename else "/run/checkpoints/step-1")
+
+
+def test_other_errors_are_not_storage_faults():
+    from asyncmtl.storage import as_storage_fault
+
+    assert as_storage_fault(RuntimeError("CUDA out of memory"), "/x") is None
+    assert as_storage_fault(KeyError("optimizer"), "/x") is None
+
+
+def test_failpoints_parse_and_fire_from_the_nth_hit():
+    from asyncmtl.failpoints import FailpointSyntaxError, Failpoints
+
+    fp = Failpoints.parse("a=ENOSPC@3, b=EROFS")
+    fp.hit("a", "p")
+    fp.hit("a", "p")
+    fp.hit("other", "p")
+    for _ in range(2):  # from the third hit on, every hit
+        with pytest.raises(OSError) as info:
+            fp.hit("a", "p")
+        assert info.value.errno == 28 and info.value.filename == "p"
+    with pytest.raises(OSError):
+        fp.hit("b", "q")
+    assert Failpoints.from_env({}).points == {}
+    for bad in ("a", "a=ENOPE", "a=ENOSPC@x", "=ENOSPC"):
+        with pytest.raises(FailpointSyntaxError):
+            Failpoints.parse(bad)
+
+
+def test_ensure_writable_names_the_folder_and_the_space_it_lacks(tmp_path):
+    from asyncmtl.storage import StorageFault, ensure_writable
+
+    ensure_writable(tmp_path / "new" / "run", 1)
+    assert (tmp_path / "new" / "run").is_dir() and not list((tmp_path / "new" / "run").iterdir())
+    with pytest.raises(StorageFault, match=r"GB free, but one checkpoint needs about .* \(ENOSPC\)"):
+        ensure_writable(tmp_path, 1 << 60)

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from asyncmtl.storage import RunStorage, StorageError, sha256_file
+from asyncmtl.storage import RunStorage, StorageError, as_storage_fault, sha256_file
 
 log = logging.getLogger(__name__)
 PREFIX = "checkpoints"
@@ -68,18 +68,56 @@ class Checkpointer:
         return p if p is not None else self.scratch / key_for(step)
 
     def save(self, step: int, model: torch.nn.Module, optimizer, scheduler, state: CheckpointState) -> None:
-        """Write a complete checkpoint for `step` (state.json last)."""
+        """Write a complete checkpoint for `step` (state.json last).
+
+        Raises:
+            StorageFault: a write failed (disk full, read-only, ...); the partial checkpoint is removed
+                (best effort) and, lacking its state.json, is never used.
+        """
         from safetensors.torch import save_model
 
         d = self._local_dir(step)
-        d.mkdir(parents=True, exist_ok=True)
-        save_model(model, str(d / "model.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-                   d / "training_state.pt")
-        state.sha256 = {n: sha256_file(d / n) for n in ("model.safetensors", "training_state.pt")}
-        for n in ("model.safetensors", "training_state.pt"):
-            self.storage.put_file(f"{key_for(step)}/{n}", d / n)
-        self.storage.put_bytes(f"{key_for(step)}/state.json", json.dumps(state.__dict__).encode())
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            weights, training = d / "model.safetensors", d / "training_state.pt"
+            if hasattr(self.storage, "writing"):  # a local folder: its failpoints and folder checks
+                self.storage.writing(f"{key_for(step)}/model.safetensors")
+            save_model(model, str(weights))
+            with open(training, "wb") as f:  # a Python file object: a short write raises OSError(ENOSPC)
+                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                            "rng": rng_state()}, f)
+            state.sha256 = {n: sha256_file(d / n) for n in ("model.safetensors", "training_state.pt")}
+            for n in ("model.safetensors", "training_state.pt"):
+                self.storage.put_file(f"{key_for(step)}/{n}", d / n)
+            self.storage.put_bytes(f"{key_for(step)}/state.json", json.dumps(state.__dict__).encode())
+        except Exception as exc:
+            fault = as_storage_fault(exc, d)
+            if fault is None:
+                raise
+            self._discard(step)
+            raise fault from None
+
+    def _discard(self, step: int) -> None:
+        """Delete checkpoint `step`'s files, ignoring errors (it is being abandoned)."""
+        import shutil
+
+        try:
+            self.storage.delete_prefix(key_for(step))
+        except (OSError, StorageError):
+            pass
+        shutil.rmtree(self.scratch / key_for(step), ignore_errors=True)
+
+    def discard_incomplete(self) -> list[int]:
+        """Delete checkpoints without a state.json (a writer died or failed midway); returns their steps."""
+        steps = set()
+        for k in self.storage.list(PREFIX):
+            parts = k.split("/")
+            if len(parts) == 3 and parts[1].startswith("step-") and parts[1][5:].isdigit():
+                steps.add(int(parts[1][5:]))
+        gone = sorted(steps - set(self.steps()))
+        for s in gone:
+            self._discard(s)
+        return gone
 
     def steps(self) -> list[int]:
         """Steps of complete checkpoints (with a state.json), ascending."""

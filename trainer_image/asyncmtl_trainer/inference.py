@@ -11,6 +11,7 @@ On a cluster the shard index comes from `$JOB_COMPLETION_INDEX` (Indexed Job).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -21,7 +22,8 @@ import torch
 from asyncmtl.data import load_split
 from asyncmtl.logs import configure, run_logger
 from asyncmtl.softlabels import shard_range, write_manifest
-from asyncmtl.storage import open_run_storage
+from asyncmtl import termination
+from asyncmtl.storage import StorageFault, open_run_storage
 from asyncmtl_trainer.batching import TokenizedSplit, eval_batches, tokenize_split
 from asyncmtl_trainer.checkpoint import Checkpointer
 from asyncmtl_trainer.model import build_model
@@ -36,7 +38,8 @@ def subset(split: TokenizedSplit, start: int, end: int) -> TokenizedSplit:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit 0 when the shard (and, with --manifest, the manifest) is written; 1 on error."""
+    """Exit 0 when the shard (and, with --manifest, the manifest) is written; 3 when a storage write
+    failed, 1 on any other error (asyncmtl.termination: the one-line reason goes to --termination-log)."""
     configure()
     p = argparse.ArgumentParser(prog="asyncmtl-infer", description="Soft labels for one shard of one task.")
     p.add_argument("--spec", required=True)
@@ -53,7 +56,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parent-pid", type=int, default=None,
                    help="Terminate when this parent process is gone (the local runtime passes its pid).")
     p.add_argument("--manifest", action="store_true", help="Only verify all shards and write the manifest.")
+    p.add_argument("--termination-log", type=Path, default=None,
+                   help="Where to write one line saying why the shard stopped (default: /dev/termination-log "
+                        "when it exists).")
     args = p.parse_args(argv)
+    term_log = args.termination_log or termination.default_path()
+    try:
+        return _run(args)
+    except StorageFault as exc:
+        logging.getLogger(__name__).error("%s", exc)
+        termination.write_message(term_log, str(exc))
+        return termination.EXIT_STORAGE_FAULT
+    except Exception as exc:
+        logging.getLogger(__name__).exception("inference failed")
+        termination.write_message(term_log, f"inference failed: {type(exc).__name__}: {exc}")
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.parent_pid:
         from asyncmtl.local.lifeline import watch_parent
 

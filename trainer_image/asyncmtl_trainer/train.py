@@ -26,9 +26,10 @@ from asyncmtl.core.convergence import BestTracker, Track, has_converged
 from asyncmtl.core.reconcile import rule_for
 from asyncmtl.data import load_task_splits
 from asyncmtl.logs import configure, run_logger
-from asyncmtl.report import FINAL_KEY, HISTORY_KEY
+from asyncmtl.report import FINAL_KEY, HISTORY_KEY, history_key, read_history
 from asyncmtl.spec import RunSpec, TaskType
-from asyncmtl.storage import RunStorage, open_run_storage
+from asyncmtl import termination
+from asyncmtl.storage import RunStorage, StorageFault, open_run_storage
 from asyncmtl_trainer.batching import TaskSampler, TokenizedSplit, eval_batches, make_batch, tokenize_split
 from asyncmtl_trainer.checkpoint import Checkpointer, CheckpointState, retained_steps
 from asyncmtl_trainer.exporter import TrainerExporter
@@ -109,6 +110,7 @@ class Trainer:
         self.step = 0
         self.applied_generation = 0
         self.rewinds = 0  # rewinds applied so far along the run's timeline (the batch draw's key)
+        self._recorded: set[tuple] = set()  # history_key of every history record written (idempotent writes)
         self.awaiting: tuple[int, float, list[str]] | None = None  # decision barrier: (generation, since, tasks)
         self.stop_requested = False
         self.exporter = TrainerExporter(opts.run, list(self.task_specs))
@@ -267,7 +269,18 @@ class Trainer:
 
     def _history_event(self, event: str, **fields) -> None:
         """Append a non-validation record (rewind, kd) to the history file, in order with validations."""
-        self.storage.append_line(HISTORY_KEY, json.dumps({"event": event, "time": time.time(), **fields}))
+        self._record({"event": event, "time": time.time(), **fields})
+
+    def _record(self, record: dict) -> None:
+        """Append `record` to the history unless it is already there: a trainer restarted from its
+        latest checkpoint repeats the validations and events that followed it, and each is kept once
+        (asyncmtl.report.history_key: what, task, step and the rewinds before it)."""
+        record["rewinds"] = self.rewinds
+        key = history_key(record)
+        if key in self._recorded:
+            return
+        self._recorded.add(key)
+        self.storage.append_line(HISTORY_KEY, json.dumps(record))
 
     def _score_best_checkpoint(self, task: str, step: int) -> None:
         """Score `task` on validation and test with the weights of checkpoint `step` (its best)."""
@@ -408,10 +421,10 @@ class Trainer:
             st.history.append([self.step, value])
             st.validations += 1
             self.exporter.record_validation(name, self.step, value, st.best.best_step, st.best.best_value)
-            self.storage.append_line(HISTORY_KEY, json.dumps({
+            self._record({
                 "time": now, "step": self.step, "task": name, "metric": t.metric.value, "value": value,
                 "metrics": metrics, "mode": st.mode, "generation": self.applied_generation,
-                "bestStep": st.best.best_step, "bestValue": st.best.best_value}))
+                "bestStep": st.best.best_step, "bestValue": st.best.best_value})
             if self.opts.report_delay_seconds:  # fault injection (determinism test): a slow report between tasks
                 time.sleep(self.opts.report_delay_seconds)
         self.exporter.complete_validation(self.step)  # after the last task: the step may now be decided on
@@ -440,7 +453,12 @@ class Trainer:
     # ---- resume ------------------------------------------------------------------------------
     def resume(self) -> None:
         """Continue from the latest checkpoint and re-derive task modes from the control signals
-        the checkpoint had applied (later signals are applied by the loop as usual)."""
+        the checkpoint had applied (later signals are applied by the loop as usual). Checkpoints a
+        failed or killed writer left without their state.json are deleted first."""
+        self._recorded = {history_key(r) for r in read_history(self.storage)}
+        gone = self.checkpointer.discard_incomplete()
+        if gone:
+            self.log.info("resume: deleted incomplete checkpoints at steps %s", ", ".join(map(str, gone)))
         steps = self.checkpointer.steps()
         if not steps:
             self.log.info("resume: no checkpoint yet, starting from step 0")
@@ -630,6 +648,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads.")
     p.add_argument("--parent-pid", type=int, default=None,
                    help="Terminate when this parent process is gone (the local runtime passes its pid).")
+    p.add_argument("--termination-log", type=Path, default=None,
+                   help="Where to write one line saying why the trainer stopped (default: /dev/termination-log "
+                        "when it exists, as in a Kubernetes container).")
     return p
 
 
@@ -652,7 +673,9 @@ def load_spec_for_entrypoint(path: str) -> tuple[RunSpec, str | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`asyncmtl-train`: exit 0 after the final evaluation, 2 for a bad spec or data, 1 otherwise."""
+    """`asyncmtl-train`: exit 0 after the final evaluation, 2 for a bad spec or data, 3 when a storage
+    write failed (asyncmtl.termination: a one-line termination message says which path and why), 1
+    otherwise."""
     from asyncmtl.data import DataError
     from asyncmtl.spec import SpecError
     from asyncmtl_trainer.model import ModelLoadError
@@ -680,6 +703,7 @@ def main(argv: list[str] | None = None) -> int:
     log = run_logger(__name__, run)
     storage = open_run_storage(spec.storage.uri, namespace=args.namespace, run=run, base_dir=os.getcwd(),
                                endpoint_url=spec.storage.endpoint_url)
+    term_log = args.termination_log or termination.default_path()
     trainer = Trainer(spec, opts, storage)
     try:
         trainer.serve_metrics()
@@ -687,9 +711,15 @@ def main(argv: list[str] | None = None) -> int:
         trainer.run()
     except (DataError, ModelLoadError) as exc:
         log.error("%s", exc)
-        return 2
-    except Exception:
+        termination.write_message(term_log, str(exc))
+        return termination.EXIT_BAD_INPUT
+    except StorageFault as exc:
+        log.error("%s", exc)
+        termination.write_message(term_log, str(exc))
+        return termination.EXIT_STORAGE_FAULT
+    except Exception as exc:
         log.exception("trainer failed")
+        termination.write_message(term_log, f"trainer failed: {type(exc).__name__}: {exc}")
         return 1
     finally:
         trainer.exporter.close()

@@ -1,0 +1,47 @@
+"""How a trainer or inference process says why it stopped: its exit status and a one-line
+termination message.
+
+Kubernetes' convention (Pod `terminationMessagePath`, default `/dev/termination-log`, at most 4096
+bytes, shown in `containerStatuses[].state.terminated.message`): the process writes one line on its
+way out. Locally the runtime passes `--termination-log <workdir>/logs/<process>.termination-log` and
+reads it back instead of a log tail.
+
+Exit statuses: 0 done, 1 an unexpected error (retried: a Job's backoffLimit, the local runtime's
+restarts), `EXIT_BAD_INPUT` (2) a bad spec or data and `EXIT_STORAGE_FAULT` (3) a storage write
+that failed (full, read-only): no retry fixes those, so the run stops with the message.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+EXIT_STORAGE_FAULT = 3
+NOT_RETRIED = frozenset({EXIT_BAD_INPUT, EXIT_STORAGE_FAULT})
+KUBERNETES_PATH = Path("/dev/termination-log")
+MAX_BYTES = 4096  # the kubelet's limit
+
+
+def default_path() -> Path | None:
+    """`/dev/termination-log` when it exists (a container), else None."""
+    return KUBERNETES_PATH if KUBERNETES_PATH.exists() else None
+
+
+def write_message(path: Path | None, message: str) -> None:
+    """Write `message` (first line, at most 4096 bytes) to `path`; never raises (the process is
+    already failing, and the disk may be the reason)."""
+    if path is None:
+        return
+    line = message.strip().splitlines()[0] if message.strip() else ""
+    try:
+        path.write_bytes(line.encode()[:MAX_BYTES])
+    except OSError:
+        pass
+
+
+def read_message(path: Path) -> str | None:
+    """The termination message at `path`, or None if there is none."""
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError:
+        return None
+    return text or None
