@@ -287,6 +287,10 @@ class StorageSpec(_Strict):
         None, description="Name of the Secret holding AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (cluster only)."
     )
     cleanup_on_delete: bool = Field(False, description="Delete stored artifacts when the run is deleted.")
+    keep_checkpoints: Literal["best", "all", "none"] = Field(
+        "best", description="Checkpoints kept once the run has Succeeded: `best` (each task's best checkpoint, "
+                            "weights only: what a BAM teacher or the report's best-checkpoint column needs), `all`, "
+                            "or `none` (the exported final model stays either way).")
 
     @field_validator("uri")
     @classmethod

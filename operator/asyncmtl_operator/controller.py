@@ -28,6 +28,7 @@ from asyncmtl.softlabels import write_manifest
 from pydantic import ValidationError
 
 from asyncmtl.spec import AsyncMTLRun, ClusterSpec, SpecError, SpecIssue, issues_from_validation_error, parse_run
+from asyncmtl.retention import retain_after_run
 from asyncmtl.storage import RunStorage, StorageError, open_run_storage
 from asyncmtl_operator import children
 from asyncmtl_operator.kube import Kube
@@ -335,6 +336,13 @@ class Controller:
                 logger.info("[run=%s] %s: %s", run.name, a.reason, a.message)
             elif isinstance(a, (Complete, Fail)):
                 logger.info("[run=%s] %s: %s", run.name, status.phase, status.message)
+                if isinstance(a, Complete):  # spec.storage.keepCheckpoints (asyncmtl.retention)
+                    try:
+                        kept = retain_after_run(self.storage(run, namespace), [t.name for t in run.spec.tasks],
+                                                run.spec.storage.keep_checkpoints)
+                        logger.info("[run=%s] checkpoints kept: %s; deleted: %s", run.name, kept.kept, kept.deleted)
+                    except StorageError as exc:  # the run has Succeeded; its checkpoints just stay
+                        logger.warning("[run=%s] checkpoint retention failed: %s", run.name, exc)
 
     def _apply_events(self, body: dict[str, Any], actions: list) -> None:
         for a in actions:

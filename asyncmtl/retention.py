@@ -1,0 +1,66 @@
+"""What a finished run keeps of its checkpoints (`spec.storage.keepCheckpoints`).
+
+While a run trains, the trainer keeps every checkpoint a rewind, a teacher or a resume may still
+need (asyncmtl_trainer.checkpoint.retained_steps). Once the run has Succeeded none of that can
+happen again, and what stays is a choice:
+- `best` (default): each task's best checkpoint (final.json's `bestCheckpoint`), weights only
+  (`model.safetensors` and its state.json; the optimizer state is dropped): what a later BAM run
+  distils from (`spec.teacherRun`) and what reproduces the report's "best checkpoint" column.
+  The final model is exported separately under `model/`.
+- `all`: everything the trainer left.
+- `none`: no checkpoint (the final model, reports and soft labels stay).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Literal
+
+from asyncmtl.report import best_checkpoint_steps
+from asyncmtl.storage import RunStorage
+
+CHECKPOINTS = "checkpoints"
+KeepCheckpoints = Literal["best", "all", "none"]
+
+
+@dataclass
+class Retained:
+    """What `retain_after_run` did: checkpoint steps kept (weights only) and deleted."""
+
+    kept: list[int] = field(default_factory=list)
+    deleted: list[int] = field(default_factory=list)
+
+
+def _steps(storage: RunStorage) -> list[int]:
+    out = set()
+    for k in storage.list(CHECKPOINTS):
+        parts = k.split("/")
+        if len(parts) >= 2 and parts[1].startswith("step-") and parts[1][5:].isdigit():
+            out.add(int(parts[1][5:]))
+    return sorted(out)
+
+
+def retain_after_run(storage: RunStorage, tasks: list[str], keep: KeepCheckpoints) -> Retained:
+    """Prune a Succeeded run's checkpoints as `keep` says (see the module docstring).
+
+    Raises:
+        asyncmtl.storage.StorageError: reading or deleting failed.
+    """
+    result = Retained()
+    if keep == "all":
+        result.kept = _steps(storage)
+        return result
+    wanted = set(best_checkpoint_steps(storage, tasks).values()) if keep == "best" else set()
+    for step in _steps(storage):
+        folder = f"{CHECKPOINTS}/step-{step:08d}"
+        if step not in wanted or not storage.exists(f"{folder}/state.json"):
+            storage.delete_prefix(folder)
+            result.deleted.append(step)
+            continue
+        state = json.loads(storage.get_bytes(f"{folder}/state.json"))
+        if "training_state.pt" in state.get("sha256", {}):
+            state["sha256"].pop("training_state.pt")  # state.json first: a reader never expects a deleted file
+            storage.put_bytes(f"{folder}/state.json", json.dumps(state).encode())
+            storage.delete_prefix(f"{folder}/training_state.pt")
+        result.kept.append(step)
+    return result
