@@ -73,18 +73,19 @@ def _iter_rows(uri: str, fmt: DataFormat, task: TaskSpec, base_dir: Path | None,
 
     reader = {DataFormat.jsonl: files.iter_jsonl, DataFormat.csv: files.iter_csv,
               DataFormat.parquet: files.iter_parquet}[fmt]
+    required = [*task.text_fields, task.label_field]  # columns the task reads
     if uri.startswith("s3://"):
         from asyncmtl.data.remote import fetch_s3
         from asyncmtl.storage import StorageError
 
         try:
-            return uri, reader(fetch_s3(uri, endpoint_url=endpoint_url))
+            return uri, reader(fetch_s3(uri, endpoint_url=endpoint_url), required)
         except (FileNotFoundError, StorageError) as exc:
             raise DataError([str(exc)]) from None
     path = resolve_path(uri, base_dir)
     if not path.is_file():
         raise DataError([f"{path}: file not found"])
-    return str(path), reader(path)
+    return str(path), reader(path, required)
 
 
 def load_split(task: TaskSpec, split: str, *, base_dir: Path | None = None,
@@ -149,6 +150,8 @@ def parse_label(task: TaskSpec, raw: Any) -> Label:
     """
     n = task.num_labels or 1
     if task.type is TaskType.regression:
+        if isinstance(raw, bool):  # JSON true is not 1.0
+            raise ValueError(f"label {raw!r}: not a number")
         try:
             v = float(raw)
         except (TypeError, ValueError):

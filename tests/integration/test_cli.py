@@ -24,8 +24,8 @@ def run_cli(tmp_path: Path, spec: Path) -> subprocess.CompletedProcess:
 
 
 def assert_nothing_started(tmp_path: Path) -> None:
-    wd = tmp_path / "wd"
-    assert not (wd / "logs").exists() and not (wd / "trainer.json").exists() and not (wd / "control.json").exists()
+    """Nothing was created: no run folder, no storage (run_doc's default storage is ./runs)."""
+    assert not (tmp_path / "wd").exists() and not (tmp_path / "runs").exists()
 
 
 def jsonl_task(tmp_path: Path, rows: list[dict]) -> dict:

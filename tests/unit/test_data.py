@@ -141,3 +141,54 @@ def test_builtin_validation_and_test_splits_are_large_enough_to_decide_on():
             assert len(generate("quickstart", task, split, 0)) >= 300, (task, split)
     assert len(generate("quickstart", "sarcasm", "train", 0)) == 300  # the training split stays small
     assert len(generate("quickstart", "sentiment", "validation", 0)) == 480  # 12 % of 4,000
+
+
+def _task(path, **extra):
+    t = {"name": "t", "type": "binary", "data": {"train": str(path), "validation": str(path)}}
+    t.update(extra)
+    return parse_run(run_doc([t])).spec.tasks[0]
+
+
+@pytest.mark.parametrize("fmt, content, where", [
+    ("jsonl", b'{"text": "ok", "label": 1}\n{"text": "caf\xe9", "label": 0}\n', ":2:14: not UTF-8 text (byte 0xe9)"),
+    ("csv", b'text,label\nok,1\n"two\nlines",0\nna\xefve,1\n', ":5:3: not UTF-8 text (byte 0xef)"),
+])
+def test_a_file_that_is_not_utf8_names_its_line_and_column(tmp_path, fmt, content, where):
+    p = tmp_path / f"train.{fmt}"
+    p.write_bytes(content)
+    with pytest.raises(DataError) as ei:
+        load_split(_task(p), "train")
+    assert ei.value.problems == [f"{p}{where}; save the file as UTF-8"]
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
+    p = tmp_path / "train.csv"
+    p.write_bytes("\ufefftext,label\nok,1\n".encode())
+    assert load_split(_task(p), "train").examples[0].text == "ok"
+
+
+def test_a_corrupt_parquet_file_is_named_without_a_traceback(tmp_path):
+    p = tmp_path / "train.parquet"
+    pq.write_table(pa.Table.from_pylist([{"text": "a", "label": 1}] * 50), p)
+    p.write_bytes(p.read_bytes()[:-40])  # truncated: the footer is gone
+    with pytest.raises(DataError) as ei:
+        load_split(_task(p), "train")
+    assert len(ei.value.problems) == 1 and ei.value.problems[0].startswith(f"{p}: not a readable Parquet file (")
+
+
+def test_a_csv_header_without_the_label_column_is_one_error(tmp_path):
+    p = tmp_path / "train.csv"
+    p.write_text("text,sentiment\n" + "".join(f"row {i},1\n" for i in range(20)))
+    with pytest.raises(DataError) as ei:
+        load_split(_task(p), "train")
+    assert ei.value.problems == [f"{p}:1: the header has no column 'label' (it has 'text', 'sentiment'); "
+                                 "set textFields/labelField to the names used"]
+    assert load_split(_task(p, labelField="sentiment"), "train").examples[0].label == 1
+
+
+def test_a_regression_label_true_is_not_a_number(tmp_path):
+    p = tmp_path / "train.jsonl"
+    p.write_text('{"text": "a", "label": true}\n{"text": "b", "label": 2.5}\n')
+    with pytest.raises(DataError) as ei:
+        load_split(_task(p, type="regression", labelRange=[1, 5]), "train")
+    assert ei.value.problems == [f"{p}:1: label True: not a number"]
