@@ -4,7 +4,7 @@ Layout (storage key): `checkpoints/step-<8 digits>/{model.safetensors, training_
 `state.json` is written last, holds the sha256 of the other two files, and marks the checkpoint
 complete. Retention keeps the latest checkpoint and, for every task still needing one, its best
 and previous best (the previous covers a best that moved between a convergence decision and the
-trainer applying it); everything else is deleted.
+trainer applying it), and the bests that kept checkpoints recorded; everything else is deleted.
 """
 from __future__ import annotations
 
@@ -190,8 +190,12 @@ class Checkpointer:
 def retained_steps(latest: int | None, bests: dict[str, tuple[int | None, int | None]], needing: set[str],
                    recorded: "Callable[[int], dict[str, tuple[int | None, int | None]]] | None" = None) -> set[int]:
     """Steps to keep: the latest, the best and previous best of every task in `needing`, and,
-    closed under rewinds, the bests that every kept checkpoint itself recorded for those tasks
+    closed under rewinds, the best that every kept checkpoint itself recorded for those tasks
     (a rewind to a kept checkpoint restores its trackers, and their bests must still exist).
+    Recorded *previous* bests are not followed: every checkpoint of an improving task records the
+    one before it, so following them kept every checkpoint of the run. (The previous best covers a
+    best that moves between a decision and the trainer applying it; after a rewind the decision
+    core cuts its track at the rewind step and names the restored best.)
 
     bests: task -> (best step, previous best step) now. recorded(step): the same, as checkpoint
     `step` recorded it (None: no closure).
@@ -203,10 +207,8 @@ def retained_steps(latest: int | None, bests: dict[str, tuple[int | None, int | 
     frontier = set(keep) - {latest} if recorded is not None else set()
     while frontier:
         step = frontier.pop()
-        for t, pair in recorded(step).items():
-            if t in needing:
-                for s in pair:
-                    if s is not None and s not in keep:
-                        keep.add(s)
-                        frontier.add(s)
+        for t, (best, _prev) in recorded(step).items():
+            if t in needing and best is not None and best not in keep:
+                keep.add(best)
+                frontier.add(best)
     return keep
