@@ -14,19 +14,24 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import tweeteval_task
+from asyncmtl.local.lifeline import RunLock, RunLocked
+from asyncmtl.report import history_key
+from tests.conftest import tweeteval_task, wait_for_step
 
 pytestmark = pytest.mark.slow
 
 
-def _run(tmp: Path, tiny_model: Path, tweeteval_dir: Path, *, delay: float) -> Path:
+def _command(tmp: Path, tiny_model: Path, tweeteval_dir: Path, *, delay: float) -> list[str]:
     doc = {
         "apiVersion": "asyncmtl.dev/v1alpha1", "kind": "AsyncMTLRun", "metadata": {"name": "det"},
         "spec": {
@@ -45,10 +50,14 @@ def _run(tmp: Path, tiny_model: Path, tweeteval_dir: Path, *, delay: float) -> P
     tmp.mkdir(parents=True, exist_ok=True)
     spec = tmp / "det.yaml"
     spec.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return [sys.executable, "-m", "asyncmtl.cli", "run", str(spec), "--no-live", "--threads", "1",
+            "--tweeteval-dir", str(tweeteval_dir)]
+
+
+def _run(tmp: Path, tiny_model: Path, tweeteval_dir: Path, *, delay: float, resume: bool = False) -> Path:
+    cmd = _command(tmp, tiny_model, tweeteval_dir, delay=delay) + (["--resume"] if resume else [])
     env = dict(os.environ, ASYNCMTL_TRAINER_REPORT_DELAY=str(delay))
-    r = subprocess.run([sys.executable, "-m", "asyncmtl.cli", "run", str(spec), "--no-live", "--threads", "1",
-                        "--tweeteval-dir", str(tweeteval_dir)], capture_output=True, text=True, cwd=tmp,
-                       timeout=900, env=env)
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, timeout=900, env=env)
     run_dir = tmp / "store" / "local" / "det"
     log = run_dir / "logs" / "trainer.log"
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:] + (log.read_text()[-3000:] if log.exists() else "")
@@ -81,8 +90,13 @@ def _finals(run_dir: Path) -> dict:
     return {n: (t["finalValidation"], t.get("finalTest"), t["bestCheckpoint"]) for n, t in final["tasks"].items()}
 
 
-def test_same_seed_same_decisions_whatever_the_timing(tmp_path, tiny_model, tweeteval_dir):
-    calm = _run(tmp_path / "calm", tiny_model, tweeteval_dir, delay=0.0)
+@pytest.fixture(scope="module")
+def calm(tmp_path_factory, tiny_model, tweeteval_dir) -> Path:
+    """The run undisturbed."""
+    return _run(tmp_path_factory.mktemp("calm"), tiny_model, tweeteval_dir, delay=0.0)
+
+
+def test_same_seed_same_decisions_whatever_the_timing(calm, tmp_path, tiny_model, tweeteval_dir):
     rushed = _run(tmp_path / "rushed", tiny_model, tweeteval_dir, delay=0.25)
     a, b = _decisions(calm), _decisions(rushed)
     converged = [d for d in a if d[0] == "TaskConverged"]
@@ -90,3 +104,56 @@ def test_same_seed_same_decisions_whatever_the_timing(tmp_path, tiny_model, twee
     assert converged[0][2] == converged[1][2] == 60 and {converged[0][1], converged[1][1]} == {"hate", "irony"}, a
     assert a == b
     assert _finals(calm) == _finals(rushed)
+
+
+def _wait_for_soft_labels(run_dir: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Wait until the run's status records soft labels ready (after its first convergence and rewind)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = json.loads((run_dir / "status.json").read_text())
+            if any(h["reason"] == "SoftLabelsReady" for h in status.get("history", [])):
+                return
+        except (OSError, ValueError):
+            pass
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.1)
+    raise AssertionError("no soft labels")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_run_stopped_then_resumed_decides_as_if_undisturbed(calm, tmp_path, tiny_model, tweeteval_dir, sig):
+    """SIGTERM (handled like Ctrl-C) before the first decision, SIGKILL of `asyncmtl run` (no cleanup at
+    all; its children see their parent die) once the first rewind's soft labels are ready; then
+    `--resume`: no process of the
+    first owner is left, no history record is written twice, and every decision and value is the same
+    as in the undisturbed run."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    cmd = _command(tmp_path, tiny_model, tweeteval_dir, delay=0.0)
+    run_dir = tmp_path / "store" / "local" / "det"
+    p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if sig == signal.SIGTERM:
+        wait_for_step(run_dir, p, 40)  # before the first decision (at step 60)
+    else:
+        _wait_for_soft_labels(run_dir, p)  # after the first decision, its rewind and inference
+    trainer = json.loads((run_dir / "trainer.json").read_text())["pid"]
+    p.send_signal(sig)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == (128 + sig if sig == signal.SIGTERM else -sig), out
+    lock, deadline = RunLock(run_dir / "run.lock"), time.monotonic() + 30
+    while True:  # every process of the first owner is gone once nothing holds the run's lock
+        try:
+            lock.acquire("det")
+            break
+        except RunLocked:
+            assert time.monotonic() < deadline, "a process of the first owner is still alive"
+            time.sleep(0.2)
+    lock.release()
+    assert not Path(f"/proc/{trainer}").exists() or Path(f"/proc/{trainer}/stat").read_text().split()[2] == "Z"
+
+    resumed = _run(tmp_path, tiny_model, tweeteval_dir, delay=0.0, resume=True)
+    records = [json.loads(line) for line in (resumed / "reports" / "history.jsonl").read_text().splitlines()]
+    keys = Counter(history_key(r) for r in records)
+    assert max(keys.values()) == 1, [k for k, n in keys.items() if n > 1]
+    assert _decisions(resumed) == _decisions(calm)
+    assert _finals(resumed) == _finals(calm)
