@@ -201,6 +201,21 @@ def render_markdown(rep: RunReport) -> str:
     return "\n".join(lines)
 
 
+def convergence_trigger(history: list[dict], task: str, step: int | None) -> dict | None:
+    """The validation record on which `task` was declared converged at `step`: its last supervised
+    validation at that step written before its KD switch (a later trajectory through the same step,
+    after a rewind, did not decide anything). None if the task did not converge."""
+    if step is None:
+        return None
+    found = None
+    for r in history:
+        if r.get("event") == "kd" and r.get("task") == task and found is not None:
+            break
+        if r.get("task") == task and "value" in r and r["step"] == step and r.get("mode", "supervised") == "supervised":
+            found = r
+    return found
+
+
 def plot_curves(rep: RunReport, history: list[dict], path) -> None:
     """Per-task validation curves with markers at convergence (x) and at the KD switch (o)."""
     import matplotlib
@@ -214,15 +229,13 @@ def plot_curves(rep: RunReport, history: list[dict], path) -> None:
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     for ax, t in zip(axes.flat, rep.tasks):
-        recs = validations(history, t.task)
         kept, gone = split_lineage(history, t.task)
         if gone:
             ax.scatter([r["step"] for r in gone], [r["value"] for r in gone], s=8, color="0.75", label="discarded by rewind")
         ax.plot([r["step"] for r in kept], [r["value"] for r in kept], "-", color="C0", lw=1.5, label="validation")
-        if t.converged_at_step is not None:
-            conv = [r for r in recs if r["step"] == t.converged_at_step and r.get("mode") == "supervised"]
-            if conv:
-                ax.plot([t.converged_at_step], [conv[0]["value"]], "x", color="C3", ms=9, mew=2, label="converged")
+        trigger = convergence_trigger(history, t.task, t.converged_at_step)
+        if trigger is not None:
+            ax.plot([trigger["step"]], [trigger["value"]], "x", color="C3", ms=9, mew=2, label="converged")
         kd = [r for r in kept if t.kd_from_step is not None and r["step"] >= t.kd_from_step]
         if kd:
             ax.plot([kd[0]["step"]], [kd[0]["value"]], "o", color="C2", ms=7, mfc="none", mew=2, label="KD switch")

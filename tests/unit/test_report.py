@@ -102,3 +102,22 @@ def test_a_best_checkpoint_cut_from_the_lineage_by_a_later_rewind_keeps_its_own_
     (e,) = build_report("r", status, st).tasks
     assert (e.best_validation, e.best_step, e.best_checkpoint_step) == (79.4, 1200, 1200)
     assert round(e.final_minus_best, 2) == -0.3
+
+
+def test_the_convergence_marker_sits_on_the_validation_that_triggered_it():
+    """Step 30 is validated on two trajectories: the first (35.0) met the rule, was rewound to 10 and
+    discarded; the second (60.0) came after another task's rewind. The marker belongs on 35.0, the
+    point the decision read, not on the first or the last record at that step in general."""
+    from asyncmtl.report import convergence_trigger
+
+    history = [
+        {"step": 10, "task": "a", "value": 40.0, "mode": "supervised"},
+        {"step": 30, "task": "a", "value": 20.0, "mode": "supervised", "rewinds": 0},
+        {"event": "rewind", "step": 20},  # task b converged: a's step 30 discarded
+        {"step": 30, "task": "a", "value": 35.0, "mode": "supervised", "rewinds": 1},
+        {"event": "rewind", "step": 10},  # a converged on 35.0 (best 40.0 at 10)
+        {"event": "kd", "step": 10, "task": "a"},
+        {"step": 30, "task": "a", "value": 60.0, "mode": "kd", "rewinds": 2},
+    ]
+    assert convergence_trigger(history, "a", 30)["value"] == 35.0
+    assert convergence_trigger(history, "a", None) is None
