@@ -20,8 +20,10 @@ import errno
 import fcntl
 import os
 import signal
+import socket
 import threading
 import time
+from datetime import datetime, timezone
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -103,7 +105,8 @@ class RunLock:
         self.fd: int | None = None
 
     def acquire(self, run: str) -> None:
-        """Take the lock and write this pid into the file.
+        """Take the lock and write "PID on HOST, since START" into the file (the kernel releases an
+        flock when its last holder dies, so no heartbeat is needed to tell a live owner from a dead one).
 
         Raises:
             RunLocked: the lock is held; the message names the run and the holder's pid.
@@ -113,7 +116,7 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise RunLocked(
@@ -122,7 +125,8 @@ class RunLock:
                     f"--resume.") from None
             raise
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        os.pwrite(fd, f"{os.getpid()} on {socket.gethostname()}, since {started}\n".encode(), 0)
         os.set_inheritable(fd, True)
         self.fd = fd
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -86,7 +87,8 @@ def test_the_run_lock_is_held_while_any_process_of_the_run_lives(tmp_path):
     path = tmp_path / "run.lock"
     owner = RunLock(path)
     owner.acquire("r")
-    with pytest.raises(RunLocked, match=rf"run r is in use: `asyncmtl run` \(pid {os.getpid()}\)"):
+    with pytest.raises(RunLocked, match=rf"run r is in use: `asyncmtl run` \(pid {os.getpid()} on "
+                                        rf"{socket.gethostname()}, since 20\d\d-"):
         RunLock(path).acquire("r")
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], pass_fds=(owner.fd,))
     try:
@@ -98,7 +100,7 @@ def test_the_run_lock_is_held_while_any_process_of_the_run_lives(tmp_path):
         child.wait()
     again = RunLock(path)
     again.acquire("r")  # the last process of the run exited: free
-    assert path.read_text().strip() == str(os.getpid())
+    assert path.read_text().startswith(f"{os.getpid()} on {socket.gethostname()}, since ")
     again.release()
 
 
