@@ -47,6 +47,10 @@ def _structural(node: Any) -> Any:
     if not isinstance(node, dict):
         return node
     n = {k: v for k, v in node.items() if k not in ("title", "discriminator")}
+    if n.get("x-kubernetes-int-or-string"):  # the one union a structural schema allows, kept as it is
+        return n
+    if "propertyNames" in n:  # not in OpenAPI v3: the keys are checked by the operator's models
+        n.pop("propertyNames")
     if n.get("additionalProperties") is False:
         del n["additionalProperties"]
     for key in ("anyOf", "oneOf"):
@@ -80,11 +84,26 @@ def _structural(node: Any) -> Any:
     return {k: _structural(v) if k not in ("default", "enum") else v for k, v in n.items()}
 
 
+def _without_defaults(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_defaults(v) for k, v in node.items() if k != "default"}
+    if isinstance(node, list):
+        return [_without_defaults(v) for v in node]
+    return node
+
+
 def spec_schema() -> dict[str, Any]:
-    """The structural OpenAPI v3 schema of `spec`."""
+    """The structural OpenAPI v3 schema of `spec`.
+
+    `spec.cluster` carries no `default:`: the API server would store every default on every run, and
+    the operator could no longer tell a field the user set from one the chart's trainer defaults
+    (`ASYNCMTL_TRAINER_DEFAULTS`: image, resources, queue label) should fill; the operator applies
+    the models' defaults after the chart's."""
     raw = RunSpec.model_json_schema(by_alias=True, mode="validation")
     defs = raw.pop("$defs", {})
-    return _structural(_inline(raw, defs))
+    out = _structural(_inline(raw, defs))
+    out["properties"]["cluster"] = _without_defaults(out["properties"]["cluster"])
+    return out
 
 
 def status_schema() -> dict[str, Any]:

@@ -17,7 +17,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator,
+                      model_validator)
 from pydantic.alias_generators import to_camel
 
 API_VERSION = "asyncmtl.dev/v1alpha1"
@@ -349,16 +350,42 @@ class VolumeSpec(_Strict):
     read_only: bool = True
 
 
+# Kubernetes' resource.Quantity (k8s.io/apimachinery/pkg/api/resource): 1, 0.5, "500m", "16Gi", "1e3"
+_QUANTITY = re.compile(r"^[+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
+
+
+def _quantity(value: Any) -> str:
+    """A resource quantity as Kubernetes stores it in a ResourceList: a number (`nvidia.com/gpu: 1`,
+    the way everyone writes it) or a string; returned as its string form.
+
+    Raises:
+        ValueError: a boolean, a non-finite number, or text that is not a quantity.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 1, 0.5, \"500m\", \"16Gi\")")
+    text = value if isinstance(value, str) else repr(value)
+    if not _QUANTITY.match(text):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 1, 0.5, \"500m\", \"16Gi\")")
+    return text
+
+
+# an int-or-string in the CRD, as core/v1 ResourceRequirements declares its quantities
+Quantity = Annotated[str, BeforeValidator(_quantity),
+                     WithJsonSchema({"x-kubernetes-int-or-string": True,
+                                     "anyOf": [{"type": "integer"}, {"type": "string"}]})]
+ResourceRequirements = dict[Literal["requests", "limits"], dict[str, Quantity]]
+
+
 class ClusterSpec(_Strict):
     """How the operator runs the trainer and inference pods (ignored by `asyncmtl run`)."""
 
     image: str = Field("asyncmtl/trainer:0.1.0", min_length=1, description="Trainer image (training and inference).")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    resources: dict[str, dict[str, str]] = Field(
+    resources: ResourceRequirements = Field(
         default_factory=lambda: {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "16Gi"}},
-        description="Training container resources, e.g. {limits: {nvidia.com/gpu: '1'}}.",
+        description="Training container resources (requests, limits), e.g. {limits: {nvidia.com/gpu: 1}}.",
     )
-    inference_resources: dict[str, dict[str, str]] | None = Field(
+    inference_resources: ResourceRequirements | None = Field(
         None, description="Inference container resources (default: same as training)."
     )
     inference_parallelism: int = Field(2, ge=1, le=1024, description="Inference pods running at once.")

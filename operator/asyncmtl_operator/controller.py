@@ -371,15 +371,24 @@ class Controller:
         }
 
 
+MERGED_MAPS = ("labels", "env")  # the run's entries are added to the defaults', not put in their place
+
+
 def _with_defaults(cluster: ClusterSpec, defaults: dict[str, Any]) -> ClusterSpec:
-    """`cluster` with every field the run did not set taken from `defaults` (spec.cluster's shape).
+    """`cluster` with every field the run did not set taken from `defaults` (spec.cluster's shape);
+    `labels` and `env` are merged key by key (the run's value wins), so a run's own labels keep the
+    chart's Kueue queue label (`kueue.x-k8s.io/queue-name`) and the Job stays under its quota.
 
     Raises:
         SpecError: the defaults themselves are invalid (an operator configuration error).
     """
     given = cluster.model_dump(by_alias=True, exclude_unset=True)
+    merged = {**defaults, **given}
+    for key in MERGED_MAPS:
+        if isinstance(defaults.get(key), dict) and key in given:
+            merged[key] = {**defaults[key], **given[key]}
     try:
-        return ClusterSpec.model_validate({**defaults, **given})
+        return ClusterSpec.model_validate(merged)
     except ValidationError as exc:
         raise SpecError(issues_from_validation_error(exc, ("ASYNCMTL_TRAINER_DEFAULTS",))) from None
 

@@ -130,7 +130,7 @@ def test_restricted_security_context_on_the_operator_and_every_job_it_creates(ob
 
 def test_workload_service_account_can_do_nothing(objects):
     sas = [o for o in objects if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == "asyncmtl-workload"]
-    assert sas and all(sa["automountServiceAccountToken"] is False for sa in sas)
+    assert all(sa["automountServiceAccountToken"] is False for sa in sas)
     bindings = [o for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding")]
     assert all(s["name"] != "asyncmtl-workload" for b in bindings for s in b["subjects"])
 
@@ -170,3 +170,25 @@ def test_install_manifests_equal_the_chart_rendered_with_defaults():
     spec.loader.exec_module(mod)
     assert (REPO / "manifests" / "install" / "asyncmtl-operator.yaml").read_text() == mod.render(), \
         "run `make install-manifests`"
+
+
+def _trainer_defaults(objects: list[dict]) -> dict:
+    dep = next(o for o in objects if o["kind"] == "Deployment")
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    return json.loads(env.get("ASYNCMTL_TRAINER_DEFAULTS") or "{}")
+
+
+@pytest.mark.parametrize("values", [{}, HA_VALUES], ids=["cluster-wide", "namespaced"])
+def test_the_pods_service_account_exists_wherever_runs_may_be_applied(values):
+    """The ServiceAccount admission plugin refuses a pod naming an account its namespace lacks. With the
+    defaults (cluster-wide) runs may be applied in any namespace: the pods must name no account (each
+    namespace's `default` exists); namespaced, the account must exist in every watched namespace."""
+    objects = render(values)
+    name = _trainer_defaults(objects).get("serviceAccountName")
+    watched = values.get("watchNamespaces")
+    if not watched:
+        assert name is None
+    else:
+        have = {o["metadata"]["namespace"] for o in objects
+                if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == name}
+        assert name and have >= set(watched)

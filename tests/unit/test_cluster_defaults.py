@@ -1,0 +1,101 @@
+"""What a real API server does to a run before the operator sees it, and what the operator must make
+of it: CRD defaults stored on the object, integer resource quantities, the chart's defaults merged."""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import yaml
+
+from asyncmtl.crd import crd
+from asyncmtl.spec import parse_run
+from tests.conftest import REPO
+
+
+def apply_structural_defaults(schema: dict[str, Any], obj: Any) -> Any:
+    """Defaulting as the API server does it for a structural schema: a property missing from an object
+    that is present gets its `default` (then defaulted itself), recursively (apiextensions.k8s.io/v1,
+    "Defaulting")."""
+    if not isinstance(obj, dict) or schema.get("type") != "object":
+        if isinstance(obj, list) and "items" in schema:
+            return [apply_structural_defaults(schema["items"], v) for v in obj]
+        return obj
+    out = dict(obj)
+    for name, prop in (schema.get("properties") or {}).items():
+        if name not in out and "default" in prop:
+            out[name] = copy.deepcopy(prop["default"])
+        if name in out:
+            out[name] = apply_structural_defaults(prop, out[name])
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for k in out:
+            if k not in (schema.get("properties") or {}):
+                out[k] = apply_structural_defaults(extra, out[k])
+    return out
+
+
+def _stored(doc: dict) -> dict:
+    """The object as the API server stores it after a create: with the CRD's defaults applied."""
+    schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return apply_structural_defaults(schema, doc)
+
+
+def _quickstart() -> dict:
+    return yaml.safe_load((REPO / "manifests" / "examples" / "quickstart.yaml").read_text())
+
+
+def test_the_charts_trainer_image_is_used_for_a_run_that_names_none():
+    """The CRD used to default spec.cluster.image, so every stored run 'set' it and the chart's
+    trainer image (ASYNCMTL_TRAINER_DEFAULTS) was silently ignored."""
+    from asyncmtl_operator.controller import _with_defaults
+
+    doc = _quickstart()
+    doc["spec"]["cluster"] = {"resources": {"limits": {"nvidia.com/gpu": "1"}}}  # the run sets its GPUs, no image
+    run = parse_run(_stored(doc))
+    cluster = _with_defaults(run.spec.cluster, {"image": "registry.example/asyncmtl/trainer:9.9",
+                                                "imagePullPolicy": "Always", "backoffLimit": 7})
+    assert (cluster.image, cluster.image_pull_policy, cluster.backoff_limit) == \
+        ("registry.example/asyncmtl/trainer:9.9", "Always", 7)
+    assert parse_run(_stored(_quickstart())).spec.cluster.image == "asyncmtl/trainer:0.1.0"  # the models' default
+
+
+def test_a_runs_own_labels_keep_the_charts_kueue_queue_label():
+    from asyncmtl_operator.controller import _with_defaults
+
+    doc = _quickstart()
+    doc["spec"]["cluster"] = {"labels": {"team": "nlp"}, "env": {"A": "1"}}
+    run = parse_run(_stored(doc))
+    cluster = _with_defaults(run.spec.cluster, {"labels": {"kueue.x-k8s.io/queue-name": "gpu-queue"},
+                                                "env": {"A": "0", "B": "2"}})
+    assert cluster.labels == {"kueue.x-k8s.io/queue-name": "gpu-queue", "team": "nlp"}
+    assert cluster.env == {"A": "1", "B": "2"}
+
+
+def test_an_integer_gpu_count_is_accepted_by_the_crd_and_the_models_and_reaches_the_job():
+    """`nvidia.com/gpu: 1`, the way everyone writes it, failed every run in the operator."""
+    import jsonschema
+
+    from asyncmtl_operator.children import training_job
+    from tests.unit.test_crd import _to_jsonschema
+
+    doc = _quickstart()
+    doc["spec"]["cluster"] = {"resources": {"requests": {"cpu": 4, "memory": "16Gi"},
+                                            "limits": {"nvidia.com/gpu": 1, "memory": "32Gi"}}}
+    schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    jsonschema.Draft4Validator(_to_jsonschema(schema)).validate(doc)  # the CRD's schema, as test_crd reads it
+    run = parse_run(_stored(doc))
+    job = training_job(run, "team-a")
+    resources = job["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources == {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"nvidia.com/gpu": "1", "memory": "32Gi"}}
+
+
+def test_a_resource_quantity_that_is_not_one_is_refused_with_its_path():
+    import pytest
+
+    from asyncmtl.spec import SpecError
+
+    for bad in (True, "1.2.3", "lots"):
+        doc = _quickstart()
+        doc["spec"]["cluster"] = {"resources": {"limits": {"nvidia.com/gpu": bad}}}
+        with pytest.raises(SpecError, match=r"spec\.cluster\.resources\.limits\.nvidia\.com/gpu"):
+            parse_run(doc)
