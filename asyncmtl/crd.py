@@ -115,6 +115,7 @@ def status_schema() -> dict[str, Any]:
             "type": {"type": "string"}, "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
             "reason": {"type": "string"}, "message": {"type": "string"},
             "lastTransitionTime": {"type": "string", "format": "date-time"},
+            "observedGeneration": {"type": "integer", "minimum": 0},
         },
     }
     task = {
@@ -137,7 +138,9 @@ def status_schema() -> dict[str, Any]:
             "message": {"type": "string"},
             "observedGeneration": {"type": "integer"},
             "tasks": {"type": "object", "additionalProperties": task},
-            "conditions": {"type": "array", "items": condition},
+            # metav1.Condition list: a map keyed by type (server-side apply merges by it)
+            "conditions": {"type": "array", "items": condition, "x-kubernetes-list-type": "map",
+                           "x-kubernetes-list-map-keys": ["type"]},
         },
     }
 

@@ -353,6 +353,7 @@ def _finish(ctx: _Ctx) -> None:
     else:
         st.message = "trainer finished at training.maxSteps before every task converged"
     ctx.condition("Ready", "True", "Succeeded", st.message)
+    ctx.condition("Complete", "True", "Succeeded", st.message)
     ctx.event("Succeeded", st.message)
     ctx.actions.append(Complete())
 
@@ -362,5 +363,6 @@ def _fail(ctx: _Ctx, reason: str) -> None:
     st.phase = "Failed"
     st.message = reason
     ctx.condition("Ready", "False", "Failed", reason)
+    ctx.condition("Failed", "True", "Failed", reason)
     ctx.event("Failed", reason, warning=True)
     ctx.actions.append(Fail(reason=reason))

@@ -22,7 +22,8 @@ from asyncmtl.core.convergence import Track
 
 RunPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
 TaskPhase = Literal["Pending", "Training", "Converged", "Distilling", "KD", "Frozen"]
-ConditionType = Literal["Ready", "MetricsAvailable", "SignalAcknowledged", "Degraded"]
+# Complete and Failed are terminal (Kubeflow Trainer v2, batch/v1 Job): `kubectl wait --for=condition=Complete`
+ConditionType = Literal["Ready", "MetricsAvailable", "SignalAcknowledged", "Degraded", "Complete", "Failed"]
 
 HISTORY_LIMIT = 200
 

@@ -234,12 +234,15 @@ class Controller:
         mem.last_poll = now
         self._measure(status, new, point_times, now, logger, name)
         self._apply(body, run, namespace, new, actions, adopt, logger)
-        for task, ts in new.tasks.items():
-            self.metrics.set_task_phase(namespace, name, task, ts.phase)
-        self.metrics.metrics_available.labels(namespace, name).set(1.0 if obs.metrics is not None else 0.0)
-        waiting = (new.control.generation if new.control else 0) > new.acknowledged_generation
-        self.metrics.signal_pending.labels(namespace, name).set(
-            now - new.signal_sent_at if waiting and new.signal_sent_at else 0.0)
+        if new.phase in ("Succeeded", "Failed"):
+            self.metrics.forget_run(namespace, name)  # no series of a finished run (stale gauges keep alerts firing)
+        else:
+            for task, ts in new.tasks.items():
+                self.metrics.set_task_phase(namespace, name, task, ts.phase)
+            self.metrics.metrics_available.labels(namespace, name).set(1.0 if obs.metrics is not None else 0.0)
+            waiting = (new.control.generation if new.control else 0) > new.acknowledged_generation
+            self.metrics.signal_pending.labels(namespace, name).set(
+                now - new.signal_sent_at if waiting and new.signal_sent_at else 0.0)
         self.metrics.reconciles.labels("ok").inc()
         return self.status_patch(body, new)
 
@@ -365,8 +368,11 @@ class Controller:
             "step": status.step,
             "observedGeneration": (body.get("metadata") or {}).get("generation"),
             "tasks": tasks,
+            # metav1.Condition: observedGeneration says which spec the condition speaks of
             "conditions": [{"type": c.type, "status": c.status, "reason": c.reason, "message": c.message,
-                            "lastTransitionTime": _iso(c.last_transition_time)} for c in status.conditions],
+                            "lastTransitionTime": _iso(c.last_transition_time),
+                            "observedGeneration": (body.get("metadata") or {}).get("generation")}
+                           for c in status.conditions],
             STATUS_KEY: status.model_dump(mode="json", by_alias=True),
         }
 

@@ -111,3 +111,11 @@ def on_delete(body: kopf.Body, namespace: str, memo: kopf.Memo, logger: logging.
     for prefix in ("checkpoints", "softlabels", "reports", "model"):
         storage.delete_prefix(prefix)
     logger.info("[run=%s] stored artifacts deleted (storage.cleanupOnDelete)", run.name)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+def forget_deleted(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    """A deleted run's operator series go (optional: no finalizer is added for this)."""
+    controller: Controller = memo.controller
+    controller.metrics.forget_run(namespace, name)
+    controller.memory.pop((namespace, name), None)

@@ -39,6 +39,13 @@ class OperatorMetrics(MetricsEndpoint):
                                     "Seconds the latest control signal has waited for acknowledgement (0: acknowledged)",
                                     ["namespace", "run"], registry=r)
 
+    def forget_run(self, namespace: str, run: str) -> None:
+        """Remove every series of one run (it ended, or was deleted): stale gauges keep alerts firing.
+        Uses prometheus-client's `remove_by_labels` (partial label match)."""
+        for g in (self.task_phase, self.inference_pods, self.inference_completions, self.metrics_available,
+                  self.signal_pending):
+            g.remove_by_labels({"namespace": namespace, "run": run})
+
     def set_task_phase(self, namespace: str, run: str, task: str, phase: str) -> None:
         for p in TASK_PHASES:
             self.task_phase.labels(namespace, run, task, p).set(1.0 if p == phase else 0.0)

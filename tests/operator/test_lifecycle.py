@@ -112,6 +112,8 @@ def test_lifecycle(cluster, kube, s3, prometheus_binary, tmp_path, monkeypatch, 
             assert samples["asyncmtl_operator_reconciles_total[('result', 'ok')]"] >= 5
             assert samples["asyncmtl_operator_sample_to_decision_seconds_count[]"] == 2  # a, then b
             assert samples["asyncmtl_operator_decision_to_ack_seconds_count[]"] == 3
+            # a finished run leaves no series behind (stale gauges keep alerts firing)
+            assert not [k for k in samples if "('run', 'life')" in k], [k for k in samples if "'life'" in k]
         assert runner.exit_code == 0, runner.output
         st = final["status"]
         assert printer_columns(final) == {"Phase": "Succeeded", "Setting": "joint", "Converged": "2/2", "Step": 400}
@@ -120,6 +122,8 @@ def test_lifecycle(cluster, kube, s3, prometheus_binary, tmp_path, monkeypatch, 
         conds = {c["type"]: c for c in st["conditions"]}
         assert conds["Ready"]["reason"] == "Succeeded" and conds["SignalAcknowledged"]["status"] == "True"
         assert conds["MetricsAvailable"]["status"] == "True" and conds["Degraded"]["status"] == "False"
+        assert conds["Complete"]["status"] == "True" and "Failed" not in conds  # kubectl wait --for=condition=Complete
+        assert all(c["observedGeneration"] == 1 for c in st["conditions"])  # metav1.Condition
         assert st["observedGeneration"] == 1
         reasons = [e["reason"] for e in events(kube, "life")]
         for r in ("Started", "TaskConverged", "InferenceLaunched", "SoftLabelsReady", "Stopping", "Succeeded"):

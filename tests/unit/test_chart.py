@@ -192,3 +192,10 @@ def test_the_pods_service_account_exists_wherever_runs_may_be_applied(values):
         have = {o["metadata"]["namespace"] for o in objects
                 if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == name}
         assert name and have >= set(watched)
+
+
+def test_the_service_monitor_keeps_the_operators_namespace_label():
+    """The operator's series carry the run's `namespace`; without honorLabels Prometheus renames it
+    `exported_namespace` and every panel and rule joining on namespace returns nothing."""
+    monitors = [o for o in render(HA_VALUES) if o["kind"] == "ServiceMonitor"]
+    assert monitors and all(e.get("honorLabels") is True for m in monitors for e in m["spec"]["endpoints"])

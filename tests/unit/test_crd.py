@@ -97,3 +97,9 @@ def test_the_crd_rejects_what_the_models_reject(validator, mutate, where):
     mutate(doc["spec"])
     errors = list(validator.iter_errors(doc))
     assert errors and any(where in (str(e.path) + e.message) for e in errors), [e.message for e in errors]
+
+
+def test_conditions_are_a_list_map_keyed_by_type_with_observed_generation():
+    cond = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"]
+    assert cond["x-kubernetes-list-type"] == "map" and cond["x-kubernetes-list-map-keys"] == ["type"]
+    assert "observedGeneration" in cond["items"]["properties"]

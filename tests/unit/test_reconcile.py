@@ -249,6 +249,8 @@ def test_last_task_converging_stops_the_run_and_finishing_completes_it():
     assert sim.status.stopping and sim.status.phase == "Running"
     actions = sim.poll(trainer_state="Finished")
     assert sim.status.phase == "Succeeded" and kinds(actions, Complete)
+    # terminal conditions, as a Job's (`kubectl wait --for=condition=Complete`)
+    assert sim.status.condition("Complete").status == "True" and sim.status.condition("Failed") is None
     assert sim.poll() == []  # terminal: nothing more
 
 
@@ -258,6 +260,7 @@ def test_trainer_failure_fails_the_run():
     actions = sim.poll(metrics=False, trainer_state="Failed")
     assert sim.status.phase == "Failed" and kinds(actions, Fail)
     assert sim.status.condition("Ready").status == "False"
+    assert sim.status.condition("Failed").status == "True" and sim.status.condition("Complete") is None
 
 
 def test_no_decision_without_metrics():
