@@ -132,7 +132,7 @@ def status_schema() -> dict[str, Any]:
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": True,
         "properties": {
-            "phase": {"type": "string", "enum": ["Pending", "Running", "Succeeded", "Failed"]},
+            "phase": {"type": "string", "enum": ["Pending", "Queued", "Running", "Succeeded", "Failed"]},
             "converged": {"type": "string", "description": "Tasks past Training over all tasks, e.g. 3/6."},
             "step": {"type": "integer"},
             "message": {"type": "string"},

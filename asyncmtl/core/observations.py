@@ -11,7 +11,8 @@ from pydantic import BaseModel, Field
 
 from asyncmtl.core.convergence import TaskObservation
 
-TrainerState = Literal["Starting", "Running", "Finished", "Failed"]
+# Queued: the training Job is suspended (`spec.suspend`, e.g. by Kueue until its queue admits it)
+TrainerState = Literal["Starting", "Queued", "Running", "Finished", "Failed"]
 InferenceState = Literal["Running", "Succeeded", "Failed"]
 
 

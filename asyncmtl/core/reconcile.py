@@ -136,6 +136,18 @@ def reconcile(
         _fail(ctx, f"trainer failed: {obs.trainer_message}".strip())
         return st, ctx.actions
 
+    if obs.trainer_state == "Queued":  # a suspended Job waits for admission: nothing trains, nothing is stale
+        if st.phase != "Queued":
+            ctx.event("Queued", "the training Job is suspended until its queue admits it (Kueue)")
+        st.phase = "Queued"
+        ctx.condition("Ready", "False", "Queued", "waiting for admission: the training Job is suspended")
+        ctx.condition("MetricsAvailable", "Unknown", "Queued", "no trainer runs while the Job is suspended")
+        ctx.flush_signals()
+        return st, ctx.actions
+    if st.phase == "Queued":
+        st.phase = "Running"
+        ctx.event("Admitted", "the training Job was admitted and unsuspended")
+
     if obs.metrics is None:
         ctx.condition("MetricsAvailable", "False", "MetricsUnavailable", obs.metrics_error or "no metrics yet")
     else:

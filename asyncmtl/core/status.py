@@ -20,7 +20,7 @@ from pydantic.alias_generators import to_camel
 from asyncmtl.control import ControlDocument
 from asyncmtl.core.convergence import Track
 
-RunPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
+RunPhase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed"]
 TaskPhase = Literal["Pending", "Training", "Converged", "Distilling", "KD", "Frozen"]
 # Complete and Failed are terminal (Kubeflow Trainer v2, batch/v1 Job): `kubectl wait --for=condition=Complete`
 ConditionType = Literal["Ready", "MetricsAvailable", "SignalAcknowledged", "Degraded", "Complete", "Failed"]

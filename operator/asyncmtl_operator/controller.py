@@ -234,8 +234,9 @@ class Controller:
         mem.last_poll = now
         self._measure(status, new, point_times, now, logger, name)
         self._apply(body, run, namespace, new, actions, adopt, logger)
-        if new.phase in ("Succeeded", "Failed"):
-            self.metrics.forget_run(namespace, name)  # no series of a finished run (stale gauges keep alerts firing)
+        if new.phase in ("Succeeded", "Failed", "Queued"):
+            # no series of a finished run (stale gauges keep alerts firing), none while queued (nothing is stale)
+            self.metrics.forget_run(namespace, name)
         else:
             for task, ts in new.tasks.items():
                 self.metrics.set_task_phase(namespace, name, task, ts.phase)
@@ -252,6 +253,9 @@ class Controller:
             obs.trainer_state, obs.trainer_message = "Failed", "the training Job is gone"
             return
         st = job.get("status") or {}
+        if (job.get("spec") or {}).get("suspend") and not st.get("succeeded"):
+            obs.trainer_state = "Queued"  # Kueue (or anyone) suspended it: no pod, no metrics, nothing wrong
+            return
         for c in st.get("conditions") or []:
             if c.get("status") == "True" and c.get("type") in ("Complete", "SuccessCriteriaMet"):
                 obs.trainer_state = "Finished"

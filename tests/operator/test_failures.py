@@ -211,3 +211,25 @@ def _run_exists(custom, name: str) -> bool:
         if exc.status == 404:
             return False
         raise
+
+
+def test_a_suspended_training_job_shows_queued_not_broken_then_runs_when_admitted(setup):
+    """Kueue suspends a Job until its queue admits it: the run is Queued (Ready=False, reason Queued,
+    the printer column says so), no MetricsAvailable=False and no stale-metrics series meanwhile;
+    unsuspended, it runs."""
+    kube, endpoint, trainer, prom = setup
+    batch = kubernetes.client.BatchV1Api(kube)
+    with KopfRunner(operator_args(), timeout=60) as runner:
+        apply_run(kube, make_run("f", endpoint=endpoint))
+        wait_until(lambda: exists(kube, "Job", "f-train"), what="training Job")
+        batch.patch_namespaced_job("f-train", NS, {"spec": {"suspend": True}})  # what Kueue does
+        queued = wait_until(lambda: get_run(kube, "f").get("status", {}).get("phase") == "Queued"
+                            and get_run(kube, "f"), what="Queued")
+        conds = {c["type"]: c for c in queued["status"]["conditions"]}
+        assert conds["Ready"]["status"] == "False" and conds["Ready"]["reason"] == "Queued"
+        assert conds.get("MetricsAvailable", {}).get("status") != "False"
+        assert "Queued" in [e["reason"] for e in events(kube, "f")]
+        batch.patch_namespaced_job("f-train", NS, {"spec": {"suspend": False}})  # admitted
+        wait_until(lambda: get_run(kube, "f").get("status", {}).get("phase") == "Running", what="Running again")
+    assert runner.exit_code == 0, runner.output
+    assert "Admitted" in [e["reason"] for e in events(kube, "f")]
