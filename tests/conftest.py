@@ -119,3 +119,21 @@ def moto_server() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+def wait_for_lock_free(run_dir: Path, run: str, timeout: float) -> None:
+    """Wait until nothing holds the local run's lock, i.e. every process of its owner is gone (a dying
+    multi-threaded process shows as a zombie while its last threads exit). AssertionError on timeout."""
+    import time
+
+    from asyncmtl.local.lifeline import RunLock, RunLocked
+
+    lock, deadline = RunLock(run_dir / "run.lock"), time.monotonic() + timeout
+    while True:
+        try:
+            lock.acquire(run)
+            break
+        except RunLocked:
+            assert time.monotonic() < deadline, f"a process of run {run} still holds its lock"
+            time.sleep(0.2)
+    lock.release()

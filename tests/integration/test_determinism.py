@@ -24,9 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from asyncmtl.local.lifeline import RunLock, RunLocked
 from asyncmtl.report import history_key
-from tests.conftest import tweeteval_task, wait_for_step
+from tests.conftest import tweeteval_task, wait_for_lock_free, wait_for_step
 
 pytestmark = pytest.mark.slow
 
@@ -140,15 +139,7 @@ def test_a_run_stopped_then_resumed_decides_as_if_undisturbed(calm, tmp_path, ti
     p.send_signal(sig)
     out, _ = p.communicate(timeout=120)
     assert p.returncode == (128 + sig if sig == signal.SIGTERM else -sig), out
-    lock, deadline = RunLock(run_dir / "run.lock"), time.monotonic() + 30
-    while True:  # every process of the first owner is gone once nothing holds the run's lock
-        try:
-            lock.acquire("det")
-            break
-        except RunLocked:
-            assert time.monotonic() < deadline, "a process of the first owner is still alive"
-            time.sleep(0.2)
-    lock.release()
+    wait_for_lock_free(run_dir, "det", 30)  # every process of the first owner is gone
     assert not Path(f"/proc/{trainer}").exists() or Path(f"/proc/{trainer}/stat").read_text().split()[2] == "Z"
 
     resumed = _run(tmp_path, tiny_model, tweeteval_dir, delay=0.0, resume=True)

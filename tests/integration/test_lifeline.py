@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from asyncmtl.local.lifeline import RunLock, RunLocked
-from tests.conftest import builtin_task, local_run_command, run_doc, wait_for_step
+from tests.conftest import builtin_task, local_run_command, run_doc, wait_for_lock_free, wait_for_step
 
 
 def _alive(pid: int) -> bool:
@@ -72,15 +72,7 @@ def test_a_killed_runtime_takes_its_trainer_with_it_and_a_resume_waits_for_it(tm
     assert _wait_gone(trainer_pid, 15), "the trainer kept training after its runtime was killed"
     # once every thread of every process of the run is gone the lock is free again: a resume may take
     # the run over (a dying multi-threaded process shows as a zombie while its last threads exit)
-    lock, deadline = RunLock(run_dir / "run.lock"), time.monotonic() + 15
-    while True:
-        try:
-            lock.acquire("owned")
-            break
-        except RunLocked:
-            assert time.monotonic() < deadline, "the run's lock is still held after its processes died"
-            time.sleep(0.2)
-    lock.release()
+    wait_for_lock_free(run_dir, "owned", 15)
 
 
 def test_the_run_lock_is_held_while_any_process_of_the_run_lives(tmp_path):
