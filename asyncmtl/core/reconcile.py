@@ -276,6 +276,10 @@ def _converge(spec: RunSpec, ctx: _Ctx, newly: list[str]) -> None:
         if not continual:
             ctx.signal(ConvergedSignal(generation=1, task=n, best_step=ts.best_step or 0, rewind_to=rewind_to))
         how = f"rewinding to step {rewind_to}" if rewind_to is not None else "no rewind"
+        if rewind_to is not None and rewind_to != ts.best_step:
+            at = ", ".join(m for m in newly if st.tasks[m].track.best_step == rewind_to)
+            how += (f" (the latest best of the tasks converging together: {at}'s; one rewind serves them all, and "
+                    f"{n}'s soft labels still come from its own best checkpoint at step {ts.best_step})")
         ctx.event("TaskConverged", f"task {n}: no improvement for {spec.task(n).patience} validation steps; "
                   f"best {ts.best_value:.2f} at step {ts.best_step}, {how}", task=n, step=ts.converged_at_step)
     if rewind_to is not None:

@@ -437,3 +437,19 @@ def test_easiest_first_waits_until_the_runtime_resolved_the_order():
     sim.spec.task_order = ["b", "a"]
     sim.poll()
     assert [s.task for s in sim.signals() if s.kind == "startTask"] == ["b"]
+
+
+def test_tasks_converging_together_share_one_rewind_and_the_event_says_why_its_step():
+    """a peaks at 100, b at 200; both meet the rule at 300: one rewind, to 200 (b's best). a's event
+    used to say "best 70.00 at step 100, rewinding to step 200" with no word on why."""
+    sim = Sim(make_spec(names=("a", "b"), patience=1))
+    sim.poll(metrics=False)
+    for step, values in ((100, {"a": 70, "b": 10}), (200, {"a": 60, "b": 20}), (300, {"a": 50, "b": 15})):
+        sim.validate(step, values)
+    actions = sim.poll(complete=300)
+    msgs = {a.message.split(":")[0].removeprefix("task "): a.message for a in actions
+            if isinstance(a, EmitEvent) and a.reason == "TaskConverged"}
+    assert set(msgs) == {"a", "b"}
+    assert "best 70.00 at step 100, rewinding to step 200 (the latest best of the tasks converging together: b's;" \
+        in msgs["a"] and "a's soft labels still come from its own best checkpoint at step 100" in msgs["a"]
+    assert msgs["b"].endswith("best 20.00 at step 200, rewinding to step 200")
