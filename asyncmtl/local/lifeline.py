@@ -90,6 +90,20 @@ def watch_parent(parent_pid: int, interval: float = 1.0) -> threading.Thread | N
     return t
 
 
+def _owner_dead(holder: str) -> bool:
+    """Whether the lock file's "PID on HOST, ..." names a process of this host that no longer exists."""
+    parts = holder.split()
+    if len(parts) < 3 or not parts[0].isdigit() or parts[1] != "on" or parts[2].rstrip(",") != socket.gethostname():
+        return False  # unknown format or another host: cannot tell, so not dead
+    try:
+        os.kill(int(parts[0]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 class RunLocked(Exception):
     """Another runtime (or a process it started, still alive) holds the run's lock."""
 
@@ -104,26 +118,40 @@ class RunLock:
         self.path = path
         self.fd: int | None = None
 
-    def acquire(self, run: str) -> None:
+    def acquire(self, run: str, wait_for_orphans: float = 0.0) -> None:
         """Take the lock and write "PID on HOST, since START" into the file (the kernel releases an
         flock when its last holder dies, so no heartbeat is needed to tell a live owner from a dead one).
 
+        When the lock is held but the runtime that took it (the pid in the file, on this host) is dead,
+        what holds it are its orphaned children, which stop on their own once they see their parent
+        gone (`watch_parent`): wait up to `wait_for_orphans` seconds for them before refusing.
+
         Raises:
-            RunLocked: the lock is held; the message names the run and the holder's pid.
+            RunLocked: the lock is held (by a live runtime, or by orphans past the wait); the message
+                names the run and the holder's pid.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise RunLocked(
-                    f"run {run} is in use: `asyncmtl run` (pid {holder}) or a trainer or inference process it "
-                    f"started is still running ({self.path}). Stop it (Ctrl-C, or kill the pid), then resume with "
-                    f"--resume.") from None
-            raise
+        deadline = time.monotonic() + wait_for_orphans
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise
+                holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "unknown"
+                orphaned = _owner_dead(holder)
+                if orphaned and time.monotonic() < deadline:
+                    time.sleep(0.2)  # its children are stopping: they watch their parent
+                    continue
+                os.close(fd)
+                who = (f"the runtime (pid {holder}) is gone, but a trainer or inference process it started still "
+                       f"holds it" if orphaned else
+                       f"`asyncmtl run` (pid {holder}) or a trainer or inference process it started is still running")
+                raise RunLocked(f"run {run} is in use: {who} ({self.path}; `fuser {self.path}` lists the "
+                                f"holders). Stop it (Ctrl-C, or kill the pid), then resume with --resume.") from None
         os.ftruncate(fd, 0)
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         os.pwrite(fd, f"{os.getpid()} on {socket.gethostname()}, since {started}\n".encode(), 0)

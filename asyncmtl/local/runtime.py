@@ -371,7 +371,7 @@ class LocalRuntime:
             RunLocked: another runtime, or a process one started, still holds this run.
         """
         self.preflight()  # bad data or encoder: an error before anything is created
-        self.lock.acquire(self.name)
+        self.lock.acquire(self.name, wait_for_orphans=30.0)  # orphans of a killed runtime stop within seconds
         try:
             return self._run()
         finally:

@@ -155,3 +155,26 @@ def test_a_killed_trainer_is_restarted_backoff_limit_times_and_a_failed_run_resu
     assert json.loads((run_dir / "status.json").read_text())["phase"] == "Succeeded"
     log = (run_dir / "logs" / "trainer.log").read_text()
     assert log.count("resumed at step") == 2  # the restart, then the --resume; neither started over
+
+
+def test_a_resume_waits_for_the_orphans_of_a_dead_owner_then_takes_the_run(tmp_path):
+    """The runtime that took the lock is gone (its pid is dead); its child still holds the lock for a
+    moment while it notices and stops. A resume waits for it instead of refusing; with a live owner
+    it refuses at once."""
+    path = tmp_path / "run.lock"
+    script = (
+        "import subprocess, sys\n"
+        "from pathlib import Path\n"
+        "from asyncmtl.local.lifeline import RunLock\n"
+        f"lock = RunLock(Path({str(path)!r}))\n"
+        "lock.acquire('r')\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(2)'], pass_fds=(lock.fd,))\n"
+    )  # the owner exits at once; its child (the orphan) holds the lock two more seconds
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=30)
+    with pytest.raises(RunLocked, match="the runtime .* is gone, but a trainer or inference process"):
+        RunLock(path).acquire("r")  # no wait: refused, naming what holds it
+    t0 = time.monotonic()
+    lock = RunLock(path)
+    lock.acquire("r", wait_for_orphans=20)
+    assert time.monotonic() - t0 < 15 and path.read_text().startswith(f"{os.getpid()} on ")
+    lock.release()
