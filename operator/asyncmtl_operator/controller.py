@@ -44,7 +44,8 @@ WAITING_REASONS = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "Crea
 class OperatorConfig:
     """Operator settings, from the environment.
 
-    PROMETHEUS_URL; ASYNCMTL_TIMER_INTERVAL (seconds between ticks per run, default 5);
+    PROMETHEUS_URL, PROMETHEUS_BEARER_TOKEN_FILE, PROMETHEUS_CA_FILE (an authenticating proxy, TLS);
+    ASYNCMTL_TIMER_INTERVAL (seconds between ticks per run, default 5);
     ASYNCMTL_STALE_AFTER (seconds after which the newest trainer sample is stale, default 120);
     ASYNCMTL_OPERATOR_METRICS_PORT (0 disables, default 8080);
     ASYNCMTL_DEFAULT_STORAGE_URI, ASYNCMTL_DEFAULT_STORAGE_ENDPOINT, ASYNCMTL_DEFAULT_STORAGE_SECRET:
@@ -55,6 +56,8 @@ class OperatorConfig:
     """
 
     prometheus_url: str = "http://prometheus-operated.monitoring:9090"
+    prometheus_bearer_token_file: str | None = None
+    prometheus_ca_file: str | None = None
     timer_interval: float = 5.0
     stale_after: float = 120.0
     metrics_port: int = 8080
@@ -66,6 +69,8 @@ class OperatorConfig:
     @classmethod
     def from_env(cls) -> "OperatorConfig":
         return cls(prometheus_url=os.environ.get("PROMETHEUS_URL", cls.prometheus_url),
+                   prometheus_bearer_token_file=os.environ.get("PROMETHEUS_BEARER_TOKEN_FILE") or None,
+                   prometheus_ca_file=os.environ.get("PROMETHEUS_CA_FILE") or None,
                    timer_interval=float(os.environ.get("ASYNCMTL_TIMER_INTERVAL", cls.timer_interval)),
                    stale_after=float(os.environ.get("ASYNCMTL_STALE_AFTER", cls.stale_after)),
                    metrics_port=int(os.environ.get("ASYNCMTL_OPERATOR_METRICS_PORT", cls.metrics_port)),
@@ -95,7 +100,9 @@ class Controller:
 
     def __post_init__(self) -> None:
         if self.prometheus is None:
-            self.prometheus = PrometheusClient(self.config.prometheus_url)
+            self.prometheus = PrometheusClient(self.config.prometheus_url,
+                                               bearer_token_file=self.config.prometheus_bearer_token_file,
+                                               ca_file=self.config.prometheus_ca_file)
 
     # ---- helpers ---------------------------------------------------------------------------
     def parse(self, body: dict[str, Any]) -> AsyncMTLRun:

@@ -10,13 +10,13 @@ PodMonitor (or a static scrape config) attaches. Per poll:
 """
 from __future__ import annotations
 
-import json
 import math
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from asyncmtl import metric_names as M
 from asyncmtl.core.convergence import TaskObservation, ValidationPoint
@@ -37,20 +37,63 @@ class Snapshot:
     point_times: dict[str, dict[int, float]]
 
 
-class PrometheusClient:
-    """A minimal client of the Prometheus HTTP API (docs: prometheus.io, "HTTP API")."""
+class _Transient(Exception):
+    """A reply worth asking again for: 429 or a 5xx from Prometheus or a proxy in front of it."""
 
-    def __init__(self, url: str, timeout: float = 5.0) -> None:
+
+class PrometheusClient:
+    """A client of the Prometheus HTTP API (docs: prometheus.io, "HTTP API"), also behind an
+    authenticating proxy (Thanos Querier, OpenShift monitoring's kube-rbac-proxy).
+
+    Args:
+        url: the API's base URL.
+        timeout: seconds per request.
+        bearer_token_file: a file holding a bearer token, re-read on every request (projected
+            ServiceAccount tokens rotate), sent as `Authorization: Bearer ...`.
+        ca_file: a CA bundle to verify the server's TLS certificate with (default: the system's).
+        attempts: tries per query; connection errors, timeouts, 429 and 5xx are retried with
+            exponential backoff (tenacity).
+    """
+
+    def __init__(self, url: str, timeout: float = 5.0, *, bearer_token_file: str | None = None,
+                 ca_file: str | None = None, attempts: int = 3) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.bearer_token_file = bearer_token_file
+        self.attempts = max(1, attempts)
+        self.verify: str | bool = ca_file or True
+        self.session = requests.Session()
+
+    def _headers(self) -> dict[str, str]:
+        if not self.bearer_token_file:
+            return {}
+        return {"Authorization": f"Bearer {Path(self.bearer_token_file).read_text().strip()}"}
+
+    def _get(self, promql: str) -> dict:
+        # verify per request: a Session's own `verify` loses to $REQUESTS_CA_BUNDLE (psf/requests#3829)
+        r = self.session.get(f"{self.url}/api/v1/query", params={"query": promql}, headers=self._headers(),
+                             timeout=self.timeout, verify=self.verify)
+        if r.status_code == 429 or r.status_code >= 500:
+            raise _Transient(f"HTTP {r.status_code}")
+        if r.status_code in (401, 403):
+            raise PrometheusError(f"{self.url}: HTTP {r.status_code}: not authorized (bearer token file: "
+                                  f"{self.bearer_token_file or 'none'})")
+        return r.json()  # 400 and 422 carry Prometheus's own error body
 
     def query(self, promql: str) -> list[dict]:
-        """Instant query; returns `data.result`. Raises PrometheusError."""
-        q = urllib.parse.urlencode({"query": promql})
+        """Instant query; returns `data.result`.
+
+        Raises:
+            PrometheusError: unreachable after the retries, not authorized, or a query error.
+        """
         try:
-            with urllib.request.urlopen(f"{self.url}/api/v1/query?{q}", timeout=self.timeout) as r:
-                body = json.loads(r.read())
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+            for attempt in Retrying(stop=stop_after_attempt(self.attempts), reraise=True,
+                                    wait=wait_exponential(multiplier=0.2, max=2.0),
+                                    retry=retry_if_exception_type((_Transient, requests.ConnectionError,
+                                                                   requests.Timeout))):
+                with attempt:
+                    body = self._get(promql)
+        except (_Transient, requests.RequestException, OSError, ValueError) as exc:
             raise PrometheusError(f"{self.url}: {exc}") from exc
         if body.get("status") != "success":
             raise PrometheusError(f"{self.url}: {body.get('errorType')}: {body.get('error')}")
