@@ -273,8 +273,9 @@ def _converge(spec: RunSpec, ctx: _Ctx, newly: list[str]) -> None:
         ts.converged_at_step = ts.track.last_step
         ts.best_step, ts.best_value = ts.track.best_step, ts.track.best_value
         ts.rewind_to = rewind_to
-        if not continual:
-            ctx.signal(ConvergedSignal(generation=1, task=n, best_step=ts.best_step or 0, rewind_to=rewind_to))
+        # continual too (rewind_to None): the trainer keeps the task on its labels, but learns that the
+        # decision was made, so its decision barrier never waits for a signal that would not come
+        ctx.signal(ConvergedSignal(generation=1, task=n, best_step=ts.best_step or 0, rewind_to=rewind_to))
         how = f"rewinding to step {rewind_to}" if rewind_to is not None else "no rewind"
         if rewind_to is not None and rewind_to != ts.best_step:
             at = ", ".join(m for m in newly if st.tasks[m].track.best_step == rewind_to)

@@ -432,3 +432,36 @@ def test_retention_stays_bounded_while_every_task_keeps_improving(tmp_path, tiny
             st.prev_best_step, st.best.best_step = st.best.best_step, tr.step
         tr.save_checkpoint()
     assert tr.checkpointer.steps() == [35, 40]
+
+
+def test_continual_a_converged_task_keeps_its_labels_and_no_longer_holds_the_trainer(tmp_path, tiny_model):
+    """Continual MTL under Pause: the core's converged signal (no rewind) tells the trainer the decision
+    was made; the task trains on with its labels and the decision barrier no longer waits for it. With
+    no signal (before), the barrier waited metrics.ackTimeoutSeconds (600 s) at each such step, again
+    after every restart: a resumed continual TweetEval run sat 10 minutes at step 1000."""
+    from asyncmtl.control import ControlDocument, ConvergedSignal, StartTaskSignal, write_control_file
+
+    tr = _trainer_with(tmp_path, tiny_model, setting="sequential", order="explicit",
+                       taskOrder=["sentiment", "sarcasm"], strategy="continual",
+                       distillation={"whilePending": "Pause"})
+    start = [StartTaskSignal(generation=1, task="sentiment")]
+    write_control_file(tmp_path / "c.json", ControlDocument(run="t", generation=1, signals=start))
+    tr.poll_control()
+    doc = ControlDocument(run="t", generation=2, signals=[
+        *start, ConvergedSignal(generation=2, task="sentiment", best_step=5, rewind_to=None)])
+    for _ in range(10):
+        tr.step_once()  # checkpoints at 5 and 10
+    st = tr.states["sentiment"]
+    st.best.best_step, st.best.best_value, st.last_step, st.last_value = 5, 99.0, 20, 10.0  # patience 3 spent
+    assert tr.decision_due() == ["sentiment"]  # meets the rule: the barrier would hold for the decision
+    write_control_file(tmp_path / "c.json", doc)
+    tr.poll_control()
+    assert st.mode == "supervised" and st.decided and tr.decision_due() == []
+    assert tr.step == 10  # no rewind
+    tr.save_checkpoint()
+    resumed = _trainer_with(tmp_path, tiny_model, setting="sequential", order="explicit",
+                            taskOrder=["sentiment", "sarcasm"], strategy="continual",
+                            distillation={"whilePending": "Pause"})
+    resumed.resume()
+    rs = resumed.states["sentiment"]
+    assert rs.mode == "supervised" and rs.decided and resumed.decision_due() == []

@@ -402,7 +402,9 @@ def test_continual_adds_tasks_without_rewind_or_kd():
     sim.poll()
     sim.validate(200, {"a": 60})
     actions = sim.poll()
-    assert [s.kind for s in sim.signals()] == ["startTask", "startTask"]  # no converged signal: a keeps its labels
+    # a converged signal without a rewind (the trainer keeps a on its labels), then b starts
+    assert [s.kind for s in sim.signals()] == ["startTask", "converged", "startTask"]
+    assert sim.signals()[1].task == "a" and sim.signals()[1].rewind_to is None
     assert not kinds(actions, LaunchInference) and sim.status.rewind_generation is None
     assert sim.status.tasks["a"].phase == "Converged" and sim.status.tasks["b"].phase == "Training"
 

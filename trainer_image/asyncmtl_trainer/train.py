@@ -215,6 +215,13 @@ class Trainer:
     def apply_generation(self, signals: list, generation: int) -> None:
         """Apply one generation's signals together, then acknowledge it through the metrics."""
         converged = [s for s in signals if s.kind == "converged"]
+        if self.spec.strategy == "continual":  # Continual MTL: a converged task keeps its true labels
+            for s in converged:
+                self.states[s.task].decided = True
+                self._score_best_checkpoint(s.task, s.best_step)
+                self.log.info("task %s converged (best step %d): it keeps training on its labels (continual)",
+                              s.task, s.best_step)
+            converged = []
         for s in converged:
             st = self.states[s.task]
             st.mode = "pending"
@@ -484,6 +491,8 @@ class Trainer:
                     continue
                 if s.kind == "startTask":
                     self.states[s.task].mode = "supervised"
+                elif s.kind == "converged" and self.spec.strategy == "continual":
+                    self.states[s.task].decided = True
                 elif s.kind == "converged":
                     self.states[s.task].mode, self.states[s.task].pinned_step = "pending", s.best_step
                 elif s.kind == "softLabelsReady":
