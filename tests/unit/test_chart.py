@@ -91,7 +91,10 @@ def test_namespaced_monitoring_ha_mode():
     objs = render(HA_VALUES)
     roles = [o for o in objs if o["kind"] == "Role"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
-    assert not [o for o in objs if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    # namespaced: the operator holds no cluster-wide grant (the users' aggregated roles are not the operator's)
+    assert not [o for o in objs if o["kind"] in ("ClusterRole", "ClusterRoleBinding")
+                and o["metadata"]["name"] not in ("asyncmtl-edit", "asyncmtl-view")]
+    assert not [o for o in objs if o["kind"] == "ClusterRoleBinding"]
     (dep,) = [o for o in objs if o["kind"] == "Deployment"]
     c = dep["spec"]["template"]["spec"]["containers"][0]
     assert dep["spec"]["replicas"] == 2 and "--peering=asyncmtl" in c["args"]
@@ -199,3 +202,16 @@ def test_the_service_monitor_keeps_the_operators_namespace_label():
     `exported_namespace` and every panel and rule joining on namespace returns nothing."""
     monitors = [o for o in render(HA_VALUES) if o["kind"] == "ServiceMonitor"]
     assert monitors and all(e.get("honorLabels") is True for m in monitors for e in m["spec"]["endpoints"])
+
+
+def test_users_get_edit_and_view_roles_aggregated_into_the_default_ones():
+    roles = {o["metadata"]["name"]: o for o in render({}) if o["kind"] == "ClusterRole"}
+    edit, view = roles["asyncmtl-edit"], roles["asyncmtl-view"]
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    verbs = {r["resources"][0]: set(r["verbs"]) for r in edit["rules"]}
+    assert {"create", "delete", "patch", "update"} <= verbs["asyncmtlruns"] and verbs["asyncmtlruns/status"] == {
+        "get", "list", "watch"}  # status is the operator's to write
+    assert all(set(r["verbs"]) == {"get", "list", "watch"} for r in view["rules"])
+    assert not [o for o in render({"rbac": {"aggregateToDefaultRoles": False}}) if o["metadata"]["name"] == "asyncmtl-edit"]

@@ -36,6 +36,9 @@ def derived_permissions(peering: bool = False) -> dict[tuple[str, str], set[str]
     return perms
 
 
+USER_ROLES = ("asyncmtl-edit", "asyncmtl-view")  # for the people who apply runs, not the operator
+
+
 def granted(values: dict, kind: str) -> list[dict[tuple[str, str], set[str]]]:
     import yaml
 
@@ -45,7 +48,8 @@ def granted(values: dict, kind: str) -> list[dict[tuple[str, str], set[str]]]:
     finally:
         chart.close()
     roles = [d for path, text in out.items() if not path.endswith("NOTES.txt")
-             for d in yaml.safe_load_all(text) if d and d.get("kind") == kind]
+             for d in yaml.safe_load_all(text) if d and d.get("kind") == kind
+             and d["metadata"]["name"] not in USER_ROLES]  # the operator's own role(s)
     result = []
     for role in roles:
         perms: dict[tuple[str, str], set[str]] = {}
