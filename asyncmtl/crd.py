@@ -5,8 +5,10 @@ Kubernetes API server requires (apiextensions.k8s.io/v1, "Specifying a structura
 references inlined, `anyOf [X, null]` -> `nullable: true`, tuples -> arrays with min/max
 items, `exclusiveMinimum: x` -> `minimum: x` + `exclusiveMinimum: true`, no `title`,
 no `additionalProperties: false` (unknown fields are pruned or, with field validation, rejected).
-Enums, bounds, patterns and required fields carry over. Cross-field rules stay in the models:
-the operator applies them and sets phase Failed with the field path.
+Enums, bounds, patterns and required fields carry over. Cross-field rules are CEL
+`x-kubernetes-validations` declared on the models (`asyncmtl.spec._cel`), so `kubectl apply`
+refuses what the models refuse; the operator still applies the models and sets phase Failed with
+the field path for anything CEL cannot express.
 
 `status` declares the fields the printer columns read and preserves the rest (the run status
 of `asyncmtl.core.status.RunStatus`), so the API server prunes nothing the operator writes.
@@ -103,6 +105,10 @@ def spec_schema() -> dict[str, Any]:
     defs = raw.pop("$defs", {})
     out = _structural(_inline(raw, defs))
     out["properties"]["cluster"] = _without_defaults(out["properties"]["cluster"])
+    # task names are unique: a list-map keyed by name, so the API server refuses a duplicate at apply
+    # ("spec.tasks[1]: Duplicate value") and server-side apply merges tasks by name
+    out["properties"]["tasks"]["x-kubernetes-list-type"] = "map"
+    out["properties"]["tasks"]["x-kubernetes-list-map-keys"] = ["name"]
     return out
 
 

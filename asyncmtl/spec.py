@@ -154,8 +154,31 @@ class DataSpec(_Strict):
         raise ValueError(f"cannot infer the format of {uri!r}: set format to one of jsonl|csv|parquet|tweeteval|builtin")
 
 
+def _cel(*rules: tuple[str, str, str]) -> ConfigDict:
+    """CEL rules for the CRD (`x-kubernetes-validations`), each (rule, message, fieldPath), so that
+    `kubectl apply` refuses what the model below refuses; the model's own validator stays the
+    reference (tests/unit/test_crd_cel.py checks they agree)."""
+    return ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": r, "message": m, **({"fieldPath": f} if f else {})} for r, m, f in rules]})
+
+
 class TaskSpec(_Strict):
     """One task: a head on the shared encoder, its data, and its convergence rule."""
+
+    model_config = _cel(
+        ("self.type != 'binary' || !has(self.numLabels) || self.numLabels == 2",
+         "numLabels must be 2 for a binary task", ".numLabels"),
+        ("self.type != 'regression' || !has(self.numLabels) || self.numLabels == 1",
+         "numLabels must be 1 for a regression task", ".numLabels"),
+        ("!(self.type in ['multiclass', 'multilabel']) || has(self.numLabels)",
+         "numLabels is required for a multiclass or multilabel task", ".numLabels"),
+        ("self.type != 'multiclass' || !has(self.numLabels) || self.numLabels >= 2",
+         "numLabels must be >= 2 for a multiclass task", ".numLabels"),
+        ("!has(self.labelRange) || self.type == 'regression'",
+         "labelRange only applies to a regression task", ".labelRange"),
+        ("!has(self.labelRange) || self.labelRange[1] > self.labelRange[0]",
+         "labelRange: max must be greater than min", ".labelRange"),
+    )
 
     name: str = Field(..., pattern=_DNS_LABEL, max_length=40, description="Task name (DNS label).")
     type: TaskType = Field(..., description="Head and loss family.")
@@ -403,6 +426,29 @@ class ClusterSpec(_Strict):
 
 class RunSpec(_Strict):
     """`spec` of an AsyncMTLRun."""
+
+    model_config = _cel(
+        ("!has(self.setting) || self.setting != 'sequential' || has(self.order)",
+         "order is required for setting: sequential", ".order"),
+        ("!has(self.setting) || self.setting == 'sequential' || "
+         "(!has(self.order) && !has(self.taskOrder) && !has(self.orderFromRun))",
+         "order, taskOrder and orderFromRun only apply to setting: sequential", ".setting"),
+        ("!has(self.order) || self.order != 'easiest-first' || has(self.orderFromRun)",
+         "orderFromRun is required for order: easiest-first", ".orderFromRun"),
+        ("!has(self.strategy) || self.strategy != 'bam' || (has(self.teacherRun) && self.teacherRun != '')",
+         "teacherRun is required for strategy: bam", ".teacherRun"),
+        ("!has(self.teacherRun) || (has(self.strategy) && self.strategy == 'bam')",
+         "teacherRun only applies to strategy: bam", ".teacherRun"),
+        ("!has(self.strategy) || self.strategy != 'continual' || (has(self.setting) && self.setting == 'sequential')",
+         "continual applies to setting: sequential", ".strategy"),
+        ("!has(self.strategy) || !(self.strategy in ['fixedSteps', 'bam']) || !has(self.setting) || "
+         "self.setting == 'joint'", "fixedSteps and bam apply to setting: joint", ".strategy"),
+        ("!has(self.training) || self.training.warmup < self.training.maxSteps",
+         "training.warmup must be smaller than training.maxSteps", ".training.warmup"),
+        ("!has(self.training) || self.training.validationInterval <= self.training.maxSteps",
+         "training.validationInterval must be <= training.maxSteps: no validation would run",
+         ".training.validationInterval"),
+    )
 
     model: ModelSpec = Field(..., description="The shared pretrained encoder.")
     tasks: list[TaskSpec] = Field(..., min_length=1, max_length=64, description="The tasks, one head each.")

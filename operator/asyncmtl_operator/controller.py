@@ -85,6 +85,7 @@ class RunMemory:
     """Per-run, in-memory only: when it was last polled (bounds the Prometheus window)."""
 
     last_poll: float | None = None
+    warned_generation: int | None = None  # the spec edit already reported as not applied
 
 
 @dataclass
@@ -184,6 +185,7 @@ class Controller:
             check()  # before any GPU is requested
         status, actions = reconcile(run.spec, RunStatus(), Observations(time=time.time(), metrics_error="starting"),
                                     run=name)
+        status.observed_generation = (body.get("metadata") or {}).get("generation")  # what the pods are made of
         doc = next(a.document for a in actions if isinstance(a, WriteControl))
         # the effective spec (default storage filled in) is what the pods read
         spec_yaml = yaml.safe_dump({"apiVersion": body["apiVersion"], "kind": body["kind"],
@@ -210,9 +212,9 @@ class Controller:
         status = RunStatus.model_validate(raw)
         if status.phase in ("Succeeded", "Failed"):
             return None
-        run = self.parse(body)
-        now = time.time()
         mem = self.memory.setdefault((namespace, name), RunMemory())
+        run = self._effective_run(body, namespace, status, mem, logger)
+        now = time.time()
         window = (now - mem.last_poll + 2 * self.config.timer_interval) if mem.last_poll else 600.0
         obs = Observations(time=now)
         point_times: dict[str, dict[int, float]] = {}
@@ -363,6 +365,28 @@ class Controller:
             if isinstance(a, EmitEvent):
                 self.post_event(body, a.type, a.reason, a.message)
 
+    def _effective_run(self, body: dict[str, Any], namespace: str, status: RunStatus, mem: RunMemory,
+                       logger: logging.Logger) -> AsyncMTLRun:
+        """The run as its pods know it. A spec edited after the run started reaches no pod (the trainer
+        and the inference Jobs read the spec once, from the control ConfigMap), so decisions keep using
+        that spec, `observedGeneration` keeps the generation it came from, and a Warning Event says so."""
+        generation = (body.get("metadata") or {}).get("generation")
+        if status.observed_generation is None or generation == status.observed_generation:
+            return self.parse(body)
+        name = body["metadata"]["name"]
+        if mem.warned_generation != generation:
+            mem.warned_generation = generation
+            msg = (f"spec edited (generation {generation}) after the run started from generation "
+                   f"{status.observed_generation}: running pods do not see spec changes, so the run goes on with the "
+                   f"spec it started with; delete the run and apply it again to use the new spec")
+            logger.warning("[run=%s] %s", name, msg)
+            self.post_event(body, "Warning", "SpecChangeIgnored", msg)
+        data = self.kube.read_configmap_data(children.control_name(name), namespace) or {}
+        started = yaml.safe_load(data.get(children.SPEC_KEY) or "null")
+        if not isinstance(started, dict):
+            return self.parse(body)  # no copy of the started spec (deleted ConfigMap): the best we have
+        return self.parse({**body, "spec": started["spec"]})
+
     # ---- status ------------------------------------------------------------------------------
     @staticmethod
     def status_patch(body: dict[str, Any], status: RunStatus) -> dict[str, Any]:
@@ -377,12 +401,14 @@ class Controller:
             "message": status.message,
             "converged": f"{status.converged_count()}/{len(status.tasks)}",
             "step": status.step,
-            "observedGeneration": (body.get("metadata") or {}).get("generation"),
+            # the generation the run's pods were made from (edits after the start are not applied)
+            "observedGeneration": status.observed_generation or (body.get("metadata") or {}).get("generation"),
             "tasks": tasks,
             # metav1.Condition: observedGeneration says which spec the condition speaks of
             "conditions": [{"type": c.type, "status": c.status, "reason": c.reason, "message": c.message,
                             "lastTransitionTime": _iso(c.last_transition_time),
-                            "observedGeneration": (body.get("metadata") or {}).get("generation")}
+                            "observedGeneration": status.observed_generation
+                            or (body.get("metadata") or {}).get("generation")}
                            for c in status.conditions],
             STATUS_KEY: status.model_dump(mode="json", by_alias=True),
         }

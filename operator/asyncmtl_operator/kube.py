@@ -55,6 +55,15 @@ class Kube:
     def patch_configmap_data(self, name: str, namespace: str, data: dict[str, str]) -> None:
         self.core.patch_namespaced_config_map(name, namespace, {"data": data})
 
+    def read_configmap_data(self, name: str, namespace: str) -> dict[str, str] | None:
+        """A ConfigMap's `data` (None if there is no such ConfigMap)."""
+        try:
+            return self._plain(self.core.read_namespaced_config_map(name, namespace)).get("data") or {}
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     def get_job(self, name: str, namespace: str) -> dict[str, Any] | None:
         try:
             return self._plain(self.batch.read_namespaced_job(name, namespace))

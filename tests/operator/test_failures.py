@@ -37,7 +37,7 @@ def plateau_a(trainer: FakeTrainer, prom: PrometheusServer, steps=(100, 200, 300
 def test_invalid_spec_fails_with_the_path_and_starts_nothing(cluster, kube, s3, monkeypatch):
     monkeypatch.setenv("PROMETHEUS_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("ASYNCMTL_OPERATOR_METRICS_PORT", "0")
-    doc = make_run("bad", endpoint=s3[0], tasks=("a", "a"))  # the CRD cannot express unique names
+    doc = make_run("bad", endpoint=s3[0], tasks=("a", "a"))  # the emulator does not enforce the CRD's list-map keys
     with KopfRunner(operator_args(), timeout=60) as runner:
         apply_run(kube, doc)
         st = wait_until(lambda: get_run(kube, "bad").get("status", {}).get("phase") == "Failed"
@@ -233,3 +233,25 @@ def test_a_suspended_training_job_shows_queued_not_broken_then_runs_when_admitte
         wait_until(lambda: get_run(kube, "f").get("status", {}).get("phase") == "Running", what="Running again")
     assert runner.exit_code == 0, runner.output
     assert "Admitted" in [e["reason"] for e in events(kube, "f")]
+
+
+def test_a_spec_edited_after_the_start_is_reported_not_half_applied(setup):
+    """The pods read the spec once: an edit (here a's patience 2 -> 50) would change the operator's
+    decisions but not the trainer. The run goes on with the spec it started with, observedGeneration
+    stays at that generation, and a Warning Event says why."""
+    kube, endpoint, trainer, prom = setup
+    with KopfRunner(operator_args(), timeout=60) as runner:
+        apply_run(kube, make_run("f", endpoint=endpoint))
+        wait_until(lambda: get_run(kube, "f").get("status", {}).get("phase") == "Running", what="Running")
+        tasks = get_run(kube, "f")["spec"]["tasks"]
+        tasks[0]["patience"] = 50
+        kubernetes.client.CustomObjectsApi(kube).patch_namespaced_custom_object(
+            "asyncmtl.dev", "v1alpha1", NS, "asyncmtlruns", "f", {"spec": {"tasks": tasks}})
+        assert get_run(kube, "f")["metadata"]["generation"] == 2
+        wait_until(lambda: "SpecChangeIgnored" in [e["reason"] for e in events(kube, "f")], what="SpecChangeIgnored")
+        plateau_a(trainer, prom)  # a: best at 200, no better at 300 and 400: converged under patience 2
+        converged = wait_until(lambda: signals(kube, "f", "converged"), what="a converged (the started spec)")
+        st = get_run(kube, "f")["status"]
+    assert runner.exit_code == 0, runner.output
+    assert converged[0]["task"] == "a" and converged[0]["bestStep"] == 200
+    assert st["observedGeneration"] == 1 and all(c["observedGeneration"] == 1 for c in st["conditions"])

@@ -2,36 +2,12 @@
 of it: CRD defaults stored on the object, integer resource quantities, the chart's defaults merged."""
 from __future__ import annotations
 
-import copy
-from typing import Any
-
 import yaml
 
 from asyncmtl.crd import crd
 from asyncmtl.spec import parse_run
 from tests.conftest import REPO
-
-
-def apply_structural_defaults(schema: dict[str, Any], obj: Any) -> Any:
-    """Defaulting as the API server does it for a structural schema: a property missing from an object
-    that is present gets its `default` (then defaulted itself), recursively (apiextensions.k8s.io/v1,
-    "Defaulting")."""
-    if not isinstance(obj, dict) or schema.get("type") != "object":
-        if isinstance(obj, list) and "items" in schema:
-            return [apply_structural_defaults(schema["items"], v) for v in obj]
-        return obj
-    out = dict(obj)
-    for name, prop in (schema.get("properties") or {}).items():
-        if name not in out and "default" in prop:
-            out[name] = copy.deepcopy(prop["default"])
-        if name in out:
-            out[name] = apply_structural_defaults(prop, out[name])
-    extra = schema.get("additionalProperties")
-    if isinstance(extra, dict):
-        for k in out:
-            if k not in (schema.get("properties") or {}):
-                out[k] = apply_structural_defaults(extra, out[k])
-    return out
+from tests.k8s_schema import apply_structural_defaults
 
 
 def _stored(doc: dict) -> dict:

@@ -65,7 +65,7 @@ capabilities:
   verbs: ["get", "patch"]
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["create", "patch"]
+  verbs: ["create", "get", "patch"]
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["create"]
