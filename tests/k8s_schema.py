@@ -28,6 +28,60 @@ def apply_structural_defaults(schema: dict[str, Any], obj: Any) -> Any:
     return out
 
 
+def to_jsonschema(node):
+    """OpenAPI v3.0 (nullable, x-kubernetes-*) -> JSON Schema draft 4 for validation."""
+    if isinstance(node, list):
+        return [to_jsonschema(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    n = {k: to_jsonschema(v) for k, v in node.items() if not k.startswith("x-kubernetes-") and k != "default"}
+    if node.get("nullable"):
+        n.pop("nullable")
+        if "type" in n:
+            n["type"] = [n["type"], "null"]
+        if "enum" in n:
+            n["enum"] = [*n["enum"], None]
+    if node.get("type") == "object" and "properties" in node and not node.get("x-kubernetes-preserve-unknown-fields") \
+            and "additionalProperties" not in node:
+        n["additionalProperties"] = False  # what the API server's strict field validation does
+    return n
+
+
+def prune(schema: dict[str, Any], obj: Any) -> Any:
+    """Drop fields the structural schema does not declare, as the API server does on create and
+    update (apiextensions.k8s.io/v1, "Field pruning"); `x-kubernetes-preserve-unknown-fields`,
+    `additionalProperties` and a bare `type: object` (metadata) keep theirs."""
+    if isinstance(obj, list) and "items" in schema:
+        return [prune(schema["items"], v) for v in obj]
+    if not isinstance(obj, dict) or schema.get("type") != "object":
+        return obj
+    props = schema.get("properties")
+    extra = schema.get("additionalProperties")
+    if props is None and not isinstance(extra, dict):
+        return obj  # metadata, or a map of anything
+    out = {}
+    for k, v in obj.items():
+        if props is not None and k in props:
+            out[k] = prune(props[k], v)
+        elif isinstance(extra, dict):
+            out[k] = prune(extra, v)
+        elif schema.get("x-kubernetes-preserve-unknown-fields"):
+            out[k] = v
+    return out
+
+
+def schema_violations(schema: dict[str, Any], obj: Any) -> list[str]:
+    """OpenAPI (type, enum, bounds, pattern, required) errors as "path: message", then CEL and
+    list-map errors (`cel_violations`): what the API server answers 422 Invalid with."""
+    import jsonschema
+
+    out = []
+    for err in jsonschema.Draft4Validator(to_jsonschema(schema)).iter_errors(obj):
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path).lstrip(".")
+        out.append(f"{path or '<root>'}: {err.message}")
+    return out + cel_violations(schema, obj)
+
+
 def cel_violations(schema: dict[str, Any], obj: Any, path: str = "") -> list[str]:
     """Every `x-kubernetes-validations` rule of `schema` that `obj` breaks, as "path: message" (the
     rule's fieldPath appended to the path of the object it sits on), and every duplicate key of an

@@ -1,9 +1,11 @@
 """kmock's KubernetesEmulator, with what the operator relies on from a real API server.
 
 Added (small, tested in test_emulator.py): uid, resourceVersion (bumped on every write),
-creationTimestamp, generation (bumped when `spec` changes), metadata.namespace, generateName.
-Not emulated: CRD defaulting and validation, controllers (tests complete Jobs themselves),
-garbage collection. The emulator
+creationTimestamp, generation (bumped when `spec` changes), metadata.namespace, generateName; and
+for AsyncMTLRuns what the API server does with our CRD's structural schema on create and on spec
+updates: defaulting, pruning of unknown fields, OpenAPI validation, the CEL rules and list-map keys,
+answered 422 Invalid with the field paths (tests/k8s_schema.py).
+Not emulated: controllers (tests complete Jobs themselves), garbage collection, admission plugins. The emulator
 runs in its own thread and event loop so tests and KopfRunner's thread stay synchronous.
 """
 from __future__ import annotations
@@ -19,7 +21,8 @@ import kmock
 from kmock._internal import enums
 from kmock._internal.references import ResourceInfo
 
-from asyncmtl.crd import GROUP, KIND, PLURAL, SINGULAR, VERSION
+from asyncmtl.crd import GROUP, KIND, PLURAL, SINGULAR, VERSION, crd
+from tests.k8s_schema import apply_structural_defaults, prune, schema_violations
 
 
 class Emulator(kmock.KubernetesEmulator):
@@ -27,8 +30,40 @@ class Emulator(kmock.KubernetesEmulator):
 
     _versions = itertools.count(1)
 
+    _schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+    def _admit_run(self, request, data: dict) -> None:
+        """An AsyncMTLRun create, or an update of its spec: default, prune and validate it in place as the
+        API server would (the status subresource is not validated against the spec's rules).
+
+        Raises:
+            KubernetesError: 422 Invalid, naming every field path that fails.
+        """
+        from kmock._internal.k8s import KubernetesError
+
+        if request.action == enums.action.UPDATE:
+            key = (request.resource, request.namespace, request.name)
+            if "spec" not in data or key not in self.objects:
+                return
+            old = dict(self.objects[key].raw)
+            whole = {**old, "spec": _merge(old.get("spec") or {}, data["spec"])}
+        else:
+            whole = data
+        stored = apply_structural_defaults(self._schema, prune(self._schema, whole))
+        problems = schema_violations(self._schema, stored)
+        if problems:
+            name = (data.get("metadata") or {}).get("name") or request.name
+            raise KubernetesError(status=422, reason="Invalid",
+                                  message=f'{KIND}.{GROUP} "{name}" is invalid: ' + "; ".join(problems))
+        if request.action == enums.action.CREATE:
+            data.clear()
+            data.update(stored)
+
     async def _handle(self, request):
         data = request.data
+        if (request.resource is not None and request.resource.plural == PLURAL and isinstance(data, dict)
+                and request.subresource is None and request.action in (enums.action.CREATE, enums.action.UPDATE)):
+            self._admit_run(request, data)
         if request.resource is not None and isinstance(data, dict):
             meta = data.setdefault("metadata", {})
             if request.action == enums.action.CREATE:
@@ -47,6 +82,19 @@ class Emulator(kmock.KubernetesEmulator):
                     if key in self.objects:
                         meta["generation"] = int(self.objects[key].get("metadata", {}).get("generation", 1)) + 1
         return await super()._handle(request)
+
+
+def _merge(old: dict, patch: dict) -> dict:
+    """A JSON merge patch (RFC 7386) of `patch` onto `old`."""
+    out = dict(old)
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
 
 
 class EmulatedCluster:

@@ -35,9 +35,10 @@ def plateau_a(trainer: FakeTrainer, prom: PrometheusServer, steps=(100, 200, 300
 
 
 def test_invalid_spec_fails_with_the_path_and_starts_nothing(cluster, kube, s3, monkeypatch):
+    """A rule the CRD cannot express (weights naming no task) is the operator's to refuse."""
     monkeypatch.setenv("PROMETHEUS_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("ASYNCMTL_OPERATOR_METRICS_PORT", "0")
-    doc = make_run("bad", endpoint=s3[0], tasks=("a", "a"))  # the emulator does not enforce the CRD's list-map keys
+    doc = make_run("bad", endpoint=s3[0], weighting={"weights": {"zz": 2.0}})
     with KopfRunner(operator_args(), timeout=60) as runner:
         apply_run(kube, doc)
         st = wait_until(lambda: get_run(kube, "bad").get("status", {}).get("phase") == "Failed"
@@ -46,9 +47,19 @@ def test_invalid_spec_fails_with_the_path_and_starts_nothing(cluster, kube, s3, 
     assert runner.exit_code == 0, runner.output
     (ready,) = [c for c in st["conditions"] if c["type"] == "Ready"]
     assert ready["status"] == "False" and ready["reason"] == "InvalidSpec"
-    assert "spec.tasks[1].name: duplicate task name" in ready["message"]
+    assert "spec.weighting.weights: unknown task(s) ['zz']" in ready["message"]
     assert not exists(kube, "Job", "bad-train") and not exists(kube, "ConfigMap", "bad-control")
     assert "InvalidSpec" in [e["reason"] for e in events(kube, "bad")]
+
+
+def test_a_duplicate_task_name_is_refused_at_apply_with_its_path(cluster, kube, s3):
+    """The CRD's list-map keys: the API server refuses the run; nothing is created."""
+    with pytest.raises(kubernetes.client.ApiException) as info:
+        apply_run(kube, make_run("dup", endpoint=s3[0], tasks=("a", "a")))
+    assert info.value.status == 422 and "spec.tasks[1]: Duplicate value" in info.value.body
+    with pytest.raises(kubernetes.client.ApiException) as gone:
+        get_run(kube, "dup")
+    assert gone.value.status == 404
 
 
 def test_restart_mid_run_duplicates_nothing(setup):

@@ -52,13 +52,13 @@ def test_an_integer_gpu_count_is_accepted_by_the_crd_and_the_models_and_reaches_
     import jsonschema
 
     from asyncmtl_operator.children import training_job
-    from tests.unit.test_crd import _to_jsonschema
+    from tests.k8s_schema import to_jsonschema
 
     doc = _quickstart()
     doc["spec"]["cluster"] = {"resources": {"requests": {"cpu": 4, "memory": "16Gi"},
                                             "limits": {"nvidia.com/gpu": 1, "memory": "32Gi"}}}
     schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    jsonschema.Draft4Validator(_to_jsonschema(schema)).validate(doc)  # the CRD's schema, as test_crd reads it
+    jsonschema.Draft4Validator(to_jsonschema(schema)).validate(doc)  # the CRD's schema, as test_crd reads it
     run = parse_run(_stored(doc))
     job = training_job(run, "team-a")
     resources = job["spec"]["template"]["spec"]["containers"][0]["resources"]

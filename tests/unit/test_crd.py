@@ -9,27 +9,9 @@ import yaml
 
 from asyncmtl.crd import crd, render
 from tests.conftest import REPO, builtin_task, run_doc
+from tests.k8s_schema import to_jsonschema as _to_jsonschema
 
 EXAMPLES = sorted((REPO / "manifests").rglob("*.yaml"))
-
-
-def _to_jsonschema(node):
-    """OpenAPI v3.0 (nullable, x-kubernetes-*) -> JSON Schema draft 4 for validation."""
-    if isinstance(node, list):
-        return [_to_jsonschema(v) for v in node]
-    if not isinstance(node, dict):
-        return node
-    n = {k: _to_jsonschema(v) for k, v in node.items() if not k.startswith("x-kubernetes-") and k != "default"}
-    if node.get("nullable"):
-        n.pop("nullable")
-        if "type" in n:
-            n["type"] = [n["type"], "null"]
-        if "enum" in n:
-            n["enum"] = [*n["enum"], None]
-    if node.get("type") == "object" and "properties" in node and not node.get("x-kubernetes-preserve-unknown-fields") \
-            and "additionalProperties" not in node:
-        n["additionalProperties"] = False  # what the API server's strict field validation does
-    return n
 
 
 @pytest.fixture(scope="module")
