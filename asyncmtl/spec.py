@@ -291,6 +291,12 @@ class DistillationSpec(_Strict):
     )
     shards: int = Field(2, ge=1, le=1024, description="Soft-label inference shards (processes or Indexed Job completions).")
     max_attempts: int = Field(3, ge=1, le=100, description="Inference attempts per task before the run degrades.")
+    pending_timeout_seconds: float = Field(
+        900.0, gt=0.0, le=604800.0,
+        description="On a cluster, an inference Job with no pod running this long after its creation (queued, "
+                    "suspended by Kueue, unschedulable, refused by a quota) counts as a failed attempt, so a paused "
+                    "trainer holding the GPUs can never deadlock its own inference; after maxAttempts the task is "
+                    "frozen (condition Degraded) and the run goes on.")
     kd_sampling_weight: float = Field(
         1.0, gt=0.0, le=1.0,
         description="Multiplies a converged (KD) task's share of each batch (below 1: the paper's future work).")

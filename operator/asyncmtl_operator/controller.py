@@ -307,6 +307,12 @@ class Controller:
             if failed is not None:
                 obs.inference[task] = InferenceObservation(checkpoint_step=ts.best_step, state="Failed",
                                                            message=f"{failed.get('reason')}: {failed.get('message')}")
+            elif self._inference_stuck(job, run, time.time()):
+                obs.inference[task] = InferenceObservation(
+                    checkpoint_step=ts.best_step, state="Failed",
+                    message=(f"Pending: no inference pod ran within distillation.pendingTimeoutSeconds "
+                             f"({run.spec.distillation.pending_timeout_seconds:.0f} s): queued, suspended, "
+                             f"unschedulable or over quota (a paused trainer may hold the GPUs it needs)"))
             elif (st.get("succeeded") or 0) >= completions:
                 try:
                     uri = write_manifest(storage, task, ts.best_step, completions)
@@ -316,6 +322,19 @@ class Controller:
                     obs.inference[task] = InferenceObservation(checkpoint_step=ts.best_step, state="Failed", message=str(exc))
             else:
                 obs.inference[task] = InferenceObservation(checkpoint_step=ts.best_step, state="Running")
+
+    @staticmethod
+    def _inference_stuck(job: dict[str, Any], run: AsyncMTLRun, now: float) -> bool:
+        """No pod of the inference Job has run (none active, ready, succeeded or failed) for longer than
+        `distillation.pendingTimeoutSeconds` since the Job was created."""
+        st = job.get("status") or {}
+        if any(st.get(k) for k in ("active", "ready", "succeeded", "failed")):
+            return False
+        created = (job.get("metadata") or {}).get("creationTimestamp")
+        if not created:
+            return False
+        age = now - _parse_time(created)
+        return age > run.spec.distillation.pending_timeout_seconds
 
     def _measure(self, old: RunStatus, new: RunStatus, point_times: dict[str, dict[int, float]], now: float,
                  logger: logging.Logger, name: str) -> None:
@@ -447,6 +466,14 @@ def pod_problem(pod: dict[str, Any]) -> tuple[str, str]:
         if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
             return "Unschedulable", c.get("message") or "no node fits the pod"
     return "", ""
+
+
+def _parse_time(text: str) -> float:
+    """Seconds since the epoch of a Kubernetes (RFC 3339) timestamp, e.g. `2026-11-22T04:38:27Z`."""
+    import datetime
+
+    t = datetime.datetime.fromisoformat(text)
+    return (t if t.tzinfo else t.replace(tzinfo=datetime.timezone.utc)).timestamp()
 
 
 def _iso(t: float) -> str:

@@ -266,3 +266,26 @@ def test_a_spec_edited_after_the_start_is_reported_not_half_applied(setup):
     assert runner.exit_code == 0, runner.output
     assert converged[0]["task"] == "a" and converged[0]["bestStep"] == 200
     assert st["observedGeneration"] == 1 and all(c["observedGeneration"] == 1 for c in st["conditions"])
+
+
+def test_an_inference_job_that_never_gets_a_pod_cannot_deadlock_the_run(setup):
+    """Under a GPU quota of exactly the trainer's GPUs, a paused trainer holds them and the inference Job's
+    pod is never admitted. After distillation.pendingTimeoutSeconds without a pod an attempt counts as
+    failed; after maxAttempts the task is frozen with Degraded=True and the run goes on."""
+    kube, endpoint, trainer, prom = setup
+    with KopfRunner(operator_args(), timeout=90) as runner:
+        apply_run(kube, make_run("f", endpoint=endpoint,
+                                 distillation={"shards": 2, "maxAttempts": 2, "pendingTimeoutSeconds": 2}))
+        wait_until(lambda: get_run(kube, "f").get("status", {}).get("phase") == "Running", what="Running")
+        plateau_a(trainer, prom)
+        wait_until(lambda: exists(kube, "Job", "f-infer-a-200"), what="first inference Job")
+        trainer.rewind(200, {"a": 60.0, "b": 20.0})
+        trainer.ack(1, 200)
+        # no pod ever runs (the emulator runs no Job controller: the quota refusal's effect)
+        st = wait_until(lambda: get_run(kube, "f")["status"]["tasks"]["a"]["phase"] == "Frozen"
+                        and get_run(kube, "f")["status"], what="Frozen", timeout=60)
+    assert runner.exit_code == 0, runner.output
+    assert exists(kube, "Job", "f-infer-a-200-r2")  # retried once
+    deg = next(c for c in st["conditions"] if c["type"] == "Degraded")
+    assert deg["status"] == "True" and "pendingTimeoutSeconds" in deg["message"]
+    assert st["phase"] == "Running"  # b keeps training
