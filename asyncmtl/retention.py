@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Literal
 
 from asyncmtl.report import best_checkpoint_steps
-from asyncmtl.storage import RunStorage
-
-CHECKPOINTS = "checkpoints"
-KeepCheckpoints = Literal["best", "all", "none"]
+from asyncmtl.spec import KeepCheckpoints
+from asyncmtl.storage import RunStorage, checkpoint_key, checkpoint_steps
 
 
 @dataclass
@@ -31,15 +28,6 @@ class Retained:
     deleted: list[int] = field(default_factory=list)
 
 
-def _steps(storage: RunStorage) -> list[int]:
-    out = set()
-    for k in storage.list(CHECKPOINTS):
-        parts = k.split("/")
-        if len(parts) >= 2 and parts[1].startswith("step-") and parts[1][5:].isdigit():
-            out.add(int(parts[1][5:]))
-    return sorted(out)
-
-
 def retain_after_run(storage: RunStorage, tasks: list[str], keep: KeepCheckpoints) -> Retained:
     """Prune a Succeeded run's checkpoints as `keep` says (see the module docstring).
 
@@ -48,11 +36,11 @@ def retain_after_run(storage: RunStorage, tasks: list[str], keep: KeepCheckpoint
     """
     result = Retained()
     if keep == "all":
-        result.kept = _steps(storage)
+        result.kept = checkpoint_steps(storage, complete=False)
         return result
     wanted = set(best_checkpoint_steps(storage, tasks).values()) if keep == "best" else set()
-    for step in _steps(storage):
-        folder = f"{CHECKPOINTS}/step-{step:08d}"
+    for step in checkpoint_steps(storage, complete=False):
+        folder = checkpoint_key(step)
         if step not in wanted or not storage.exists(f"{folder}/state.json"):
             storage.delete_prefix(folder)
             result.deleted.append(step)

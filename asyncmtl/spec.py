@@ -305,6 +305,9 @@ class DistillationSpec(_Strict):
         description="Multiplies a converged task's KD loss (Eq. 2) in the sum of task losses (Eq. 3; paper: 1).")
 
 
+KeepCheckpoints = Literal["best", "all", "none"]  # asyncmtl.retention
+
+
 class StorageSpec(_Strict):
     """Where checkpoints, soft labels, reports and the final model are written."""
 
@@ -317,7 +320,7 @@ class StorageSpec(_Strict):
         None, description="Name of the Secret holding AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (cluster only)."
     )
     cleanup_on_delete: bool = Field(False, description="Delete stored artifacts when the run is deleted.")
-    keep_checkpoints: Literal["best", "all", "none"] = Field(
+    keep_checkpoints: KeepCheckpoints = Field(
         "best", description="Checkpoints kept once the run has Succeeded: `best` (each task's best checkpoint, "
                             "weights only: what a BAM teacher or the report's best-checkpoint column needs), `all`, "
                             "or `none` (the exported final model stays either way).")
@@ -390,10 +393,8 @@ def _quantity(value: Any) -> str:
     Raises:
         ValueError: a boolean, a non-finite number, or text that is not a quantity.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 1, 0.5, \"500m\", \"16Gi\")")
     text = value if isinstance(value, str) else repr(value)
-    if not _QUANTITY.match(text):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)) or not _QUANTITY.match(text):
         raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 1, 0.5, \"500m\", \"16Gi\")")
     return text
 

@@ -21,6 +21,24 @@ from pathlib import Path
 from asyncmtl.failpoints import Failpoints
 
 LOCAL_NAMESPACE = "local"
+CHECKPOINTS = "checkpoints"  # checkpoints/step-<8 digits>/{model.safetensors, training_state.pt, state.json}
+
+
+def checkpoint_key(step: int) -> str:
+    """The storage key (folder) of the checkpoint at `step`."""
+    return f"{CHECKPOINTS}/step-{step:08d}"
+
+
+def checkpoint_steps(storage: "RunStorage", *, complete: bool) -> list[int]:
+    """Steps of the checkpoints in `storage`, ascending: only those with their state.json (written
+    last, it marks a checkpoint complete) when `complete`, else every checkpoint folder."""
+    out = set()
+    for k in storage.list(CHECKPOINTS):
+        parts = k.split("/")
+        if len(parts) == 3 and parts[1].startswith("step-") and parts[1][5:].isdigit() and (
+                not complete or parts[2] == "state.json"):
+            out.add(int(parts[1][5:]))
+    return sorted(out)
 
 
 class StorageError(RuntimeError):
@@ -154,6 +172,17 @@ class RunStorage(ABC):
 
     def local_path(self, key: str) -> Path | None:
         """A local path for `key` when the backend is a local folder, else None."""
+        return None
+
+    def writing(self, key: str) -> Path | None:
+        """Announce that `key` is about to be written by the caller itself (a library writing to
+        `local_path(key)`); a local folder creates the key's folder and passes its failpoint. Returns
+        the local path, or None for a remote store (the caller then writes a scratch copy and uploads
+        it with `put_file`).
+
+        Raises:
+            StorageFault: the folder cannot be created, or an injected fault.
+        """
         return None
 
     def append_line(self, key: str, line: str) -> None:

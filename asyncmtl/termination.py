@@ -12,6 +12,8 @@ that failed (full, read-only): no retry fixes those, so the run stops with the m
 """
 from __future__ import annotations
 
+import argparse
+import logging
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
@@ -36,6 +38,29 @@ def write_message(path: Path | None, message: str) -> None:
         path.write_bytes(line.encode()[:MAX_BYTES])
     except OSError:
         pass
+
+
+def add_argument(parser: argparse.ArgumentParser, who: str) -> None:
+    """`--termination-log PATH` for an entry point (`who`: "the trainer", "the shard")."""
+    parser.add_argument("--termination-log", type=Path, default=None,
+                        help=f"Where to write one line saying why {who} stopped (default: /dev/termination-log "
+                             f"when it exists, as in a Kubernetes container).")
+
+
+def exit_status(exc: Exception, path: Path | None, log: logging.Logger, what: str,
+                bad_input: tuple[type[Exception], ...] = ()) -> int:
+    """Log why an entry point is stopping on `exc`, write it as the termination message at `path`,
+    and return the exit status: `EXIT_BAD_INPUT` for `bad_input` errors, `EXIT_STORAGE_FAULT` for a
+    StorageFault, 1 (with the traceback in the log) for anything else, said as "`what` failed: ..."."""
+    from asyncmtl.storage import StorageFault
+
+    if isinstance(exc, bad_input) or isinstance(exc, StorageFault):
+        log.error("%s", exc)
+        write_message(path, str(exc))
+        return EXIT_BAD_INPUT if isinstance(exc, bad_input) else EXIT_STORAGE_FAULT
+    log.error("%s failed", what, exc_info=exc)
+    write_message(path, f"{what} failed: {type(exc).__name__}: {exc}")
+    return 1
 
 
 def read_message(path: Path) -> str | None:

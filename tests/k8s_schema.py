@@ -3,6 +3,7 @@ and `x-kubernetes-validations` CEL rules (cel-python), as apiextensions.k8s.io/v
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 
@@ -82,6 +83,15 @@ def schema_violations(schema: dict[str, Any], obj: Any) -> list[str]:
     return out + cel_violations(schema, obj)
 
 
+@functools.lru_cache(maxsize=None)
+def _cel_program(rule: str):
+    """A CEL rule compiled once (cel-python), as the API server compiles a CRD's rules at install."""
+    import celpy
+
+    env = celpy.Environment()
+    return env.program(env.compile(rule))
+
+
 def cel_violations(schema: dict[str, Any], obj: Any, path: str = "") -> list[str]:
     """Every `x-kubernetes-validations` rule of `schema` that `obj` breaks, as "path: message" (the
     rule's fieldPath appended to the path of the object it sits on), and every duplicate key of an
@@ -98,9 +108,7 @@ def cel_violations(schema: dict[str, Any], obj: Any, path: str = "") -> list[str
     for rule in schema.get("x-kubernetes-validations") or []:
         if "oldSelf" in rule["rule"]:
             continue
-        env = celpy.Environment()
-        program = env.program(env.compile(rule["rule"]))
-        result = program.evaluate({"self": celpy.json_to_cel(obj)})
+        result = _cel_program(rule["rule"]).evaluate({"self": celpy.json_to_cel(obj)})
         assert not isinstance(result, celpy.CELEvalError), f"{path}: {rule['rule']}: {result}"
         if not bool(result):
             out.append(f"{path}{rule.get('fieldPath', '')}: {rule['message']}")

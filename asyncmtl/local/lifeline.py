@@ -23,8 +23,8 @@ import signal
 import socket
 import threading
 import time
-from datetime import datetime, timezone
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 

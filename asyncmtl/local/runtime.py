@@ -23,6 +23,7 @@ from asyncmtl.core.actions import Complete, EmitEvent, Fail, LaunchInference, Wr
 from asyncmtl.core.observations import InferenceObservation, Observations, TrainerObservation
 from asyncmtl.core.reconcile import reconcile
 from asyncmtl.core.status import RunStatus
+from asyncmtl.failpoints import Failpoints
 from asyncmtl.local.lifeline import RunLock, Terminated, shielded, terminate_on_signals
 from asyncmtl.local.scrape import scrape
 from asyncmtl.logs import run_logger
@@ -31,9 +32,8 @@ from asyncmtl.report import FINAL_KEY, best_checkpoint_steps, write_report
 from asyncmtl.retention import retain_after_run
 from asyncmtl.softlabels import manifest_key, write_manifest
 from asyncmtl.spec import AsyncMTLRun
-from asyncmtl.failpoints import Failpoints
-from asyncmtl.storage import (LOCAL_NAMESPACE, StorageError, StorageFault, as_storage_fault, atomic_write, ensure_writable,
-                              open_run_storage)
+from asyncmtl.storage import (LOCAL_NAMESPACE, StorageError, StorageFault, as_storage_fault, atomic_write, checkpoint_key,
+                              ensure_writable, open_run_storage)
 
 
 @dataclass
@@ -263,16 +263,17 @@ class LocalRuntime:
             raise as_storage_fault(exc, self.status_path) from None
         atomic_write(self.status_path, self.status.model_dump_json(by_alias=True, indent=1).encode())
 
-    def check_storage(self) -> None:
+    def check_storage(self, model_dir: Path) -> None:
         """Storage and the run's folder are writable, with room for a checkpoint (estimated from the
-        encoder's weight files: weights plus Adam's two moments); object stores: reachable.
+        weight files of the encoder in `model_dir`: weights plus Adam's two moments); object stores:
+        reachable.
 
         Raises:
             StorageFault: naming the folder and the reason (creates the folders when it succeeds).
             StorageError: an object store that is unreachable or refuses the credentials.
         """
         root = self.storage.local_path("")
-        need = checkpoint_bytes_estimate(resolve_pretrained(self.spec.model.pretrained, self.spec_path.parent))
+        need = checkpoint_bytes_estimate(model_dir)
         if root is not None:
             ensure_writable(root, need, self.failpoints)
         else:
@@ -297,8 +298,8 @@ class LocalRuntime:
                                endpoint_url=self.spec.storage.endpoint_url)
                 if split == "train" and s is not None:
                     self.train_sizes[t.name] = len(s)
-        resolve_pretrained(self.spec.model.pretrained, self.spec_path.parent)
-        self.check_storage()  # only now, with spec and data accepted, is anything created
+        model_dir = resolve_pretrained(self.spec.model.pretrained, self.spec_path.parent)
+        self.check_storage(model_dir)  # only now, with spec and data accepted, is anything created
 
     def resolve_order(self) -> None:
         """easiest-first: the order in which the tasks converged in the run named by `orderFromRun`
@@ -342,7 +343,7 @@ class LocalRuntime:
             raise FileNotFoundError(f"spec.teacherRun: {teacher.uri()} has no finished run ({FINAL_KEY})")
         steps = best_checkpoint_steps(teacher, [t.name for t in self.spec.tasks])
         for t in self.spec.tasks:
-            if t.name not in steps or not teacher.exists(f"checkpoints/step-{steps[t.name]:08d}/state.json"):
+            if t.name not in steps or not teacher.exists(f"{checkpoint_key(steps[t.name])}/state.json"):
                 raise FileNotFoundError(f"spec.teacherRun: no best checkpoint of task {t.name} in {teacher.uri()}")
         return steps
 
@@ -438,9 +439,13 @@ class LocalRuntime:
             self.save_status()
         except StorageFault:
             self.log.warning("status.json could not be updated either; it still shows the last saved state")
-        print(f"error: {fault}\n  the run is stopped; once the fault is gone continue it with "
-              f"`asyncmtl run {_shown('file://' + str(self.spec_path))} --resume`", file=sys.stderr)
+        print(f"error: {fault}\n  the run is stopped; once the fault is gone continue it with {self._resume_command()}",
+              file=sys.stderr)
         return 1
+
+    def _resume_command(self) -> str:
+        """The command that continues this run, as a user would type it."""
+        return f"`asyncmtl run {_shown('file://' + str(self.spec_path))} --resume`"
 
     def _apply(self, actions) -> str | None:
         result = None
@@ -481,7 +486,7 @@ class LocalRuntime:
             used = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
             print(f"  {'disk use':12s} {used / 1e6:.0f} MB in {_shown('file://' + str(root))}")
         if self.status.phase == "Failed":
-            print(f"  once the cause is fixed, continue with `asyncmtl run {_shown('file://' + str(self.spec_path))} --resume`")
+            print(f"  once the cause is fixed, continue with {self._resume_command()}")
         return 0 if outcome == "Succeeded" else 1
 
 

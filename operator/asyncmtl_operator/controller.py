@@ -27,8 +27,8 @@ from asyncmtl.report import best_checkpoint_steps
 from asyncmtl.softlabels import write_manifest
 from pydantic import ValidationError
 
-from asyncmtl.spec import AsyncMTLRun, ClusterSpec, SpecError, SpecIssue, issues_from_validation_error, parse_run
 from asyncmtl.retention import retain_after_run
+from asyncmtl.spec import AsyncMTLRun, ClusterSpec, SpecError, SpecIssue, issues_from_validation_error, parse_run
 from asyncmtl.storage import RunStorage, StorageError, open_run_storage
 from asyncmtl_operator import children
 from asyncmtl_operator.kube import Kube
@@ -86,6 +86,7 @@ class RunMemory:
 
     last_poll: float | None = None
     warned_generation: int | None = None  # the spec edit already reported as not applied
+    started_spec: dict[str, Any] | None = None  # the spec the pods read (from the control ConfigMap), once edited
 
 
 @dataclass
@@ -400,11 +401,13 @@ class Controller:
                    f"spec it started with; delete the run and apply it again to use the new spec")
             logger.warning("[run=%s] %s", name, msg)
             self.post_event(body, "Warning", "SpecChangeIgnored", msg)
-        data = self.kube.read_configmap_data(children.control_name(name), namespace) or {}
-        started = yaml.safe_load(data.get(children.SPEC_KEY) or "null")
-        if not isinstance(started, dict):
-            return self.parse(body)  # no copy of the started spec (deleted ConfigMap): the best we have
-        return self.parse({**body, "spec": started["spec"]})
+        if mem.started_spec is None:  # read once: the ConfigMap's spec never changes
+            data = self.kube.read_configmap_data(children.control_name(name), namespace) or {}
+            started = yaml.safe_load(data.get(children.SPEC_KEY) or "null")
+            if not isinstance(started, dict):
+                return self.parse(body)  # no copy of the started spec (deleted ConfigMap): the best we have
+            mem.started_spec = started["spec"]
+        return self.parse({**body, "spec": mem.started_spec})
 
     # ---- status ------------------------------------------------------------------------------
     @staticmethod
@@ -415,19 +418,18 @@ class Controller:
                      "convergedAtStep": t.converged_at_step, "softLabelsUri": t.soft_labels_uri,
                      "lastStep": t.track.last_step, "lastValue": t.track.last_value}
                  for n, t in status.tasks.items()}
+        # the generation the run's pods were made from (edits after the start are not applied)
+        observed = status.observed_generation or (body.get("metadata") or {}).get("generation")
         return {
             "phase": status.phase,
             "message": status.message,
             "converged": f"{status.converged_count()}/{len(status.tasks)}",
             "step": status.step,
-            # the generation the run's pods were made from (edits after the start are not applied)
-            "observedGeneration": status.observed_generation or (body.get("metadata") or {}).get("generation"),
+            "observedGeneration": observed,
             "tasks": tasks,
             # metav1.Condition: observedGeneration says which spec the condition speaks of
             "conditions": [{"type": c.type, "status": c.status, "reason": c.reason, "message": c.message,
-                            "lastTransitionTime": _iso(c.last_transition_time),
-                            "observedGeneration": status.observed_generation
-                            or (body.get("metadata") or {}).get("generation")}
+                            "lastTransitionTime": _iso(c.last_transition_time), "observedGeneration": observed}
                            for c in status.conditions],
             STATUS_KEY: status.model_dump(mode="json", by_alias=True),
         }

@@ -18,14 +18,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from asyncmtl.storage import RunStorage, StorageError, as_storage_fault, sha256_file
+from asyncmtl.storage import (RunStorage, StorageError, as_storage_fault, checkpoint_key, checkpoint_steps,
+                              sha256_file)
 
 log = logging.getLogger(__name__)
-PREFIX = "checkpoints"
-
-
-def key_for(step: int) -> str:
-    return f"{PREFIX}/step-{step:08d}"
 
 
 @dataclass
@@ -64,8 +60,8 @@ class Checkpointer:
         self.scratch = scratch
 
     def _local_dir(self, step: int) -> Path:
-        p = self.storage.local_path(key_for(step))
-        return p if p is not None else self.scratch / key_for(step)
+        p = self.storage.local_path(checkpoint_key(step))
+        return p if p is not None else self.scratch / checkpoint_key(step)
 
     def save(self, step: int, model: torch.nn.Module, optimizer, scheduler, state: CheckpointState) -> None:
         """Write a complete checkpoint for `step` (state.json last).
@@ -80,16 +76,15 @@ class Checkpointer:
         try:
             d.mkdir(parents=True, exist_ok=True)
             weights, training = d / "model.safetensors", d / "training_state.pt"
-            if hasattr(self.storage, "writing"):  # a local folder: its failpoints and folder checks
-                self.storage.writing(f"{key_for(step)}/model.safetensors")
+            self.storage.writing(f"{checkpoint_key(step)}/model.safetensors")  # a local folder: its checks and failpoints
             save_model(model, str(weights))
             with open(training, "wb") as f:  # a Python file object: a short write raises OSError(ENOSPC)
                 torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                             "rng": rng_state()}, f)
             state.sha256 = {n: sha256_file(d / n) for n in ("model.safetensors", "training_state.pt")}
             for n in ("model.safetensors", "training_state.pt"):
-                self.storage.put_file(f"{key_for(step)}/{n}", d / n)
-            self.storage.put_bytes(f"{key_for(step)}/state.json", json.dumps(state.__dict__).encode())
+                self.storage.put_file(f"{checkpoint_key(step)}/{n}", d / n)
+            self.storage.put_bytes(f"{checkpoint_key(step)}/state.json", json.dumps(state.__dict__).encode())
         except Exception as exc:
             fault = as_storage_fault(exc, d)
             if fault is None:
@@ -102,35 +97,25 @@ class Checkpointer:
         import shutil
 
         try:
-            self.storage.delete_prefix(key_for(step))
+            self.storage.delete_prefix(checkpoint_key(step))
         except (OSError, StorageError):
             pass
-        shutil.rmtree(self.scratch / key_for(step), ignore_errors=True)
+        shutil.rmtree(self.scratch / checkpoint_key(step), ignore_errors=True)
 
     def discard_incomplete(self) -> list[int]:
         """Delete checkpoints without a state.json (a writer died or failed midway); returns their steps."""
-        steps = set()
-        for k in self.storage.list(PREFIX):
-            parts = k.split("/")
-            if len(parts) == 3 and parts[1].startswith("step-") and parts[1][5:].isdigit():
-                steps.add(int(parts[1][5:]))
-        gone = sorted(steps - set(self.steps()))
+        gone = sorted(set(checkpoint_steps(self.storage, complete=False)) - set(self.steps()))
         for s in gone:
             self._discard(s)
         return gone
 
     def steps(self) -> list[int]:
         """Steps of complete checkpoints (with a state.json), ascending."""
-        out = set()
-        for k in self.storage.list(PREFIX):
-            parts = k.split("/")
-            if len(parts) == 3 and parts[2] == "state.json" and parts[1].startswith("step-"):
-                out.add(int(parts[1][5:]))
-        return sorted(out)
+        return checkpoint_steps(self.storage, complete=True)
 
     def read_state(self, step: int) -> CheckpointState:
         try:
-            raw = json.loads(self.storage.get_bytes(f"{key_for(step)}/state.json"))
+            raw = json.loads(self.storage.get_bytes(f"{checkpoint_key(step)}/state.json"))
         except StorageError:
             raise StorageError(f"checkpoint at step {step} not found") from None
         return CheckpointState(**raw)
@@ -144,7 +129,7 @@ class Checkpointer:
         state = self.read_state(step)
         d = self._local_dir(step)
         for name, digest in state.sha256.items():
-            p = self.storage.get_file(f"{key_for(step)}/{name}", d / name)
+            p = self.storage.get_file(f"{checkpoint_key(step)}/{name}", d / name)
             if sha256_file(p) != digest:
                 raise StorageError(f"checkpoint step {step}: {name} does not match its sha256")
         return d, state
@@ -179,11 +164,11 @@ class Checkpointer:
         """Delete every checkpoint whose step is not in `keep`; returns the deleted steps."""
         gone = [s for s in self.steps() if s not in keep]
         for s in gone:
-            self.storage.delete_prefix(key_for(s))
-            if self.storage.local_path(key_for(s)) is None:
+            self.storage.delete_prefix(checkpoint_key(s))
+            if self.storage.local_path(checkpoint_key(s)) is None:
                 import shutil
 
-                shutil.rmtree(self.scratch / key_for(s), ignore_errors=True)
+                shutil.rmtree(self.scratch / checkpoint_key(s), ignore_errors=True)
         return gone
 
 

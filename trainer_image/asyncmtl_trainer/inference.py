@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
+from asyncmtl import termination
 from asyncmtl.data import load_split
 from asyncmtl.logs import configure, run_logger
 from asyncmtl.softlabels import shard_range, write_manifest
-from asyncmtl import termination
-from asyncmtl.storage import StorageFault, open_run_storage
+from asyncmtl.storage import open_run_storage
 from asyncmtl_trainer.batching import TokenizedSplit, eval_batches, tokenize_split
 from asyncmtl_trainer.checkpoint import Checkpointer
 from asyncmtl_trainer.model import build_model
@@ -56,21 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parent-pid", type=int, default=None,
                    help="Terminate when this parent process is gone (the local runtime passes its pid).")
     p.add_argument("--manifest", action="store_true", help="Only verify all shards and write the manifest.")
-    p.add_argument("--termination-log", type=Path, default=None,
-                   help="Where to write one line saying why the shard stopped (default: /dev/termination-log "
-                        "when it exists).")
+    termination.add_argument(p, "the shard")
     args = p.parse_args(argv)
     term_log = args.termination_log or termination.default_path()
     try:
         return _run(args)
-    except StorageFault as exc:
-        logging.getLogger(__name__).error("%s", exc)
-        termination.write_message(term_log, str(exc))
-        return termination.EXIT_STORAGE_FAULT
     except Exception as exc:
-        logging.getLogger(__name__).exception("inference failed")
-        termination.write_message(term_log, f"inference failed: {type(exc).__name__}: {exc}")
-        return 1
+        return termination.exit_status(exc, term_log, logging.getLogger(__name__), "inference")
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from asyncmtl import termination
 from asyncmtl.control import ControlDocument, read_control_file
 from asyncmtl.core.convergence import BestTracker, Track, has_converged
 from asyncmtl.core.reconcile import rule_for
@@ -28,8 +29,7 @@ from asyncmtl.data import load_task_splits
 from asyncmtl.logs import configure, run_logger
 from asyncmtl.report import FINAL_KEY, HISTORY_KEY, history_key, read_history
 from asyncmtl.spec import RunSpec, TaskType
-from asyncmtl import termination
-from asyncmtl.storage import RunStorage, StorageFault, open_run_storage
+from asyncmtl.storage import RunStorage, open_run_storage
 from asyncmtl_trainer.batching import TaskSampler, TokenizedSplit, eval_batches, make_batch, tokenize_split
 from asyncmtl_trainer.checkpoint import Checkpointer, CheckpointState, retained_steps
 from asyncmtl_trainer.exporter import TrainerExporter
@@ -657,9 +657,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads.")
     p.add_argument("--parent-pid", type=int, default=None,
                    help="Terminate when this parent process is gone (the local runtime passes its pid).")
-    p.add_argument("--termination-log", type=Path, default=None,
-                   help="Where to write one line saying why the trainer stopped (default: /dev/termination-log "
-                        "when it exists, as in a Kubernetes container).")
+    termination.add_argument(p, "the trainer")
     return p
 
 
@@ -718,18 +716,8 @@ def main(argv: list[str] | None = None) -> int:
         trainer.serve_metrics()
         trainer.setup()
         trainer.run()
-    except (DataError, ModelLoadError) as exc:
-        log.error("%s", exc)
-        termination.write_message(term_log, str(exc))
-        return termination.EXIT_BAD_INPUT
-    except StorageFault as exc:
-        log.error("%s", exc)
-        termination.write_message(term_log, str(exc))
-        return termination.EXIT_STORAGE_FAULT
     except Exception as exc:
-        log.exception("trainer failed")
-        termination.write_message(term_log, f"trainer failed: {type(exc).__name__}: {exc}")
-        return 1
+        return termination.exit_status(exc, term_log, log, "trainer", bad_input=(DataError, ModelLoadError))
     finally:
         trainer.exporter.close()
     return 0
