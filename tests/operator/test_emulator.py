@@ -1,9 +1,11 @@
 """The emulator additions the operator tests rely on behave like a real API server."""
 from __future__ import annotations
 
+import json
+
 import kubernetes
 
-from tests.operator.helpers import NS
+from tests.operator.helpers import NS, exists
 
 
 def test_server_set_metadata(kube):
@@ -80,3 +82,126 @@ def test_a_bad_run_is_refused_at_apply_with_every_path(kube):
 def test_an_integer_gpu_request_is_stored(kube):
     doc = _run("gpu", cluster={"resources": {"limits": {"nvidia.com/gpu": 1}}})
     assert _create(kube, doc)["spec"]["cluster"]["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_a_status_write_changes_only_the_status_and_a_spec_write_never_the_status(kube):
+    """The status subresource (CRDs with `subresources.status`, and Jobs): spec ignored on /status,
+    status ignored on the resource itself, generation bumped by spec changes only."""
+    from asyncmtl.crd import GROUP, PLURAL, VERSION
+
+    api = kubernetes.client.CustomObjectsApi(kube)
+    stored = _create(kube, _run("s", training={"maxSteps": 500}) | {"status": {"phase": "Succeeded"}})
+    assert "status" not in stored  # ignored on create
+    api.patch_namespaced_custom_object_status(GROUP, VERSION, NS, PLURAL, "s", {
+        "status": {"phase": "Running"}, "spec": {"training": {"maxSteps": 9}}})
+    after = api.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "s")
+    assert after["status"]["phase"] == "Running" and after["spec"]["training"]["maxSteps"] == 500
+    assert after["metadata"]["generation"] == 1
+    api.patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "s", {"status": {"phase": "Failed"},
+                                                                       "metadata": {"labels": {"x": "y"}}})
+    after = api.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "s")
+    assert after["status"]["phase"] == "Running" and after["metadata"]["generation"] == 1
+    api.patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "s", {"spec": {"training": {"maxSteps": 500}}})
+    assert api.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "s")["metadata"]["generation"] == 1  # no change
+    api.patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "s", {"spec": {"training": {"maxSteps": 600}}})
+    assert api.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "s")["metadata"]["generation"] == 2
+
+    batch = kubernetes.client.BatchV1Api(kube)
+    batch.create_namespaced_job(NS, _job("j"))
+    batch.patch_namespaced_job("j", NS, {"status": {"succeeded": 1}})
+    assert not (kube.sanitize_for_serialization(batch.read_namespaced_job("j", NS)).get("status") or {}).get("succeeded")
+
+
+def _job(name: str, account: str | None = None, **resources) -> dict:
+    pod = {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox",
+                                                     **({"resources": resources} if resources else {})}]}
+    if account:
+        pod["serviceAccountName"] = account
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}, "spec": {"template": {"spec": pod}}}
+
+
+def _pod(name: str, account: str | None = None) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {**_job(name, account)["spec"]["template"]["spec"]}}
+
+
+def test_a_pod_naming_a_service_account_its_namespace_lacks_is_refused(kube):
+    """The ServiceAccount admission plugin: 403 naming namespace/account; `default` always exists."""
+    import pytest
+
+    core = kubernetes.client.CoreV1Api(kube)
+    core.create_namespaced_pod("team-a", _pod("p0"))  # the namespace's `default` account
+    with pytest.raises(kubernetes.client.ApiException) as info:
+        core.create_namespaced_pod("team-a", _pod("p1", "asyncmtl-workload"))
+    assert info.value.status == 403
+    assert json.loads(info.value.body)["message"] == (
+        'pods "p1" is forbidden: error looking up service account team-a/asyncmtl-workload: '
+        'serviceaccount "asyncmtl-workload" not found')
+    core.create_namespaced_service_account("team-b", {"metadata": {"name": "asyncmtl-workload"}})
+    with pytest.raises(kubernetes.client.ApiException):  # an account in another namespace does not count
+        core.create_namespaced_pod("team-a", _pod("p1", "asyncmtl-workload"))
+    core.create_namespaced_pod("team-b", _pod("p1", "asyncmtl-workload"))
+
+
+def _post_job(cluster, job: dict):
+    """POST a Job as kubectl would, past the Python client's own model checks (the server's are tested)."""
+    import requests
+
+    return requests.post(f"{cluster.url}/apis/batch/v1/namespaces/{NS}/jobs", json=job, timeout=10)
+
+
+def test_pods_and_jobs_are_validated_against_the_kubernetes_schema_with_quantities_parsed(cluster, kube):
+    ok = _post_job(cluster, _job("ok", limits={"nvidia.com/gpu": 1, "memory": "16Gi", "cpu": "500m"}))
+    assert ok.status_code in (200, 201), ok.text
+    bad = _post_job(cluster, _job("bad-q", limits={"nvidia.com/gpu": "one"}))
+    assert bad.status_code == 422
+    assert "spec.template.spec.containers[0].resources.limits[nvidia.com/gpu]: Invalid value: 'one'" in bad.json()[
+        "message"]
+    wrong = _job("bad-field")
+    wrong["spec"]["template"]["spec"]["affinity"] = 3
+    bad = _post_job(cluster, wrong)
+    assert bad.status_code == 422 and "spec.template.spec.affinity: Invalid value" in bad.json()["message"]
+    unknown = _job("unknown-field")
+    unknown["spec"]["template"]["spec"]["runtimeClass"] = "nvidia"  # the field is runtimeClassName
+    bad = _post_job(cluster, unknown)
+    assert bad.status_code == 422 and "runtimeClass" in bad.json()["message"]
+    assert not exists(kube, "Job", "bad-q") and not exists(kube, "Job", "unknown-field") and exists(kube, "Job", "ok")
+
+
+def test_the_job_controller_creates_pods_through_admission_or_records_failed_create(tmp_path, monkeypatch):
+    from tests.operator.emulator import EmulatedCluster
+
+    with EmulatedCluster(jobs=True) as c:
+        api = kubernetes.config.new_client_from_config(str(c.kubeconfig(tmp_path / "kc")))
+        batch, core = kubernetes.client.BatchV1Api(api), kubernetes.client.CoreV1Api(api)
+        batch.create_namespaced_job("team-a", _job("good"))
+        batch.create_namespaced_job("team-a", _job("nosa", "asyncmtl-workload"))
+        suspended = _job("held")
+        suspended["spec"]["suspend"] = True
+        batch.create_namespaced_job("team-a", suspended)
+
+        def pods(job: str) -> list:
+            return core.list_namespaced_pod("team-a", label_selector=f"job-name={job}").items
+
+        assert len(pods("good")) == 1 and pods("good")[0].metadata.owner_references[0].name == "good"
+        assert pods("nosa") == [] and pods("held") == []
+        evs = [e for e in core.list_namespaced_event("team-a").items if e.involved_object.name == "nosa"]
+        assert [e.reason for e in evs] == ["FailedCreate"] and 'serviceaccount "asyncmtl-workload" not found' \
+            in evs[0].message
+        batch.patch_namespaced_job("held", "team-a", {"spec": {"suspend": False}})  # admitted by Kueue
+        assert len(pods("held")) == 1
+
+
+def test_lists_honour_label_and_field_selectors(kube):
+    """The operator finds its pods by label and its Events by involvedObject: both filtered server-side."""
+    core = kubernetes.client.CoreV1Api(kube)
+    for name, labels in (("a", {"run": "x", "role": "train"}), ("b", {"run": "x", "role": "infer"}), ("c", {})):
+        core.create_namespaced_config_map(NS, {"metadata": {"name": name, "labels": labels}})
+    names = lambda sel: sorted(c.metadata.name for c in core.list_namespaced_config_map(NS, label_selector=sel).items)
+    assert names("run=x,role=train") == ["a"] and names("run=x") == ["a", "b"] and names("role!=train") == ["b", "c"]
+    assert names("!run") == ["c"] and names("run") == ["a", "b"]
+    for name, obj in (("e1", "j1"), ("e2", "j2")):
+        core.create_namespaced_event(NS, {"metadata": {"name": name}, "reason": "R",
+                                          "involvedObject": {"kind": "Job", "name": obj, "namespace": NS}})
+    evs = core.list_namespaced_event(NS, field_selector="involvedObject.kind=Job,involvedObject.name=j2").items
+    assert [e.metadata.name for e in evs] == ["e2"]
