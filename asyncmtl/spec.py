@@ -406,6 +406,68 @@ Quantity = Annotated[str, BeforeValidator(_quantity),
 ResourceRequirements = dict[Literal["requests", "limits"], dict[str, Quantity]]
 
 
+# what the operator sets in every pod and an overlay may not: the Job's retry semantics and identity
+_OWNED_POD_FIELDS = {"restartPolicy": "the operator's (Jobs retry via cluster.backoffLimit)",
+                     "serviceAccountName": "set cluster.serviceAccountName",
+                     "serviceAccount": "set cluster.serviceAccountName"}
+_OWNED_CONTAINER_FIELDS = {"image": "set cluster.image", "command": "the operator's", "args": "the operator's"}
+RESERVED_VOLUMES = ("control", "work", "tmp")  # the pods' own volumes (children.py)
+MAIN_CONTAINER = "trainer"  # the overlay's name for the operator's container (training and inference)
+
+
+class PodTemplateMetadata(_Strict):
+    """Labels and annotations added to every pod (the operator's own labels win)."""
+
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class PodTemplateOverlay(_Strict):
+    """A partial core/v1 PodTemplateSpec merged under every training and inference pod the operator
+    makes (Kubeflow Trainer v2's `podTemplateOverrides`, KubeRay's pod templates): affinity,
+    runtimeClassName, topologySpreadConstraints, imagePullSecrets, extra Secret/CSI volumes,
+    initContainers and sidecars need no field of their own.
+
+    Merge (operator/asyncmtl_operator/pod_template.py): the operator's values win; maps merge key by
+    key; lists of named items (containers, volumes, env, volumeMounts) merge by name; `tolerations`
+    add to cluster.tolerations. A container named `trainer` is merged into the operator's own
+    container (env, volumeMounts, resources claims...); other containers are sidecars. The merged Job
+    is validated against the Kubernetes schema by the API server (a server-side dry run before any
+    pod starts), so a misspelt field is refused with its path.
+
+    Raises (validation):
+        ValueError: a field the operator owns (restartPolicy, serviceAccountName; the trainer
+            container's image, command, args) or a volume named like the pods' own.
+    """
+
+    metadata: PodTemplateMetadata = Field(default_factory=PodTemplateMetadata)
+    spec: dict[str, Any] = Field(default_factory=dict, description="A partial core/v1 PodSpec.")
+
+    @field_validator("spec")
+    @classmethod
+    def _not_owned(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        for key, why in _OWNED_POD_FIELDS.items():
+            if key in spec:
+                raise ValueError(f"spec.{key} cannot be overridden ({why})")
+        for group in ("containers", "initContainers", "volumes"):
+            items = spec.get(group, [])
+            if not isinstance(items, list) or not all(isinstance(i, dict) and isinstance(i.get("name"), str)
+                                                      for i in items):
+                raise ValueError(f"spec.{group} must be a list of objects, each with a name")
+        for i, c in enumerate(spec.get("containers", [])):
+            if c["name"] == MAIN_CONTAINER:
+                for key, why in _OWNED_CONTAINER_FIELDS.items():
+                    if key in c:
+                        raise ValueError(f"spec.containers[{i}].{key} cannot be overridden ({why})")
+            elif "image" not in c:
+                raise ValueError(f"spec.containers[{i}] ({c['name']!r}): a sidecar needs an image")
+        for i, v in enumerate(spec.get("volumes", [])):
+            if v["name"] in RESERVED_VOLUMES:
+                raise ValueError(f"spec.volumes[{i}].name {v['name']!r} is one of the pods' own volumes "
+                                 f"({', '.join(RESERVED_VOLUMES)})")
+        return spec
+
+
 class ClusterSpec(_Strict):
     """How the operator runs the trainer and inference pods (ignored by `asyncmtl run`)."""
 
@@ -429,6 +491,9 @@ class ClusterSpec(_Strict):
                                                             "trainer restarts in a local run.")
     volumes: list[VolumeSpec] = Field(default_factory=list, description="PVCs mounted into every pod (data, caches).")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment of every pod (e.g. TWEETEVAL_DIR).")
+    pod_template: PodTemplateOverlay | None = Field(
+        None, description="A partial core/v1 PodTemplateSpec merged under every pod (affinity, runtimeClassName, "
+                          "volumes, sidecars); the operator's own settings win.")
 
 
 class RunSpec(_Strict):

@@ -12,6 +12,7 @@ from typing import Any
 from asyncmtl.control import CONTROL_FILE_NAME, ControlDocument
 from asyncmtl.crd import GROUP
 from asyncmtl.spec import AsyncMTLRun
+from asyncmtl_operator.pod_template import apply_overlay
 
 CONTROL_MOUNT = "/etc/asyncmtl/control"
 SPEC_KEY = "run.yaml"
@@ -135,9 +136,9 @@ def training_job(run: AsyncMTLRun, namespace: str) -> dict[str, Any]:
     lab = labels(run.name, "train", c.labels)
     return {"apiVersion": "batch/v1", "kind": "Job",
             "metadata": {"name": train_name(run.name), "labels": lab},
-            "spec": {"backoffLimit": c.backoff_limit, "template": {
+            "spec": {"backoffLimit": c.backoff_limit, "template": apply_overlay({
                 "metadata": {"labels": lab},
-                "spec": _pod_spec(run, _container(run, "trainer", args, c.resources, ports), "Never")}}}
+                "spec": _pod_spec(run, _container(run, "trainer", args, c.resources, ports), "Never")}, c.pod_template)}}
 
 
 def metrics_service(run: AsyncMTLRun) -> dict[str, Any]:
@@ -161,6 +162,7 @@ def inference_job(run: AsyncMTLRun, namespace: str, task: str, step: int, shards
             "metadata": {"name": inference_name(run.name, task, step, attempt), "labels": lab},
             "spec": {"completionMode": "Indexed", "completions": shards,
                      "parallelism": min(shards, c.inference_parallelism), "backoffLimit": 2 * shards,
-                     "template": {"metadata": {"labels": lab},
-                                  "spec": _pod_spec(run, _container(run, "infer", args, c.inference_resources or c.resources),
-                                                    "Never")}}}
+                     "template": apply_overlay({
+                         "metadata": {"labels": lab},
+                         "spec": _pod_spec(run, _container(run, "infer", args, c.inference_resources or c.resources),
+                                           "Never")}, c.pod_template)}}

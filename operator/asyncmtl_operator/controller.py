@@ -31,8 +31,9 @@ from asyncmtl.retention import retain_after_run
 from asyncmtl.spec import AsyncMTLRun, ClusterSpec, SpecError, SpecIssue, issues_from_validation_error, parse_run
 from asyncmtl.storage import RunStorage, StorageError, open_run_storage
 from asyncmtl_operator import children
-from asyncmtl_operator.kube import Kube
+from asyncmtl_operator.kube import InvalidManifest, Kube
 from asyncmtl_operator.operator_metrics import OperatorMetrics
+from asyncmtl_operator.pod_template import merge_under
 from asyncmtl_operator.prometheus import PrometheusClient, PrometheusError
 
 STATUS_KEY = "asyncmtl"  # the full RunStatus, under status.asyncmtl
@@ -173,8 +174,11 @@ class Controller:
         name = body["metadata"]["name"]
         try:
             run = self.parse(body)
-        except SpecError as exc:
-            msg = "; ".join(f"{i.path}: {i.message}" for i in exc.issues)
+            # the pods as the API server would store them (pod template overlay merged): refused before any child
+            self.kube.dry_run_job(children.training_job(run, namespace), namespace)
+        except (SpecError, InvalidManifest) as exc:
+            msg = ("; ".join(f"{i.path}: {i.message}" for i in exc.issues) if isinstance(exc, SpecError)
+                   else f"spec.cluster.podTemplate: the training Job is invalid: {exc}")
             logger.error("[run=%s] invalid spec: %s", name, msg)
             self.post_event(body, "Warning", "InvalidSpec", msg)
             return {"phase": "Failed", "message": f"invalid spec: {msg}", "conditions": [
@@ -436,11 +440,13 @@ class Controller:
 
 
 MERGED_MAPS = ("labels", "env")  # the run's entries are added to the defaults', not put in their place
+# podTemplate too: a run's overlay is merged over the chart's (pod_template.merge_under)
 
 
 def _with_defaults(cluster: ClusterSpec, defaults: dict[str, Any]) -> ClusterSpec:
     """`cluster` with every field the run did not set taken from `defaults` (spec.cluster's shape);
-    `labels` and `env` are merged key by key (the run's value wins), so a run's own labels keep the
+    `labels` and `env` are merged key by key and `podTemplate` as pod templates merge (the run's value
+    wins), so a run's own labels keep the
     chart's Kueue queue label (`kueue.x-k8s.io/queue-name`) and the Job stays under its quota.
 
     Raises:
@@ -451,6 +457,8 @@ def _with_defaults(cluster: ClusterSpec, defaults: dict[str, Any]) -> ClusterSpe
     for key in MERGED_MAPS:
         if isinstance(defaults.get(key), dict) and key in given:
             merged[key] = {**defaults[key], **given[key]}
+    if isinstance(defaults.get("podTemplate"), dict) and given.get("podTemplate"):
+        merged["podTemplate"] = merge_under(defaults["podTemplate"], given["podTemplate"])  # the run's win
     try:
         return ClusterSpec.model_validate(merged)
     except ValidationError as exc:

@@ -19,6 +19,10 @@ from kubernetes.client.exceptions import ApiException
 log = logging.getLogger(__name__)
 
 
+class InvalidManifest(ValueError):
+    """The API server (or the client's own model check) refused a manifest: the message names the field."""
+
+
 class Kube:
     """Thin wrapper over the core/v1 and batch/v1 APIs, returning plain dicts."""
 
@@ -50,6 +54,31 @@ class Kube:
         except ApiException as exc:
             if exc.status == 409:
                 return False
+            raise
+
+    def dry_run_job(self, obj: dict[str, Any], namespace: str) -> None:
+        """A server-side dry run of creating the Job `obj` (`dryRun=All`: admitted and validated against
+        the Kubernetes schema, never stored), so a bad pod template is refused before any child exists.
+
+        Raises:
+            InvalidManifest: refused as invalid (422/400), or by the client's model of a Job.
+        """
+        import pydantic
+
+        try:
+            self.batch.create_namespaced_job(namespace, obj, dry_run="All")
+        except pydantic.ValidationError as exc:
+            raise InvalidManifest("; ".join(
+                f"{'.'.join(str(x) for x in e['loc'][1:])}: {e['msg']}" for e in exc.errors())) from None
+        except ApiException as exc:
+            if exc.status in (400, 422):
+                import json
+
+                try:
+                    message = json.loads(exc.body or "{}").get("message") or exc.reason
+                except ValueError:
+                    message = exc.body or exc.reason
+                raise InvalidManifest(message) from None
             raise
 
     def patch_configmap_data(self, name: str, namespace: str, data: dict[str, str]) -> None:

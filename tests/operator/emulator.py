@@ -13,6 +13,7 @@ Added (small, each tested in test_emulator.py):
   answered 422 Invalid with the field paths (tests/k8s_schema.py);
 - for Pods and Jobs, the Kubernetes OpenAPI schema (kubernetes-validate, strict: unknown fields are
   errors) and resource quantities parsed as Kubernetes quantities, answered 422 Invalid with the path;
+- server-side dry runs (`?dryRun=All` on create): admitted and validated, answered, never stored;
 - the ServiceAccount admission plugin: a Pod naming a ServiceAccount its namespace lacks is refused
   (403 Forbidden, the API server's message); every namespace has `default`, as the ServiceAccount
   controller makes it;
@@ -168,6 +169,12 @@ class Emulator(kmock.KubernetesEmulator):
                 and request.resource.group in ("", "batch") and request.action == enums.action.CREATE
                 and isinstance(data, dict)):
             self._admit_workload(request, data)
+        if request.params.get("dryRun") == "All" and request.action == enums.action.CREATE and isinstance(data, dict):
+            if request.resource is not None and request.resource.plural == PLURAL:
+                self._admit_run(request, data)
+            import aiohttp.web
+
+            return aiohttp.web.json_response(data, status=201)  # admitted, not stored
         if (request.resource is not None and request.resource.plural == PLURAL and isinstance(data, dict)
                 and request.subresource is None and request.action in (enums.action.CREATE, enums.action.UPDATE)):
             self._admit_run(request, data)

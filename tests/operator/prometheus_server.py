@@ -37,12 +37,13 @@ class PrometheusServer:
     """Scrapes `targets` (host:port) every `scrape_interval` with the given extra target labels."""
 
     def __init__(self, binary: str, workdir: Path, targets: list[str], labels: dict[str, str],
-                 scrape_interval: str = "500ms") -> None:
+                 scrape_interval: str = "500ms", scrape_configs: list[dict] | None = None) -> None:
         self.binary = binary
         self.workdir = workdir
         self.targets = targets
         self.labels = labels
         self.scrape_interval = scrape_interval
+        self.scrape_configs = scrape_configs  # given whole (e.g. what prometheus-operator generates), else one job
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -51,8 +52,9 @@ class PrometheusServer:
         cfg = self.workdir / "prometheus.yml"
         cfg.write_text(json.dumps({
             "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": "1s"},
-            "scrape_configs": [{"job_name": "trainer", "scrape_interval": self.scrape_interval,
-                                "static_configs": [{"targets": self.targets, "labels": self.labels}]}],
+            "scrape_configs": self.scrape_configs or [
+                {"job_name": "trainer", "scrape_interval": self.scrape_interval,
+                 "static_configs": [{"targets": self.targets, "labels": self.labels}]}],
         }))
         self.log = (self.workdir / "prometheus.log").open("wb")
         self.proc = subprocess.Popen([self.binary, f"--config.file={cfg}", f"--storage.tsdb.path={self.workdir / 'tsdb'}",
@@ -71,6 +73,12 @@ class PrometheusServer:
         q = urllib.parse.urlencode({"query": promql})
         with urllib.request.urlopen(f"{self.url}/api/v1/query?{q}", timeout=5) as r:
             return json.loads(r.read())["data"]["result"]
+
+    def series(self, match: str) -> list[dict]:
+        """The label sets of the series `match` selects (what Grafana's `label_values` reads)."""
+        q = urllib.parse.urlencode({"match[]": match})
+        with urllib.request.urlopen(f"{self.url}/api/v1/series?{q}", timeout=5) as r:
+            return json.loads(r.read())["data"]
 
     def wait_for(self, promql: str, predicate=lambda res: bool(res), timeout: float = 30.0) -> list[dict]:
         deadline = time.monotonic() + timeout

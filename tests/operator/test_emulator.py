@@ -205,3 +205,14 @@ def test_lists_honour_label_and_field_selectors(kube):
                                           "involvedObject": {"kind": "Job", "name": obj, "namespace": NS}})
     evs = core.list_namespaced_event(NS, field_selector="involvedObject.kind=Job,involvedObject.name=j2").items
     assert [e.metadata.name for e in evs] == ["e2"]
+
+
+def test_a_dry_run_is_validated_but_never_stored(cluster, kube):
+    import requests
+
+    url = f"{cluster.url}/apis/batch/v1/namespaces/{NS}/jobs?dryRun=All"
+    assert requests.post(url, json=_job("dry"), timeout=10).status_code == 201
+    assert not exists(kube, "Job", "dry")
+    bad = _job("dry-bad")
+    bad["spec"]["template"]["spec"]["runtimeClass"] = "x"
+    assert requests.post(url, json=bad, timeout=10).status_code == 422

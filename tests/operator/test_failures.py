@@ -9,7 +9,7 @@ import pytest
 from kopf.testing import KopfRunner
 
 from tests.operator.conftest import TIMER, FakeTrainer, start_prometheus, wait_until
-from tests.operator.helpers import (NS, apply_run, events, exists, fail_job, get_run, make_run, operator_args,
+from tests.operator.helpers import (NS, apply_run, events, exists, fail_job, get_obj, get_run, make_run, operator_args,
                                     signals)
 from tests.operator.prometheus_server import PrometheusServer
 
@@ -289,3 +289,27 @@ def test_an_inference_job_that_never_gets_a_pod_cannot_deadlock_the_run(setup):
     deg = next(c for c in st["conditions"] if c["type"] == "Degraded")
     assert deg["status"] == "True" and "pendingTimeoutSeconds" in deg["message"]
     assert st["phase"] == "Running"  # b keeps training
+
+
+def test_a_pod_template_the_kubernetes_schema_refuses_fails_the_run_before_any_child(cluster, kube, s3, monkeypatch):
+    """`runtimeClass` (for runtimeClassName) passes the CRD (the overlay's spec is free-form) but not the
+    API server's PodSpec schema: a server-side dry run of the training Job refuses it with its path."""
+    monkeypatch.setenv("PROMETHEUS_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("ASYNCMTL_OPERATOR_METRICS_PORT", "0")
+    endpoint, _ = s3
+    good = make_run("tpl", endpoint=endpoint, cluster={"podTemplate": {"spec": {
+        "runtimeClassName": "nvidia", "affinity": {"podAntiAffinity": {}}}}})
+    bad = make_run("typo", endpoint=endpoint, cluster={"podTemplate": {"spec": {"runtimeClass": "nvidia"}}})
+    with KopfRunner(operator_args(), timeout=60) as runner:
+        apply_run(kube, bad)
+        apply_run(kube, good)
+        st = wait_until(lambda: get_run(kube, "typo").get("status", {}).get("phase") == "Failed"
+                        and get_run(kube, "typo")["status"], what="typo Failed")
+        job = wait_until(lambda: get_obj(kube, "Job", "tpl-train"), what="tpl training Job")
+        time.sleep(TIMER)
+        assert not exists(kube, "Job", "typo-train") and not exists(kube, "ConfigMap", "typo-control")
+    assert runner.exit_code == 0, runner.output
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "InvalidSpec" and "spec.cluster.podTemplate" in ready["message"]
+    assert "runtimeClass" in ready["message"] and "InvalidSpec" in [e["reason"] for e in events(kube, "typo")]
+    assert job["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
