@@ -8,8 +8,12 @@ fell between two sets of a gauge, a poll that came late) neither delays nor hast
 decision. The trainer reports its own best-so-far (value and step) computed with the same
 `BestTracker` rule on every validation, so a missed *best* point is recovered from it.
 
-After a rewind to step `s`, `Track.cut(s)` forgets every point after `s`, so no later
-decision uses observations from the discarded steps.
+After a rewind to step `s`, `Track.cut(s)` forgets every point after `s` and restores the task's
+state (smoothed value, best) as it was right after its last point at or before `s` — what the trainer
+restores from the checkpoint's trackers — so no later decision uses observations from the discarded
+steps. Each kept point carries that state, so a track need not keep every point: `retained_steps`
+says which points a future rewind could still need (the status stays bounded, see
+`asyncmtl.core.reconcile.bound_tracks`).
 
 Optional chance floor (`minGainOverChance`, not in the paper): a task is not declared converged
 while its best validation value does not beat its *chance score* — the score a constant predictor
@@ -20,9 +24,9 @@ started to learn is then never frozen on a dip of its noisy validation curve at 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 
 class ValidationPoint(BaseModel):
@@ -71,10 +75,27 @@ class ConvergenceRule:
         return gain > self.min_delta + 1e-9
 
 
+class TrackPoint(ValidationPoint):
+    """A validation point of a track with the task's state right after it was folded in (its own
+    rule): what a rewind to this step restores. None in statuses written before these fields."""
+
+    smoothed: float | None = None
+    best_step: int | None = None
+    best_value: float | None = None
+
+
 class Track(BaseModel):
     """What a runtime knows of one task's validation history (kept in the run status)."""
 
-    points: list[ValidationPoint] = Field(default_factory=list)
+    points: list[TrackPoint] = Field(default_factory=list, description="Oldest first; thinned by bound_tracks.")
+
+    @field_validator("points", mode="before")
+    @classmethod
+    def _points(cls, value: Any) -> Any:
+        """Plain ValidationPoints are accepted as points whose state is not stored."""
+        if isinstance(value, list):
+            return [p.model_dump() if type(p) is ValidationPoint else p for p in value]
+        return value
     best_step: int | None = None
     best_value: float | None = None
     last_step: int | None = None
@@ -92,12 +113,23 @@ class Track(BaseModel):
         return max(0, self.last_step - self.best_step) // interval
 
     def cut(self, step: int, rule: ConvergenceRule) -> "Track":
-        """The track as it was at `step` (after a rewind): later points are forgotten and
-        the best is recomputed from the points kept."""
+        """The track as it was at `step` (after a rewind): later points are forgotten; smoothed value
+        and best are those stored with the last point kept (the state the task's own rule had then).
+
+        Args:
+            rule: the task's rule, used only to replay points stored without their state (a status
+                written by an older version).
+        """
         kept = [p for p in self.points if p.step <= step]
         out = Track(validations_seen=self.validations_seen, missed=self.missed, chance=self.chance)
-        for p in kept:
-            out = out._add_point(p, rule)
+        if kept and kept[-1].smoothed is not None:
+            last = kept[-1]
+            out.points = [p.model_copy() for p in kept]
+            out.smoothed, out.best_step, out.best_value = last.smoothed, last.best_step, last.best_value
+            out.last_step, out.last_value = last.step, last.value
+        else:
+            for p in kept:
+                out = out._add_point(p, rule)
         if self.best_step is not None and self.best_step <= step and (
             out.best_step is None or self.best_step > out.best_step
         ):  # a best we only knew from the trainer's best-so-far
@@ -106,12 +138,56 @@ class Track(BaseModel):
 
     def _add_point(self, p: ValidationPoint, rule: ConvergenceRule) -> "Track":
         t = self.model_copy(deep=True)
-        t.points.append(p)
         t.smoothed = rule.smooth(p.value, t.smoothed)
         if rule.improves(t.smoothed, t.best_value):
             t.best_step, t.best_value = p.step, t.smoothed
         t.last_step, t.last_value = p.step, p.value
+        t.points.append(TrackPoint(step=p.step, value=p.value, smoothed=t.smoothed, best_step=t.best_step,
+                                   best_value=t.best_value))
         return t
+
+    def state_at(self, step: int) -> "TrackPoint | None":
+        """The last kept point at or before `step` (with the state a rewind to `step` restores)."""
+        found = None
+        for p in self.points:
+            if p.step > step:
+                break
+            found = p
+        return found
+
+
+def retained_steps(tracks: dict[str, Track], candidates: list[str]) -> set[int]:
+    """The steps a future rewind could go to: the best step of every task in `candidates` (those that
+    may still converge), and, closed under rewinds, the best each task would have after a rewind to
+    one of those steps (a rewind sets a task's best to the one stored with its last point before it).
+    The trainer keeps a checkpoint for the same steps (asyncmtl.retention)."""
+    todo = [t.best_step for n, t in tracks.items() if n in candidates and t.best_step is not None]
+    steps: set[int] = set()
+    while todo:
+        r = todo.pop()
+        if r in steps:
+            continue
+        steps.add(r)
+        for n in candidates:
+            at = tracks[n].state_at(r)
+            if at is not None and at.best_step is not None and at.best_step not in steps:
+                todo.append(at.best_step)
+    return steps
+
+
+def thin(track: Track, steps: set[int], limit: int) -> Track:
+    """`track` keeping only the points a rewind to one of `steps` restores, and its last point; at
+    most `limit` points (the oldest dropped first: a rewind further back than every kept point
+    restores no state, only the trainer's best — only reached past `limit` distinct rewind targets)."""
+    keep = {id(track.points[-1])} if track.points else set()
+    for r in steps:
+        at = track.state_at(r)
+        if at is not None:
+            keep.add(id(at))
+    kept = [p for p in track.points if id(p) in keep][-limit:]
+    if len(kept) == len(track.points):
+        return track
+    return track.model_copy(update={"points": kept})
 
 
 class TaskObservation(BaseModel):

@@ -47,9 +47,9 @@ from asyncmtl.control import (
     StopSignal,
 )
 from asyncmtl.core.actions import Action, Complete, EmitEvent, Fail, LaunchInference, WriteControl
-from asyncmtl.core.convergence import ConvergenceRule, has_converged, observe
+from asyncmtl.core.convergence import ConvergenceRule, has_converged, observe, retained_steps, thin
 from asyncmtl.core.observations import Observations
-from asyncmtl.core.status import HISTORY_LIMIT, Condition, ConditionType, HistoryEntry, RunStatus, TaskStatus
+from asyncmtl.core.status import HISTORY_LIMIT, TRACK_POINTS, Condition, ConditionType, HistoryEntry, RunStatus, TaskStatus
 from asyncmtl.spec import RunSpec, TaskSpec
 
 
@@ -155,6 +155,7 @@ def reconcile(
         if spec.setting == "sequential" and st.task_order is None:
             _start_sequence(spec, ctx, obs.metrics.train_sizes)
         _observe(spec, ctx, obs)
+        bound_tracks(st)
 
     _trainer_readiness(ctx, obs)
     if spec.strategy == "bam":
@@ -284,8 +285,8 @@ def _converge(spec: RunSpec, ctx: _Ctx, newly: list[str]) -> None:
         ctx.event("TaskConverged", f"task {n}: no improvement for {spec.task(n).patience} validation steps; "
                   f"best {ts.best_value:.2f} at step {ts.best_step}, {how}", task=n, step=ts.converged_at_step)
     if rewind_to is not None:
-        for ts in st.tasks.values():
-            ts.track = ts.track.cut(rewind_to, _any_rule(spec))
+        for name, ts in st.tasks.items():
+            ts.track = ts.track.cut(rewind_to, rule_for(spec, spec.task(name)))
     if spec.setting == "sequential" and st.task_order:
         waiting = [n for n in st.task_order if st.tasks[n].phase == "Pending"]
         if waiting:
@@ -311,9 +312,16 @@ def _converge(spec: RunSpec, ctx: _Ctx, newly: list[str]) -> None:
         st.rewind_generation = st.control.generation if st.control else None
 
 
-def _any_rule(spec: RunSpec) -> ConvergenceRule:
-    # cutting a track only replays points; the task's own rule is used where it matters
-    return ConvergenceRule(patience=1, validation_interval=spec.training.validation_interval)
+def bound_tracks(st: RunStatus, limit: int = TRACK_POINTS) -> None:
+    """Keep each task's track to the points a future rewind could restore (`retained_steps` over the
+    tasks that may still converge: Training and Pending) plus its last point, at most `limit` per
+    task, so the status stays bounded however long the run (etcd refuses objects over 1.5 MiB).
+    Decisions are those of a track that kept every point unless a run has more than `limit`
+    distinct rewind targets at once."""
+    tracks = {n: ts.track for n, ts in st.tasks.items()}
+    steps = retained_steps(tracks, [n for n, ts in st.tasks.items() if ts.phase in ("Training", "Pending")])
+    for ts in st.tasks.values():
+        ts.track = thin(ts.track, steps, limit)
 
 
 def _collect_inference(spec: RunSpec, ctx: _Ctx, obs: Observations) -> None:

@@ -26,6 +26,7 @@ TaskPhase = Literal["Pending", "Training", "Converged", "Distilling", "KD", "Fro
 ConditionType = Literal["Ready", "MetricsAvailable", "SignalAcknowledged", "Degraded", "Complete", "Failed"]
 
 HISTORY_LIMIT = 200
+TRACK_POINTS = 16  # validation points kept per task: the possible rewind targets and the last (bound_tracks)
 
 
 class _Camel(BaseModel):

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import yaml
 
-from asyncmtl.control import ControlDocument, ConvergedSignal
+from asyncmtl.control import ConvergedSignal
 from asyncmtl.core.actions import Complete, EmitEvent, Fail, LaunchInference, WriteControl
 from asyncmtl.core.observations import InferenceObservation, Observations
 from asyncmtl.core.reconcile import reconcile

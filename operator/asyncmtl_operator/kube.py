@@ -58,7 +58,8 @@ class Kube:
 
     def dry_run_job(self, obj: dict[str, Any], namespace: str) -> None:
         """A server-side dry run of creating the Job `obj` (`dryRun=All`: admitted and validated against
-        the Kubernetes schema, never stored), so a bad pod template is refused before any child exists.
+        the Kubernetes schema, never stored; `fieldValidation=Strict`: an unknown field is an error, not
+        silently dropped), so a bad pod template is refused before any child exists.
 
         Raises:
             InvalidManifest: refused as invalid (422/400), or by the client's model of a Job.
@@ -66,7 +67,7 @@ class Kube:
         import pydantic
 
         try:
-            self.batch.create_namespaced_job(namespace, obj, dry_run="All")
+            self.batch.create_namespaced_job(namespace, obj, dry_run="All", field_validation="Strict")
         except pydantic.ValidationError as exc:
             raise InvalidManifest("; ".join(
                 f"{'.'.join(str(x) for x in e['loc'][1:])}: {e['msg']}" for e in exc.errors())) from None

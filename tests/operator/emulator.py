@@ -11,8 +11,9 @@ Added (small, each tested in test_emulator.py):
 - for AsyncMTLRuns, what the API server does with our CRD's structural schema on create and on spec
   updates: defaulting, pruning of unknown fields, OpenAPI validation, the CEL rules and list-map keys,
   answered 422 Invalid with the field paths (tests/k8s_schema.py);
-- for Pods and Jobs, the Kubernetes OpenAPI schema (kubernetes-validate, strict: unknown fields are
-  errors) and resource quantities parsed as Kubernetes quantities, answered 422 Invalid with the path;
+- for Pods and Jobs, the Kubernetes OpenAPI schema (kubernetes-validate; unknown fields are errors
+  with `?fieldValidation=Strict`, otherwise kept where the server would drop them with a warning) and
+  resource quantities parsed as Kubernetes quantities, answered 422 Invalid with the path;
 - server-side dry runs (`?dryRun=All` on create): admitted and validated, answered, never stored;
 - the ServiceAccount admission plugin: a Pod naming a ServiceAccount its namespace lacks is refused
   (403 Forbidden, the API server's message); every namespace has `default`, as the ServiceAccount
@@ -97,8 +98,8 @@ class Emulator(kmock.KubernetesEmulator):
         kind = "Pod" if request.resource.plural == "pods" else "Job"
         name = (data.get("metadata") or {}).get("name") or (data.get("metadata") or {}).get("generateName", "")
         doc = {"apiVersion": "v1" if kind == "Pod" else "batch/v1", "kind": kind, **data}
-        try:
-            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+        try:  # unknown fields are errors only with fieldValidation=Strict (the default, Warn, drops them)
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=request.params.get("fieldValidation") == "Strict")
         except kubernetes_validate.ValidationError as exc:
             path = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in exc.path).replace(".[", "[")
             raise KubernetesError(status=422, reason="Invalid",
@@ -254,6 +255,8 @@ class _Internal:
 
     action = enums.action.CREATE
     subresource = None
+
+    params: dict[str, str] = {}
 
     def __init__(self, res, namespace: str) -> None:
         self.resource, self.namespace = res, namespace

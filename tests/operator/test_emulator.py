@@ -143,11 +143,11 @@ def test_a_pod_naming_a_service_account_its_namespace_lacks_is_refused(kube):
     core.create_namespaced_pod("team-b", _pod("p1", "asyncmtl-workload"))
 
 
-def _post_job(cluster, job: dict):
+def _post_job(cluster, job: dict, query: str = ""):
     """POST a Job as kubectl would, past the Python client's own model checks (the server's are tested)."""
     import requests
 
-    return requests.post(f"{cluster.url}/apis/batch/v1/namespaces/{NS}/jobs", json=job, timeout=10)
+    return requests.post(f"{cluster.url}/apis/batch/v1/namespaces/{NS}/jobs{query}", json=job, timeout=10)
 
 
 def test_pods_and_jobs_are_validated_against_the_kubernetes_schema_with_quantities_parsed(cluster, kube):
@@ -163,9 +163,11 @@ def test_pods_and_jobs_are_validated_against_the_kubernetes_schema_with_quantiti
     assert bad.status_code == 422 and "spec.template.spec.affinity: Invalid value" in bad.json()["message"]
     unknown = _job("unknown-field")
     unknown["spec"]["template"]["spec"]["runtimeClass"] = "nvidia"  # the field is runtimeClassName
-    bad = _post_job(cluster, unknown)
+    bad = _post_job(cluster, unknown, "?fieldValidation=Strict")
     assert bad.status_code == 422 and "runtimeClass" in bad.json()["message"]
     assert not exists(kube, "Job", "bad-q") and not exists(kube, "Job", "unknown-field") and exists(kube, "Job", "ok")
+    unknown["metadata"]["name"] = "warned"
+    assert _post_job(cluster, unknown).status_code in (200, 201)  # fieldValidation=Warn, the default
 
 
 def test_the_job_controller_creates_pods_through_admission_or_records_failed_create(tmp_path, monkeypatch):
@@ -210,7 +212,7 @@ def test_lists_honour_label_and_field_selectors(kube):
 def test_a_dry_run_is_validated_but_never_stored(cluster, kube):
     import requests
 
-    url = f"{cluster.url}/apis/batch/v1/namespaces/{NS}/jobs?dryRun=All"
+    url = f"{cluster.url}/apis/batch/v1/namespaces/{NS}/jobs?dryRun=All&fieldValidation=Strict"
     assert requests.post(url, json=_job("dry"), timeout=10).status_code == 201
     assert not exists(kube, "Job", "dry")
     bad = _job("dry-bad")

@@ -122,7 +122,7 @@ def _drive(prom: PrometheusServer, trainer: FakeTrainer, op) -> None:
     trainer.exporter.train_loss.labels(RUN, "a", "supervised").set(0.7)
     trainer.ack(0, 0)
     trainer.validate(100, {"a": 50.0})
-    prom.wait_for(f'count_over_time(asyncmtl_validations_total{{task="b"}}[1m]) >= 3')
+    prom.wait_for('count_over_time(asyncmtl_validations_total{task="b"}[1m]) >= 3')
     for _ in range(2):  # latencies observed between scrapes, so their rate is positive
         op.sample_to_decision.observe(2.0)
         op.decision_to_ack.observe(7.0)
