@@ -3,6 +3,7 @@ and `x-kubernetes-validations` CEL rules (cel-python), as apiextensions.k8s.io/v
 from __future__ import annotations
 
 import copy
+import json
 import functools
 from typing import Any
 
@@ -125,7 +126,8 @@ def cel_violations(schema: dict[str, Any], obj: Any, path: str = "") -> list[str
             for i, item in enumerate(obj):
                 key = tuple(item.get(k) for k in schema["x-kubernetes-list-map-keys"])
                 if key in seen:
-                    out.append(f"{path}[{i}]: Duplicate value: {dict(zip(schema['x-kubernetes-list-map-keys'], key))}")
+                    fields = ",".join(f'"{k}":{json.dumps(v)}' for k, v in zip(schema["x-kubernetes-list-map-keys"], key))
+                    out.append(f"{path}[{i}]: Duplicate value: map[string]interface {{}}{{{fields}}}")  # the server's words
                 seen.add(key)
         for i, item in enumerate(obj):
             out += cel_violations(schema["items"], item, f"{path}[{i}]")

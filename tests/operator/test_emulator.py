@@ -218,3 +218,34 @@ def test_a_dry_run_is_validated_but_never_stored(cluster, kube):
     bad = _job("dry-bad")
     bad["spec"]["template"]["spec"]["runtimeClass"] = "x"
     assert requests.post(url, json=bad, timeout=10).status_code == 422
+
+
+def test_every_example_run_is_accepted_as_written(kube):
+    """`kubectl apply -f manifests/examples/` against the harness: every AsyncMTLRun is stored, the
+    GPU example's `nvidia.com/gpu: 1` (an integer, as everyone writes it) included."""
+    import yaml
+
+    from asyncmtl.crd import KIND
+    from tests.conftest import REPO
+
+    applied = {}
+    for path in sorted((REPO / "manifests" / "examples").rglob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == KIND:
+                doc["metadata"]["namespace"] = NS
+                applied[doc["metadata"]["name"]] = _create(kube, doc)
+    assert len(applied) >= 3
+    gpu = applied["tweeteval-joint-gpu"]["spec"]["cluster"]["resources"]["limits"]["nvidia.com/gpu"]
+    assert gpu == 1 and isinstance(gpu, int)
+
+
+def test_a_duplicate_task_name_is_refused_with_the_api_servers_words(kube):
+    import pytest
+
+    doc = _run("dup")
+    doc["spec"]["tasks"][1]["name"] = doc["spec"]["tasks"][0]["name"]
+    with pytest.raises(kubernetes.client.ApiException) as info:
+        _create(kube, doc)
+    assert info.value.status == 422
+    assert 'spec.tasks[1]: Duplicate value: map[string]interface {}{"name":"sentiment"}' in json.loads(
+        info.value.body)["message"]
