@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from asyncmtl.core.status import RunStatus
-from asyncmtl.report import build_report, plot_curves, read_history
+from asyncmtl.artifacts import EventRecord, HistoryRecord, ValidationRecord, read_final, read_history
+from asyncmtl.report import build_report, plot_curves
 from asyncmtl.storage import FileRunStorage
 
 
@@ -36,17 +36,17 @@ class Row:
         return sum(vals) / len(vals) if vals and len(vals) == len(self.scores) else None
 
 
-def steps_run(history: list[dict], final_step: int | None) -> int:
+def steps_run(history: list[HistoryRecord], final_step: int | None) -> int:
     """Optimizer steps actually run: the final step plus every stretch a rewind discarded
     (to validation-step precision)."""
     extra = 0
     last = 0
     for r in history:
-        if "value" in r:
-            last = max(last, int(r["step"]))
-        elif r.get("event") == "rewind":
-            extra += max(0, last - int(r["step"]))
-            last = int(r["step"])
+        if isinstance(r, ValidationRecord):
+            last = max(last, r.step)
+        elif isinstance(r, EventRecord) and r.event == "rewind":
+            extra += max(0, last - r.step)
+            last = r.step
     return (final_step or last) + extra
 
 
@@ -58,13 +58,13 @@ def load_rows(run_dir: Path) -> tuple[list[Row], list[str], object]:
     status = RunStatus.model_validate_json(status_path.read_text())
     name = status.control.run if status.control else run_dir.name
     storage = FileRunStorage(run_dir)
-    if not storage.exists("reports/final.json"):
+    final = read_final(storage)
+    if final is None:
         raise CompareError(f"{run_dir}: the run has no final evaluation (phase {status.phase})")
     rep = build_report(name, status, storage)
-    final = json.loads(storage.get_bytes("reports/final.json"))
     steps = steps_run(read_history(storage), rep.final_step)
     tasks = [t.task for t in rep.tasks]
-    fixed = final.get("stopped") == "maxSteps" and all(t.converged_at_step is None for t in rep.tasks)
+    fixed = final.stopped == "maxSteps" and all(t.converged_at_step is None for t in rep.tasks)
     rows = [Row(f"{name} (Final)" if fixed else name, steps, {t.task: t.test_final for t in rep.tasks})]
     if fixed:
         rows.append(Row(f"{name} (Best)", steps, {t.task: t.test_best_checkpoint for t in rep.tasks}))

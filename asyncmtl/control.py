@@ -17,7 +17,6 @@ Signals (paper Sec. 3):
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path

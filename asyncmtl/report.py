@@ -18,11 +18,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from asyncmtl.artifacts import (CURVES, REPORT_JSON, REPORT_MD, CheckpointScore, EventRecord, HistoryRecord,
+                                ValidationRecord, read_final, read_history)
 from asyncmtl.core.status import RunStatus
 from asyncmtl.storage import RunStorage
-
-HISTORY_KEY = "reports/history.jsonl"
-FINAL_KEY = "reports/final.json"
 
 
 @dataclass
@@ -64,51 +63,37 @@ class RunReport:
         return max(d) if d else None
 
 
-def read_history(storage: RunStorage) -> list[dict]:
-    """Validation records in the order written (empty if none)."""
-    if not storage.exists(HISTORY_KEY):
-        return []
-    return [json.loads(line) for line in storage.get_bytes(HISTORY_KEY).decode().splitlines() if line.strip()]
-
-
-def history_key(record: dict) -> tuple:
-    """What makes a history record the same record: its kind (`validation`, or the event: `rewind`,
-    `kd`, `start`), task, step and the rewinds applied before it. A trainer that resumes from a
-    checkpoint repeats the records written after it with the same key; a rewind changes the key of
-    every later record (the same step, validated again on a new trajectory, is a new record)."""
-    return (record.get("event", "validation"), record.get("task"), record.get("step"), record.get("rewinds"))
-
-
-def validations(history: list[dict], task: str) -> list[dict]:
+def validations(history: list[HistoryRecord], task: str) -> list[ValidationRecord]:
     """The validation records of `task`, in order."""
-    return [r for r in history if r.get("task") == task and "value" in r]
+    return [r for r in history if isinstance(r, ValidationRecord) and r.task == task]
 
 
-def split_lineage(history: list[dict], task: str) -> tuple[list[dict], list[dict]]:
+def split_lineage(history: list[HistoryRecord], task: str) -> tuple[list[ValidationRecord], list[ValidationRecord]]:
     """Split a task's validations into (surviving lineage, points discarded by a later rewind).
 
-    A `{"event": "rewind", "step": s}` record discards every earlier point after step s.
+    A rewind event to step s discards every earlier point after step s.
     """
-    kept: list[dict] = []
-    gone: list[dict] = []
+    kept: list[ValidationRecord] = []
+    gone: list[ValidationRecord] = []
     for r in history:
-        if r.get("event") == "rewind":
-            while kept and kept[-1]["step"] > r["step"]:
+        if isinstance(r, EventRecord) and r.event == "rewind":
+            while kept and kept[-1].step > r.step:
                 gone.append(kept.pop())
-        elif r.get("task") == task and "value" in r:
-            while kept and kept[-1]["step"] >= r["step"]:  # a rewind whose event was not recorded
+        elif isinstance(r, ValidationRecord) and r.task == task:
+            while kept and kept[-1].step >= r.step:  # a rewind whose event was not recorded
                 gone.append(kept.pop())
             kept.append(r)
     return kept, gone
 
 
-def _kd_step(history: list[dict], task: str) -> int | None:
+def _kd_step(history: list[HistoryRecord], task: str) -> int | None:
     """Step at which the task switched to the KD loss (last switch, if it happened more than once)."""
-    steps = [int(r["step"]) for r in history if r.get("event") == "kd" and r.get("task") == task]
+    steps = [r.step for r in history if isinstance(r, EventRecord) and r.event == "kd" and r.task == task]
     return steps[-1] if steps else None
 
 
-def _best_record(kept: list[dict], best_step: int | None, checkpoint: dict, metric: str) -> dict | None:
+def _best_record(kept: list[ValidationRecord], best_step: int | None, checkpoint: CheckpointScore | None,
+                 metric: str) -> ValidationRecord | None:
     """The validation a task's gap is measured from.
 
     A converged task's best is its best checkpoint θ̂_t (paper Sec. 3: the checkpoint it is
@@ -118,60 +103,46 @@ def _best_record(kept: list[dict], best_step: int | None, checkpoint: dict, metr
     validation on the final lineage.
     """
     if best_step is not None:
-        at = [r for r in kept if r["step"] == best_step and r.get("mode", "supervised") == "supervised"]
+        at = [r for r in kept if r.step == best_step and r.mode == "supervised"]
         if at:
             return at[-1]
         # a later rewind to an earlier step discarded that validation from the lineage; the
         # trainer scored the checkpoint's weights again at convergence (final.json bestCheckpoint)
-        value = (checkpoint.get("validation") or {}).get(metric)
-        if checkpoint.get("step") == best_step and value is not None:
-            return {"step": best_step, "value": value, "mode": "supervised"}
-    return max(kept, key=lambda r: r["value"]) if kept else None
+        value = checkpoint.validation.get(metric) if checkpoint is not None else None
+        if checkpoint is not None and checkpoint.step == best_step and value is not None:
+            return ValidationRecord(step=best_step, task="", value=value, mode="supervised")
+    return max(kept, key=lambda r: r.value) if kept else None
 
 
 def build_report(run: str, status: RunStatus, storage: RunStorage) -> RunReport:
     """Assemble the report from storage and status (a missing final.json leaves final columns empty)."""
     history = read_history(storage)
-    final = json.loads(storage.get_bytes(FINAL_KEY)) if storage.exists(FINAL_KEY) else None
-    rep = RunReport(run=run, phase=status.phase, message=status.message, final_step=final["step"] if final else None)
-    names = list(status.tasks) or sorted({r["task"] for r in history if "task" in r and "value" in r})
+    final = read_final(storage)
+    rep = RunReport(run=run, phase=status.phase, message=status.message, final_step=final.step if final else None)
+    names = list(status.tasks) or sorted({r.task for r in history if isinstance(r, ValidationRecord)})
     for name in names:
         recs = validations(history, name)
         ts = status.tasks.get(name)
-        ft = (final or {}).get("tasks", {}).get(name, {})
-        metric = ft.get("metric") or (recs[0]["metric"] if recs else "")
+        ft = final.tasks.get(name) if final else None
+        metric = (ft.metric if ft else "") or (recs[0].metric if recs else "")
         kept, _ = split_lineage(history, name)
-        bc = ft.get("bestCheckpoint") or {}
+        bc = ft.best_checkpoint if ft else None
         best_rec = _best_record(kept, ts.best_step if ts else None, bc, metric)
-        fv = ft.get("finalValidation", {}).get(metric)
+        fv = ft.final_validation.get(metric) if ft else None
         rep.tasks.append(TaskReport(
             task=name, metric=metric, phase=ts.phase if ts else "",
             converged_at_step=ts.converged_at_step if ts else None,
             kd_from_step=_kd_step(history, name),
-            best_validation=best_rec["value"] if best_rec else None,
-            best_step=int(best_rec["step"]) if best_rec else None,
-            best_ever=max(r["value"] for r in recs) if recs else None,
+            best_validation=best_rec.value if best_rec else None,
+            best_step=best_rec.step if best_rec else None,
+            best_ever=max(r.value for r in recs) if recs else None,
             final_validation=fv,
-            final_minus_best=(fv - best_rec["value"]) if fv is not None and best_rec else None,
-            test_final=ft.get("finalTest", {}).get(metric),
-            test_best_checkpoint=(bc.get("test") or {}).get(metric),
-            best_checkpoint_step=bc.get("step"),
+            final_minus_best=(fv - best_rec.value) if fv is not None and best_rec else None,
+            test_final=(ft.final_test or {}).get(metric) if ft else None,
+            test_best_checkpoint=(bc.test or {}).get(metric) if bc else None,
+            best_checkpoint_step=bc.step if bc else None,
         ))
     return rep
-
-
-def best_checkpoint_steps(storage: RunStorage, tasks: list[str]) -> dict[str, int]:
-    """Each task's best checkpoint step in a finished run's final evaluation (BAM's teachers);
-    tasks without one are left out, and {} while the run has no final evaluation."""
-    if not storage.exists(FINAL_KEY):
-        return {}
-    final = json.loads(storage.get_bytes(FINAL_KEY))
-    out = {}
-    for t in tasks:
-        best = ((final.get("tasks") or {}).get(t) or {}).get("bestCheckpoint") or {}
-        if best.get("step") is not None:
-            out[t] = int(best["step"])
-    return out
 
 
 def _f(v: float | None, signed: bool = False) -> str:
@@ -201,7 +172,7 @@ def render_markdown(rep: RunReport) -> str:
     return "\n".join(lines)
 
 
-def convergence_trigger(history: list[dict], task: str, step: int | None) -> dict | None:
+def convergence_trigger(history: list[HistoryRecord], task: str, step: int | None) -> ValidationRecord | None:
     """The validation record on which `task` was declared converged at `step`: its last supervised
     validation at that step written before its KD switch (a later trajectory through the same step,
     after a rewind, did not decide anything). None if the task did not converge."""
@@ -209,14 +180,14 @@ def convergence_trigger(history: list[dict], task: str, step: int | None) -> dic
         return None
     found = None
     for r in history:
-        if r.get("event") == "kd" and r.get("task") == task and found is not None:
+        if isinstance(r, EventRecord) and r.event == "kd" and r.task == task and found is not None:
             break
-        if r.get("task") == task and "value" in r and r["step"] == step and r.get("mode", "supervised") == "supervised":
+        if isinstance(r, ValidationRecord) and r.task == task and r.step == step and r.mode == "supervised":
             found = r
     return found
 
 
-def plot_curves(rep: RunReport, history: list[dict], path) -> None:
+def plot_curves(rep: RunReport, history: list[HistoryRecord], path) -> None:
     """Per-task validation curves with markers at convergence (x) and at the KD switch (o)."""
     import matplotlib
 
@@ -231,14 +202,14 @@ def plot_curves(rep: RunReport, history: list[dict], path) -> None:
     for ax, t in zip(axes.flat, rep.tasks):
         kept, gone = split_lineage(history, t.task)
         if gone:
-            ax.scatter([r["step"] for r in gone], [r["value"] for r in gone], s=8, color="0.75", label="discarded by rewind")
-        ax.plot([r["step"] for r in kept], [r["value"] for r in kept], "-", color="C0", lw=1.5, label="validation")
+            ax.scatter([r.step for r in gone], [r.value for r in gone], s=8, color="0.75", label="discarded by rewind")
+        ax.plot([r.step for r in kept], [r.value for r in kept], "-", color="C0", lw=1.5, label="validation")
         trigger = convergence_trigger(history, t.task, t.converged_at_step)
         if trigger is not None:
-            ax.plot([trigger["step"]], [trigger["value"]], "x", color="C3", ms=9, mew=2, label="converged")
-        kd = [r for r in kept if t.kd_from_step is not None and r["step"] >= t.kd_from_step]
+            ax.plot([trigger.step], [trigger.value], "x", color="C3", ms=9, mew=2, label="converged")
+        kd = [r for r in kept if t.kd_from_step is not None and r.step >= t.kd_from_step]
         if kd:
-            ax.plot([kd[0]["step"]], [kd[0]["value"]], "o", color="C2", ms=7, mfc="none", mew=2, label="KD switch")
+            ax.plot([kd[0].step], [kd[0].value], "o", color="C2", ms=7, mfc="none", mew=2, label="KD switch")
         ax.set_title(f"{t.task} ({t.metric})")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -264,21 +235,10 @@ def write_report(run: str, status: RunStatus, storage: RunStorage, scratch) -> d
 
     rep = build_report(run, status, storage)
     data = asdict(rep) | {"meanDrop": rep.mean_drop, "maxDrop": rep.max_drop}
-    storage.put_bytes("reports/report.json", json.dumps(data, indent=1).encode())
-    storage.put_bytes("reports/report.md", render_markdown(rep).encode())
-    local = storage.local_path("reports/curves.png") or Path(scratch) / "curves.png"
+    storage.put_bytes(REPORT_JSON, json.dumps(data, indent=1).encode())
+    storage.put_bytes(REPORT_MD, render_markdown(rep).encode())
+    local = storage.local_path(CURVES) or Path(scratch) / "curves.png"
     local.parent.mkdir(parents=True, exist_ok=True)
     plot_curves(rep, read_history(storage), local)
-    storage.put_file("reports/curves.png", local)
-    return {n: storage.uri(f"reports/{n}") for n in ("report.json", "report.md", "curves.png")}
-
-
-def convergence_order(history: list[dict], tasks: list[str]) -> list[str]:
-    """The order in which a finished run's tasks converged, from its history: the order of their KD
-    switches (a task switches to KD right after it converges); tasks that never switched (the last
-    to converge, or never converged) follow in declaration order."""
-    seen: list[str] = []
-    for r in history:
-        if r.get("event") == "kd" and r.get("task") in tasks and r["task"] not in seen:
-            seen.append(r["task"])
-    return seen + [t for t in tasks if t not in seen]
+    storage.put_file(CURVES, local)
+    return {Path(k).name: storage.uri(k) for k in (REPORT_JSON, REPORT_MD, CURVES)}

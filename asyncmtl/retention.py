@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from asyncmtl.report import best_checkpoint_steps
+from asyncmtl.artifacts import CHECKPOINT_STATE, checkpoint_file, checkpoint_key, checkpoint_steps, teacher_steps
 from asyncmtl.spec import KeepCheckpoints
-from asyncmtl.storage import RunStorage, checkpoint_key, checkpoint_steps
+from asyncmtl.storage import RunStorage
 
 
 @dataclass
@@ -38,17 +38,17 @@ def retain_after_run(storage: RunStorage, tasks: list[str], keep: KeepCheckpoint
     if keep == "all":
         result.kept = checkpoint_steps(storage, complete=False)
         return result
-    wanted = set(best_checkpoint_steps(storage, tasks).values()) if keep == "best" else set()
+    wanted = set(teacher_steps(storage, tasks).values()) if keep == "best" else set()
     for step in checkpoint_steps(storage, complete=False):
         folder = checkpoint_key(step)
-        if step not in wanted or not storage.exists(f"{folder}/state.json"):
+        if step not in wanted or not storage.exists(checkpoint_file(step, CHECKPOINT_STATE)):
             storage.delete_prefix(folder)
             result.deleted.append(step)
             continue
-        state = json.loads(storage.get_bytes(f"{folder}/state.json"))
+        state = json.loads(storage.get_bytes(checkpoint_file(step, CHECKPOINT_STATE)))
         if "training_state.pt" in state.get("sha256", {}):
             state["sha256"].pop("training_state.pt")  # state.json first: a reader never expects a deleted file
-            storage.put_bytes(f"{folder}/state.json", json.dumps(state).encode())
-            storage.delete_prefix(f"{folder}/training_state.pt")
+            storage.put_bytes(checkpoint_file(step, CHECKPOINT_STATE), json.dumps(state).encode())
+            storage.delete_prefix(checkpoint_file(step, "training_state.pt"))
         result.kept.append(step)
     return result

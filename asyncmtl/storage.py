@@ -21,24 +21,6 @@ from pathlib import Path
 from asyncmtl.failpoints import Failpoints
 
 LOCAL_NAMESPACE = "local"
-CHECKPOINTS = "checkpoints"  # checkpoints/step-<8 digits>/{model.safetensors, training_state.pt, state.json}
-
-
-def checkpoint_key(step: int) -> str:
-    """The storage key (folder) of the checkpoint at `step`."""
-    return f"{CHECKPOINTS}/step-{step:08d}"
-
-
-def checkpoint_steps(storage: "RunStorage", *, complete: bool) -> list[int]:
-    """Steps of the checkpoints in `storage`, ascending: only those with their state.json (written
-    last, it marks a checkpoint complete) when `complete`, else every checkpoint folder."""
-    out = set()
-    for k in storage.list(CHECKPOINTS):
-        parts = k.split("/")
-        if len(parts) == 3 and parts[1].startswith("step-") and parts[1][5:].isdigit() and (
-                not complete or parts[2] == "state.json"):
-            out.add(int(parts[1][5:]))
-    return sorted(out)
 
 
 class StorageError(RuntimeError):

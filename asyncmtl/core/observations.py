@@ -51,3 +51,6 @@ class Observations(BaseModel):
     inference: dict[str, InferenceObservation] = Field(default_factory=dict)
     teacher_steps: dict[str, int] = Field(
         default_factory=dict, description="BAM: each task's best checkpoint step in the teacher run (read by the runtime).")
+    reference_order: list[str] | None = Field(
+        None, description="Sequential easiest-first: the order the tasks of spec.orderFromRun converged in "
+                          "(asyncmtl.artifacts.convergence_order, resolved once per run by the runtime).")

@@ -153,12 +153,12 @@ def reconcile(
     else:
         ctx.condition("MetricsAvailable", "True", "Scraped")
         if spec.setting == "sequential" and st.task_order is None:
-            _start_sequence(spec, ctx, obs.metrics.train_sizes)
+            _start_sequence(spec, ctx, obs.metrics.train_sizes, obs.reference_order)
         _observe(spec, ctx, obs)
         bound_tracks(st)
 
     _trainer_readiness(ctx, obs)
-    if spec.strategy == "bam":
+    if spec.resolved_strategy.teacher:
         _launch_teachers(spec, ctx, obs)
     _collect_inference(spec, ctx, obs)
     ctx.flush_signals()
@@ -180,15 +180,18 @@ def _trainer_readiness(ctx: _Ctx, obs: Observations) -> None:
         ctx.condition("Ready", "True", "Running", "trainer running")
 
 
-def task_order(spec: RunSpec, sizes: dict[str, int]) -> list[str] | None:
-    """The sequential order (None while training-set sizes are not known yet).
+def task_order(spec: RunSpec, sizes: dict[str, int], reference_order: list[str] | None = None) -> list[str] | None:
+    """The sequential order (None while what it depends on is not known yet).
 
-    smallest-first / largest-first sort by training-set size (ties by declaration order);
-    explicit and easiest-first use `spec.task_order` (a runtime resolves easiest-first into it).
+    smallest-first / largest-first sort by training-set size (ties by declaration order); explicit
+    uses `spec.task_order`; easiest-first the order the reference run's tasks converged in, which
+    the runtime resolves and passes in `Observations.reference_order` (the spec is never changed).
     """
     names = [t.name for t in spec.tasks]
-    if spec.order in ("explicit", "easiest-first"):
-        return list(spec.task_order) if spec.task_order else None  # easiest-first: until the runtime resolved it
+    if spec.order == "explicit":
+        return list(spec.task_order) if spec.task_order else None
+    if spec.order == "easiest-first":
+        return list(reference_order) if reference_order else None  # until the runtime resolved it
     if any(n not in sizes for n in names):
         return None
     return sorted(names, key=lambda n: (sizes[n], names.index(n)), reverse=False) if spec.order == "smallest-first" \
@@ -198,7 +201,7 @@ def task_order(spec: RunSpec, sizes: dict[str, int]) -> list[str] | None:
 def _start(spec: RunSpec, ctx: _Ctx) -> None:
     st = ctx.st
     st.phase = "Running"
-    first = "Pending" if spec.setting == "sequential" else "Distilling" if spec.strategy == "bam" else "Training"
+    first = spec.resolved_strategy.initial_phase(spec.setting)
     st.tasks = {t.name: TaskStatus(phase=first) for t in spec.tasks}
     st.control = ControlDocument(run=ctx.run)
     ctx.actions.append(WriteControl(document=st.control))
@@ -220,8 +223,8 @@ def _launch_teachers(spec: RunSpec, ctx: _Ctx, obs: Observations) -> None:
                   task=n, step=ts.best_step)
 
 
-def _start_sequence(spec: RunSpec, ctx: _Ctx, sizes: dict[str, int]) -> None:
-    order = task_order(spec, sizes)
+def _start_sequence(spec: RunSpec, ctx: _Ctx, sizes: dict[str, int], reference_order: list[str] | None) -> None:
+    order = task_order(spec, sizes, reference_order)
     if order is None:
         return
     ctx.st.task_order = order
@@ -256,7 +259,7 @@ def _observe(spec: RunSpec, ctx: _Ctx, obs: Observations) -> None:
             ctx.event("ValidationMissed", f"task {name}: {missed} validation(s) not seen "
                       f"(counter {task_obs.validations}); decided from the trainer's best-so-far",
                       task=name, step=ts.track.last_step, warning=True)
-    if st.stopping or spec.strategy in ("fixedSteps", "bam"):
+    if st.stopping or not spec.resolved_strategy.decides_convergence:
         return
     newly = [n for n, ts in st.tasks.items()
              if ts.phase == "Training" and has_converged(ts.track, rule_for(spec, spec.task(n)))]
@@ -266,8 +269,8 @@ def _observe(spec: RunSpec, ctx: _Ctx, obs: Observations) -> None:
 
 def _converge(spec: RunSpec, ctx: _Ctx, newly: list[str]) -> None:
     st = ctx.st
-    continual = spec.strategy == "continual"
-    rewind_to = None if (spec.rewind == "none" or continual) else max(st.tasks[n].track.best_step or 0 for n in newly)
+    strategy = spec.resolved_strategy
+    rewind_to = max(st.tasks[n].track.best_step or 0 for n in newly) if strategy.rewinds(spec.rewind) else None
     for n in newly:
         ts = st.tasks[n]
         ts.phase = "Converged"
@@ -298,7 +301,7 @@ def _converge(spec: RunSpec, ctx: _Ctx, newly: list[str]) -> None:
         st.stopping = True
         ctx.signal(StopSignal(generation=1))
         ctx.event("Stopping", "every task has converged: final evaluation", step=rewind_to)
-    elif not continual:
+    elif strategy.distills_on_convergence:
         for n in newly:
             ts = st.tasks[n]
             ts.phase = "Distilling"
@@ -345,7 +348,7 @@ def _collect_inference(spec: RunSpec, ctx: _Ctx, obs: Observations) -> None:
                 ts.inference_attempts += 1
                 ctx.actions.append(LaunchInference(task=n, checkpoint_step=ts.best_step or 0,
                                                    shards=spec.distillation.shards, attempt=ts.inference_attempts,
-                                                   source_run=spec.teacher_run if spec.strategy == "bam" else None))
+                                                   source_run=spec.teacher_run if spec.resolved_strategy.teacher else None))
                 ctx.event("InferenceRetried", f"task {n}: inference failed ({io.message}); "
                           f"attempt {ts.inference_attempts} of {spec.distillation.max_attempts}",
                           task=n, warning=True)

@@ -28,11 +28,13 @@ from asyncmtl.local.lifeline import RunLock, Terminated, shielded, terminate_on_
 from asyncmtl.local.scrape import scrape
 from asyncmtl.logs import run_logger
 from asyncmtl.pretrained import resolve_pretrained
-from asyncmtl.report import FINAL_KEY, best_checkpoint_steps, write_report
+from asyncmtl.artifacts import (CHECKPOINT_STATE, CHECKPOINTS, FINAL, MODEL, REPORTS, SOFTLABELS, checkpoint_file, convergence_order, read_final, read_history,
+                                teacher_steps)
+from asyncmtl.report import write_report
 from asyncmtl.retention import retain_after_run
 from asyncmtl.softlabels import manifest_key, write_manifest
 from asyncmtl.spec import AsyncMTLRun
-from asyncmtl.storage import (LOCAL_NAMESPACE, StorageError, StorageFault, as_storage_fault, atomic_write, checkpoint_key,
+from asyncmtl.storage import (LOCAL_NAMESPACE, FileRunStorage, StorageError, StorageFault, as_storage_fault, atomic_write,
                               ensure_writable, open_run_storage)
 
 
@@ -106,6 +108,7 @@ class LocalRuntime:
         self.train_sizes: dict[str, int] = {}
         self.events: list[str] = []
         self._teacher_steps: dict[str, int] = {}  # BAM: read once at start (teacher_steps)
+        self._reference_order: list[str] | None = None  # easiest-first: resolved once at start (resolve_order)
         self.lock = RunLock(self.workdir / "run.lock")
         self.failpoints = Failpoints.from_env()  # injected write faults (tests); none by default
         self.trainer_restarts = 0  # trainer processes restarted after a failure (cluster.backoffLimit)
@@ -210,15 +213,14 @@ class LocalRuntime:
 
     # ---- observation -------------------------------------------------------------------------
     def observe(self) -> Observations:
-        obs = Observations(time=time.time(), teacher_steps=self._teacher_steps)
+        obs = Observations(time=time.time(), teacher_steps=self._teacher_steps, reference_order=self._reference_order)
         if self.trainer is not None:
             code = self.trainer.poll()
             if code == 0:
                 obs.trainer_state = "Finished"
-                if self.storage.exists(FINAL_KEY):  # its last acknowledgement, which no scrape may have seen
-                    final = json.loads(self.storage.get_bytes(FINAL_KEY))
-                    obs.metrics = TrainerObservation(global_step=int(final.get("step") or 0),
-                                                     applied_generation=int(final.get("controlGeneration") or 0))
+                final = read_final(self.storage)  # its last acknowledgement, which no scrape may have seen
+                if final is not None:
+                    obs.metrics = TrainerObservation(global_step=final.step, applied_generation=final.control_generation)
             elif (code is not None and code not in termination.NOT_RETRIED
                   and self.trainer_restarts < self.spec.cluster.backoff_limit):
                 # as the training Job retries its pod (backoffLimit): resume from the latest checkpoint;
@@ -316,12 +318,8 @@ class LocalRuntime:
             ref = (runs.parent if runs is not None else Path("runs/local")) / str(self.spec.order_from_run)
         if not (ref / "status.json").is_file():
             raise FileNotFoundError(f"spec.orderFromRun: no finished run at {self.spec.order_from_run!r} (looked in {ref})")
-        done = RunStatus.model_validate_json((ref / "status.json").read_text())
-        names = [t.name for t in self.spec.tasks]
-        key = {n: (done.tasks[n].converged_at_step if n in done.tasks and done.tasks[n].converged_at_step is not None
-                   else float("inf"), names.index(n)) for n in names}
-        self.spec.task_order = sorted(names, key=lambda n: key[n])
-        self.log.info("easiest-first order from %s: %s", ref, ", ".join(self.spec.task_order))
+        self._reference_order = convergence_order(read_history(FileRunStorage(ref)), [t.name for t in self.spec.tasks])
+        self.log.info("easiest-first order from %s: %s", ref, ", ".join(self._reference_order))
 
     def run_storage(self, run: str | None):
         """Storage of `run` (another run under the same storage, e.g. BAM's teacher), or this run's."""
@@ -336,14 +334,14 @@ class LocalRuntime:
         Raises:
             FileNotFoundError: naming spec.teacherRun when that run has no final evaluation or checkpoint.
         """
-        if self.spec.strategy != "bam":
+        if not self.spec.resolved_strategy.teacher:
             return {}
         teacher = self.run_storage(self.spec.teacher_run)
-        if not teacher.exists(FINAL_KEY):
-            raise FileNotFoundError(f"spec.teacherRun: {teacher.uri()} has no finished run ({FINAL_KEY})")
-        steps = best_checkpoint_steps(teacher, [t.name for t in self.spec.tasks])
+        if not teacher.exists(FINAL):
+            raise FileNotFoundError(f"spec.teacherRun: {teacher.uri()} has no finished run ({FINAL})")
+        steps = teacher_steps(teacher, [t.name for t in self.spec.tasks])
         for t in self.spec.tasks:
-            if t.name not in steps or not teacher.exists(f"{checkpoint_key(steps[t.name])}/state.json"):
+            if t.name not in steps or not teacher.exists(checkpoint_file(steps[t.name], CHECKPOINT_STATE)):
                 raise FileNotFoundError(f"spec.teacherRun: no best checkpoint of task {t.name} in {teacher.uri()}")
         return steps
 
@@ -397,13 +395,14 @@ class LocalRuntime:
         from asyncmtl.local.progress import Progress
 
         if not resumed:
-            for sub in ("checkpoints", "softlabels", "reports", "model"):
+            for sub in (CHECKPOINTS, SOFTLABELS, REPORTS, MODEL):
                 self.storage.delete_prefix(sub)
             self.control_path.unlink(missing_ok=True)
         progress = Progress(self.spec, self.name, live=self.opts.live)
         if not resumed:
             self.status, actions = reconcile(self.spec, self.status, Observations(
-                time=time.time(), metrics_error="starting", teacher_steps=self._teacher_steps), run=self.name)
+                time=time.time(), metrics_error="starting", teacher_steps=self._teacher_steps,
+                reference_order=self._reference_order), run=self.name)
             self._apply(actions)
         self.save_status()
         self.start_trainer(resume=resumed)

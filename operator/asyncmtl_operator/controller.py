@@ -23,7 +23,7 @@ from asyncmtl.core.actions import Complete, EmitEvent, Fail, LaunchInference, Wr
 from asyncmtl.core.observations import InferenceObservation, Observations
 from asyncmtl.core.reconcile import reconcile
 from asyncmtl.core.status import RunStatus
-from asyncmtl.report import best_checkpoint_steps
+from asyncmtl.artifacts import convergence_order, read_history, teacher_steps
 from asyncmtl.softlabels import write_manifest
 from pydantic import ValidationError
 
@@ -88,6 +88,7 @@ class RunMemory:
     last_poll: float | None = None
     warned_generation: int | None = None  # the spec edit already reported as not applied
     started_spec: dict[str, Any] | None = None  # the spec the pods read (from the control ConfigMap), once edited
+    reference_order: list[str] | None = None  # easiest-first: the reference run's convergence order, read once
 
 
 @dataclass
@@ -131,17 +132,23 @@ class Controller:
             st.uri = self.config.default_storage_uri
             st.endpoint_url = st.endpoint_url or self.config.default_storage_endpoint
             st.credentials_secret = st.credentials_secret or self.config.default_storage_secret
-        if run.spec.order == "easiest-first" and not run.spec.task_order:
-            # the order the named finished run's tasks converged in, from its history in storage
-            from asyncmtl.report import convergence_order, read_history
-
-            ref = self.storage(run, run.metadata.namespace or "default", name=run.spec.order_from_run)
-            history = read_history(ref)
-            if not history:
-                raise SpecError([SpecIssue(path="spec.orderFromRun", file=where,
-                                           message=f"no finished run {run.spec.order_from_run!r} in {ref.uri()}")])
-            run.spec.task_order = convergence_order(history, [t.name for t in run.spec.tasks])
         return run
+
+    def reference_order(self, run: AsyncMTLRun, namespace: str) -> list[str] | None:
+        """Sequential easiest-first: the order the tasks of `spec.orderFromRun` (a finished run in the same
+        namespace and storage) converged in, from its history (None for other orders).
+
+        Raises:
+            SpecError: that run has no history in storage (path spec.orderFromRun).
+        """
+        if run.spec.order != "easiest-first":
+            return None
+        ref = self.storage(run, namespace, name=run.spec.order_from_run)
+        history = read_history(ref)
+        if not history:
+            raise SpecError([SpecIssue(path="spec.orderFromRun", file=f"{namespace}/{run.name}",
+                                       message=f"no finished run {run.spec.order_from_run!r} in {ref.uri()}")])
+        return convergence_order(history, [t.name for t in run.spec.tasks])
 
     def storage(self, run: AsyncMTLRun, namespace: str, name: str | None = None) -> RunStorage:
         """The storage of run `name` (default: this run) under this run's storage settings, with the
@@ -174,6 +181,7 @@ class Controller:
         name = body["metadata"]["name"]
         try:
             run = self.parse(body)
+            reference_order = self.reference_order(run, namespace)  # refused before any child when missing
             # the pods as the API server would store them (pod template overlay merged): refused before any child
             self.kube.dry_run_job(children.training_job(run, namespace), namespace)
         except (SpecError, InvalidManifest) as exc:
@@ -188,8 +196,9 @@ class Controller:
         check = getattr(storage, "check", None)
         if check is not None:
             check()  # before any GPU is requested
-        status, actions = reconcile(run.spec, RunStatus(), Observations(time=time.time(), metrics_error="starting"),
-                                    run=name)
+        self.memory.setdefault((namespace, name), RunMemory()).reference_order = reference_order
+        status, actions = reconcile(run.spec, RunStatus(), Observations(time=time.time(), metrics_error="starting",
+                                                                        reference_order=reference_order), run=name)
         status.observed_generation = (body.get("metadata") or {}).get("generation")  # what the pods are made of
         doc = next(a.document for a in actions if isinstance(a, WriteControl))
         # the effective spec (default storage filled in) is what the pods read
@@ -222,6 +231,10 @@ class Controller:
         now = time.time()
         window = (now - mem.last_poll + 2 * self.config.timer_interval) if mem.last_poll else 600.0
         obs = Observations(time=now)
+        if status.task_order is None and run.spec.order == "easiest-first":  # read once per run, not every tick
+            if mem.reference_order is None:
+                mem.reference_order = self.reference_order(run, namespace)
+            obs.reference_order = mem.reference_order
         point_times: dict[str, dict[int, float]] = {}
         try:
             snap = self.prometheus.snapshot(name, namespace, window)
@@ -237,12 +250,12 @@ class Controller:
             obs.metrics_error = f"Prometheus unreachable: {exc}"
         self._observe_trainer(run, namespace, obs)
         storage = self.storage(run, namespace)
-        if run.spec.strategy == "bam":  # the teacher's checkpoints and soft labels live in its own folder
+        if run.spec.resolved_strategy.teacher:  # the teacher's checkpoints and soft labels live in its own folder
             storage = self.storage(run, namespace, name=run.spec.teacher_run)
             if not status.tasks or any(ts.phase == "Distilling" and not ts.inference_attempts
                                        for ts in status.tasks.values()):
                 # only until every teacher inference is launched: not one S3 read per timer tick
-                obs.teacher_steps = best_checkpoint_steps(storage, [t.name for t in run.spec.tasks])
+                obs.teacher_steps = teacher_steps(storage, [t.name for t in run.spec.tasks])
         self._observe_inference(run, namespace, status, storage, obs, logger)
         new, actions = reconcile(run.spec, status, obs, run=name, ack_timeout_seconds=run.spec.metrics.ack_timeout_seconds)
         mem.last_poll = now

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from asyncmtl.report import history_key
+from asyncmtl.artifacts import history_key, parse_record
 from tests.conftest import tweeteval_task, wait_for_lock_free, wait_for_step
 
 pytestmark = pytest.mark.slow
@@ -143,7 +143,7 @@ def test_a_run_stopped_then_resumed_decides_as_if_undisturbed(calm, tmp_path, ti
     assert not Path(f"/proc/{trainer}").exists() or Path(f"/proc/{trainer}/stat").read_text().split()[2] == "Z"
 
     resumed = _run(tmp_path, tiny_model, tweeteval_dir, delay=0.0, resume=True)
-    records = [json.loads(line) for line in (resumed / "reports" / "history.jsonl").read_text().splitlines()]
+    records = [parse_record(json.loads(line)) for line in (resumed / "reports" / "history.jsonl").read_text().splitlines()]
     keys = Counter(history_key(r) for r in records)
     assert max(keys.values()) == 1, [k for k, n in keys.items() if n > 1]
     assert _decisions(resumed) == _decisions(calm)

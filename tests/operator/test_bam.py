@@ -6,7 +6,7 @@ import json
 
 from kopf.testing import KopfRunner
 
-from asyncmtl.report import FINAL_KEY
+from asyncmtl.artifacts import FINAL
 from asyncmtl.storage import open_run_storage
 from tests.operator.conftest import wait_until
 from tests.operator.helpers import (NS, apply_run, complete_job, get_obj, get_run, make_run, operator_args, signals,
@@ -18,7 +18,7 @@ def test_bam_distills_from_the_teacher_runs_best_checkpoints(cluster, kube, s3, 
     monkeypatch.setenv("PROMETHEUS_URL", "http://127.0.0.1:9")  # BAM's teacher inference needs no metrics
     monkeypatch.setenv("ASYNCMTL_OPERATOR_METRICS_PORT", "0")
     teacher = open_run_storage("s3://runs/exp", namespace=NS, run="uniform", endpoint_url=endpoint)
-    teacher.put_bytes(FINAL_KEY, json.dumps({"tasks": {"a": {"bestCheckpoint": {"step": 300}},
+    teacher.put_bytes(FINAL, json.dumps({"step": 900, "tasks": {"a": {"bestCheckpoint": {"step": 300}},
                                                        "b": {"bestCheckpoint": {"step": 500}}}}).encode())
     with KopfRunner(operator_args(), timeout=60) as runner:
         apply_run(kube, make_run("bam", endpoint=endpoint, strategy="bam", teacherRun="uniform"))

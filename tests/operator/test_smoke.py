@@ -106,30 +106,46 @@ def _sequential_easiest_first(name: str, endpoint: str, from_run: str) -> dict:
                     order="easiest-first", orderFromRun=from_run)
 
 
-def test_easiest_first_takes_its_order_from_the_named_runs_history_in_storage(cluster, kube, s3, monkeypatch):
+def test_easiest_first_takes_its_order_from_the_named_runs_history_in_storage(cluster, kube, s3, prometheus_binary,
+                                                                              tmp_path, monkeypatch):
+    """The order reaches the decision core as an observation, read once from the reference run's history
+    in storage; the spec the pods read is not changed; a missing reference run is refused before any pod."""
     import json
 
     import yaml
 
-    from asyncmtl.report import HISTORY_KEY
+    from asyncmtl.artifacts import HISTORY
     from asyncmtl.storage import open_run_storage
+    from tests.operator.conftest import FakeTrainer, start_prometheus
     from tests.operator.helpers import NS, get_run
 
     endpoint, _ = s3
-    monkeypatch.setenv("PROMETHEUS_URL", "http://127.0.0.1:9")
+    trainer = FakeTrainer("seq", ["a", "b", "c"])
+    prom = start_prometheus(prometheus_binary, tmp_path / "prom", [trainer.target])
+    monkeypatch.setenv("PROMETHEUS_URL", prom.url)
     monkeypatch.setenv("ASYNCMTL_OPERATOR_METRICS_PORT", "0")
-    # a finished joint run in the same namespace and storage: c switched to KD first, then a; b never did
+    # a finished joint run in the same namespace and storage: c converged first, then a; b never did
     done = open_run_storage("s3://runs/exp", namespace=NS, run="joint-done", endpoint_url=endpoint)
-    records = [{"task": "a", "step": 100, "value": 70.0}, {"event": "kd", "task": "c", "step": 300},
-               {"event": "kd", "task": "a", "step": 500}, {"task": "b", "step": 600, "value": 61.0}]
-    done.put_bytes(HISTORY_KEY, "".join(json.dumps(r) + "\n" for r in records).encode())
-    with KopfRunner(operator_args(), timeout=60) as runner:
-        apply_run(kube, _sequential_easiest_first("seq", endpoint, "joint-done"))
-        cm = wait_until(lambda: get_obj(kube, "ConfigMap", "seq-control"), what="ConfigMap")
-        apply_run(kube, _sequential_easiest_first("seq-orphan", endpoint, "never-ran"))
-        st = wait_until(lambda: get_run(kube, "seq-orphan").get("status", {}).get("phase") == "Failed"
-                        and get_run(kube, "seq-orphan")["status"], what="Failed")
+    records = [{"task": "a", "step": 100, "value": 70.0}, {"event": "converged", "task": "c", "step": 300},
+               {"event": "kd", "task": "c", "step": 300}, {"event": "converged", "task": "a", "step": 500},
+               {"task": "b", "step": 600, "value": 61.0}]  # a was Frozen: no KD switch, but it converged
+    done.put_bytes(HISTORY, "".join(json.dumps(r) + "\n" for r in records).encode())
+    try:
+        with KopfRunner(operator_args(), timeout=60) as runner:
+            apply_run(kube, _sequential_easiest_first("seq", endpoint, "joint-done"))
+            trainer.exporter.global_step.labels("seq").set(0)
+            seq_status = wait_until(lambda: (get_run(kube, "seq").get("status") or {}).get("asyncmtl", {}).get(
+                "taskOrder") and get_run(kube, "seq")["status"]["asyncmtl"], what="seq's task order")
+            cm = get_obj(kube, "ConfigMap", "seq-control")
+            apply_run(kube, _sequential_easiest_first("seq-orphan", endpoint, "never-ran"))
+            st = wait_until(lambda: get_run(kube, "seq-orphan").get("status", {}).get("phase") == "Failed"
+                            and get_run(kube, "seq-orphan")["status"], what="Failed")
+    finally:
+        prom.stop()
+        trainer.close()
     assert runner.exit_code == 0, runner.output
-    assert yaml.safe_load(cm["data"]["run.yaml"])["spec"]["taskOrder"] == ["c", "a", "b"]
+    assert seq_status["taskOrder"] == ["c", "a", "b"]
+    assert [s["task"] for s in json.loads(cm["data"]["control.json"])["signals"] if s["kind"] == "startTask"] == ["c"]
+    assert "taskOrder" not in yaml.safe_load(cm["data"]["run.yaml"])["spec"]  # the spec is never changed
     assert st["message"].startswith("invalid spec: spec.orderFromRun: no finished run 'never-ran' in s3://runs/exp/default/never-ran")
     assert not exists(kube, "Job", "seq-orphan-train")

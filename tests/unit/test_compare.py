@@ -29,7 +29,9 @@ def make_run(root, name, *, tests, best_tests=None, stopped="stop", converged=Tr
 def test_steps_run_counts_discarded_stretches():
     h = [{"task": "a", "step": s, "value": 1} for s in (100, 200, 300, 400)]
     h += [{"event": "rewind", "step": 200}, {"task": "a", "step": 300, "value": 1}]
-    assert steps_run(h, 300) == 300 + 200
+    from asyncmtl.artifacts import parse_record
+
+    assert steps_run([parse_record(r) for r in h], 300) == 300 + 200
 
 
 def test_table_layout_reference_deltas_and_best_marks(tmp_path):

@@ -436,9 +436,11 @@ def test_easiest_first_waits_until_the_runtime_resolved_the_order():
     sim.poll(metrics=False)
     sim.poll()
     assert sim.status.task_order is None and not sim.signals()
-    sim.spec.task_order = ["b", "a"]
-    sim.poll()
+    sim.t += 1.0
+    obs = sim.obs().model_copy(update={"reference_order": ["b", "a"]})  # resolved by the runtime
+    sim.status, _ = reconcile(sim.spec, sim.status, obs, run="r")
     assert [s.task for s in sim.signals() if s.kind == "startTask"] == ["b"]
+    assert sim.status.task_order == ["b", "a"] and sim.spec.task_order is None  # the spec is never changed
 
 
 def test_tasks_converging_together_share_one_rewind_and_the_event_says_why_its_step():

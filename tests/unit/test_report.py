@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from asyncmtl.artifacts import parse_record
 from asyncmtl.core.status import RunStatus, TaskStatus
 from asyncmtl.report import build_report, split_lineage, write_report
 from asyncmtl.storage import FileRunStorage
@@ -26,9 +27,9 @@ def _history(storage):
 def test_lineage_follows_rewinds():
     history = [{"task": "a", "step": s, "value": v} for s, v in [(100, 1), (200, 2), (300, 3)]]
     history += [{"event": "rewind", "step": 100}, {"task": "a", "step": 200, "value": 4}]
-    kept, gone = split_lineage(history, "a")
-    assert [(r["step"], r["value"]) for r in kept] == [(100, 1), (200, 4)]
-    assert sorted((r["step"], r["value"]) for r in gone) == [(200, 2), (300, 3)]
+    kept, gone = split_lineage([parse_record(r) for r in history], "a")
+    assert [(r.step, r.value) for r in kept] == [(100, 1), (200, 4)]
+    assert sorted((r.step, r.value) for r in gone) == [(200, 2), (300, 3)]
 
 
 def test_report_gap_kd_step_and_files(tmp_path):
@@ -54,11 +55,11 @@ def test_report_gap_kd_step_and_files(tmp_path):
 
 
 def test_convergence_order_follows_the_kd_switches():
-    from asyncmtl.report import convergence_order
+    from asyncmtl.artifacts import convergence_order
 
     h = [{"event": "kd", "task": "b", "step": 100}, {"task": "a", "step": 200, "value": 1},
          {"event": "kd", "task": "c", "step": 300}, {"event": "kd", "task": "b", "step": 400}]
-    assert convergence_order(h, ["a", "b", "c", "d"]) == ["b", "c", "a", "d"]
+    assert convergence_order([parse_record(r) for r in h], ["a", "b", "c", "d"]) == ["b", "c", "a", "d"]
 
 
 def test_a_converged_tasks_best_is_its_best_checkpoint_even_if_a_kd_validation_scores_higher(tmp_path):
@@ -119,5 +120,6 @@ def test_the_convergence_marker_sits_on_the_validation_that_triggered_it():
         {"event": "kd", "step": 10, "task": "a"},
         {"step": 30, "task": "a", "value": 60.0, "mode": "kd", "rewinds": 2},
     ]
-    assert convergence_trigger(history, "a", 30)["value"] == 35.0
+    history = [parse_record(r) for r in history]
+    assert convergence_trigger(history, "a", 30).value == 35.0
     assert convergence_trigger(history, "a", None) is None

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from asyncmtl.report import FINAL_KEY
+from asyncmtl.artifacts import FINAL
 from asyncmtl.retention import retain_after_run
 from asyncmtl.storage import FileRunStorage
 from asyncmtl_trainer.checkpoint import Checkpointer, CheckpointState
@@ -22,7 +22,7 @@ def finished(tmp_path):
     ck = Checkpointer(storage, tmp_path / "scratch")
     for step in (10, 20, 30, 40, 50):
         ck.save(step, model, opt, sched, CheckpointState(step=step, applied_generation=0))
-    storage.put_bytes(FINAL_KEY, json.dumps({"step": 50, "tasks": {
+    storage.put_bytes(FINAL, json.dumps({"step": 50, "tasks": {
         "a": {"bestCheckpoint": {"step": 20}}, "b": {"bestCheckpoint": {"step": 40}}}}).encode())
     return storage, ck, model
 
@@ -44,4 +44,4 @@ def test_none_and_all(finished):
     assert retain_after_run(storage, ["a", "b"], "all").kept == [10, 20, 30, 40, 50]
     assert ck.steps() == [10, 20, 30, 40, 50]
     assert retain_after_run(storage, ["a", "b"], "none").deleted == [10, 20, 30, 40, 50]
-    assert ck.steps() == [] and storage.exists(FINAL_KEY)
+    assert ck.steps() == [] and storage.exists(FINAL)

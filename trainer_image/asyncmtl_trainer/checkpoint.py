@@ -1,7 +1,7 @@
 """Checkpoints at each validation step: safetensors weights + optimizer, scheduler and RNG state.
 
-Layout (storage key): `checkpoints/step-<8 digits>/{model.safetensors, training_state.pt, state.json}`;
-`state.json` is written last, holds the sha256 of the other two files, and marks the checkpoint
+Layout: `asyncmtl.artifacts.checkpoint_key(step)` holding `model.safetensors`, `training_state.pt` and
+`state.json`; `state.json` is written last, holds the sha256 of the other two files, and marks the checkpoint
 complete. Retention keeps the latest checkpoint and, for every task still needing one, its best
 and previous best (the previous covers a best that moved between a convergence decision and the
 trainer applying it), and the bests that kept checkpoints recorded; everything else is deleted.
@@ -18,8 +18,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from asyncmtl.storage import (RunStorage, StorageError, as_storage_fault, checkpoint_key, checkpoint_steps,
-                              sha256_file)
+from asyncmtl.artifacts import CHECKPOINT_STATE, checkpoint_file, checkpoint_key, checkpoint_steps
+from asyncmtl.storage import RunStorage, StorageError, as_storage_fault, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +76,15 @@ class Checkpointer:
         try:
             d.mkdir(parents=True, exist_ok=True)
             weights, training = d / "model.safetensors", d / "training_state.pt"
-            self.storage.writing(f"{checkpoint_key(step)}/model.safetensors")  # a local folder: its checks and failpoints
+            self.storage.writing(checkpoint_file(step, "model.safetensors"))  # a local folder: its checks and failpoints
             save_model(model, str(weights))
             with open(training, "wb") as f:  # a Python file object: a short write raises OSError(ENOSPC)
                 torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                             "rng": rng_state()}, f)
             state.sha256 = {n: sha256_file(d / n) for n in ("model.safetensors", "training_state.pt")}
             for n in ("model.safetensors", "training_state.pt"):
-                self.storage.put_file(f"{checkpoint_key(step)}/{n}", d / n)
-            self.storage.put_bytes(f"{checkpoint_key(step)}/state.json", json.dumps(state.__dict__).encode())
+                self.storage.put_file(checkpoint_file(step, n), d / n)
+            self.storage.put_bytes(checkpoint_file(step, CHECKPOINT_STATE), json.dumps(state.__dict__).encode())
         except Exception as exc:
             fault = as_storage_fault(exc, d)
             if fault is None:
@@ -115,7 +115,7 @@ class Checkpointer:
 
     def read_state(self, step: int) -> CheckpointState:
         try:
-            raw = json.loads(self.storage.get_bytes(f"{checkpoint_key(step)}/state.json"))
+            raw = json.loads(self.storage.get_bytes(checkpoint_file(step, CHECKPOINT_STATE)))
         except StorageError:
             raise StorageError(f"checkpoint at step {step} not found") from None
         return CheckpointState(**raw)
@@ -129,7 +129,7 @@ class Checkpointer:
         state = self.read_state(step)
         d = self._local_dir(step)
         for name, digest in state.sha256.items():
-            p = self.storage.get_file(f"{checkpoint_key(step)}/{name}", d / name)
+            p = self.storage.get_file(checkpoint_file(step, name), d / name)
             if sha256_file(p) != digest:
                 raise StorageError(f"checkpoint step {step}: {name} does not match its sha256")
         return d, state

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -27,7 +26,9 @@ from asyncmtl.core.convergence import BestTracker, Track, has_converged
 from asyncmtl.core.reconcile import rule_for
 from asyncmtl.data import load_task_splits
 from asyncmtl.logs import configure, run_logger
-from asyncmtl.report import FINAL_KEY, HISTORY_KEY, history_key, read_history
+from asyncmtl.artifacts import (FINAL, MODEL, CheckpointScore, EventRecord, FinalReport, HistoryRecord, TaskFinal,
+                                ValidationRecord, append_history, history_key, model_file, read_best_scores,
+                                read_history, write_best_scores, write_final)
 from asyncmtl.spec import RunSpec, TaskType
 from asyncmtl.storage import RunStorage, open_run_storage
 from asyncmtl_trainer.batching import TaskSampler, TokenizedSplit, eval_batches, make_batch, tokenize_split
@@ -35,11 +36,12 @@ from asyncmtl_trainer.checkpoint import Checkpointer, CheckpointState, retained_
 from asyncmtl_trainer.exporter import TrainerExporter
 from asyncmtl_trainer.losses import bam_loss, kd_loss, supervised_loss
 from asyncmtl_trainer.metrics import chance_scores, compute_metrics
-from asyncmtl_trainer.model import MultiTaskModel, build_model, save_multitask_model
+from asyncmtl_trainer.model import build_model, save_multitask_model
 from asyncmtl_trainer.softlabels import read_soft_labels
 
-BEST_SCORES_KEY = "reports/best_checkpoint_scores.json"
 LOSS_EXPORT_EVERY = 10  # steps between loss/throughput exports
+# the trainer's mode for each initial task phase of the decision core (asyncmtl.strategy.Strategy.initial_phase)
+INITIAL_MODE = {"Pending": "inactive", "Distilling": "pending", "Training": "supervised"}
 
 
 @dataclass
@@ -104,7 +106,7 @@ class Trainer:
         self.log = run_logger(__name__, opts.run)
         self.task_specs = {t.name: t for t in spec.tasks}
         self.device = self._device()
-        first = "inactive" if spec.setting == "sequential" else "pending" if spec.strategy == "bam" else "supervised"
+        first = INITIAL_MODE[spec.resolved_strategy.initial_phase(spec.setting)]
         self.states = {t.name: TaskState(first) for t in spec.tasks}
         self.soft: dict[str, torch.Tensor] = {}
         self.step = 0
@@ -119,7 +121,7 @@ class Trainer:
         self._loss_sums: dict[tuple[str, str], list] = {}
         self._examples_since = 0
         self._train_time = 0.0
-        self.best_scores: dict[str, dict] = {}
+        self.best_scores: dict[str, CheckpointScore] = {}
         self.chance: dict[str, float] = {}  # task -> validation score of a constant predictor (0-100)
         self.loss_scale: dict[str, float] = {}  # regression task -> divisor of its loss (normalizedMse)
 
@@ -215,7 +217,11 @@ class Trainer:
     def apply_generation(self, signals: list, generation: int) -> None:
         """Apply one generation's signals together, then acknowledge it through the metrics."""
         converged = [s for s in signals if s.kind == "converged"]
-        if self.spec.strategy == "continual":  # Continual MTL: a converged task keeps its true labels
+        for s in converged:  # in decision order: what a later run's easiest-first order reads. At the task's best
+            # step (from the signal, not the step it is applied at), so a trainer resumed from an earlier checkpoint
+            # that applies the signal again writes the same record, kept once
+            self._history_event("converged", step=s.best_step, task=s.task)
+        if not self.spec.resolved_strategy.distills_on_convergence:  # Continual MTL: a converged task keeps its labels
             for s in converged:
                 self.states[s.task].decided = True
                 self._score_best_checkpoint(s.task, s.best_step)
@@ -274,31 +280,30 @@ class Trainer:
         self._history_event("rewind", step=step)
         self.log.info("rewound to step %d", step)
 
-    def _history_event(self, event: str, **fields) -> None:
-        """Append a non-validation record (rewind, kd) to the history file, in order with validations."""
-        self._record({"event": event, "time": time.time(), **fields})
+    def _history_event(self, event: str, *, step: int, task: str | None = None) -> None:
+        """Append a non-validation record (start, kd, rewind) to the history, in order with validations."""
+        self._record(EventRecord(event=event, time=time.time(), step=step, task=task))
 
-    def _record(self, record: dict) -> None:
+    def _record(self, record: HistoryRecord) -> None:
         """Append `record` to the history unless it is already there: a trainer restarted from its
         latest checkpoint repeats the validations and events that followed it, and each is kept once
-        (asyncmtl.report.history_key: what, task, step and the rewinds before it)."""
-        record["rewinds"] = self.rewinds
+        (asyncmtl.artifacts.history_key: what, task, step and the rewinds before it)."""
+        record.rewinds = self.rewinds
         key = history_key(record)
         if key in self._recorded:
             return
         self._recorded.add(key)
-        self.storage.append_line(HISTORY_KEY, json.dumps(record))
+        append_history(self.storage, record)
 
     def _score_best_checkpoint(self, task: str, step: int) -> None:
         """Score `task` on validation and test with the weights of checkpoint `step` (its best)."""
         current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.checkpointer.load_weights(step, self.model)
-        scores = {"step": step, "validation": self.evaluate(task, self.val[task])}
-        if task in self.test:
-            scores["test"] = self.evaluate(task, self.test[task])
+        scores = CheckpointScore(step=step, validation=self.evaluate(task, self.val[task]),
+                                 test=self.evaluate(task, self.test[task]) if task in self.test else None)
         self.model.load_state_dict(current)
         self.best_scores[task] = scores
-        self.storage.put_bytes(BEST_SCORES_KEY, json.dumps(self.best_scores, indent=1).encode())
+        write_best_scores(self.storage, self.best_scores)
 
     # ---- training ----------------------------------------------------------------------------
     def active_tasks(self) -> list[str]:
@@ -337,7 +342,7 @@ class Trainer:
                 losses[task] = supervised_loss(ttype, logits, batch.labels[task], scale)
             elif mode == "kd":
                 teacher = self.soft[task][batch.example_ids[task].to(self.device)]
-                if self.spec.strategy == "bam":  # teacher annealing towards the gold labels
+                if self.spec.resolved_strategy.anneals:  # teacher annealing towards the gold labels
                     p = min(1.0, self.step / self.spec.training.max_steps)
                     losses[task] = bam_loss(ttype, logits, batch.labels[task], teacher, p,
                                             self.spec.distillation.temperature, scale)
@@ -428,10 +433,10 @@ class Trainer:
             st.history.append([self.step, value])
             st.validations += 1
             self.exporter.record_validation(name, self.step, value, st.best.best_step, st.best.best_value)
-            self._record({
-                "time": now, "step": self.step, "task": name, "metric": t.metric.value, "value": value,
-                "metrics": metrics, "mode": st.mode, "generation": self.applied_generation,
-                "bestStep": st.best.best_step, "bestValue": st.best.best_value})
+            self._record(ValidationRecord(
+                time=now, step=self.step, task=name, metric=t.metric.value, value=value, metrics=metrics,
+                mode=st.mode, generation=self.applied_generation, best_step=st.best.best_step,
+                best_value=st.best.best_value))
             if self.opts.report_delay_seconds:  # fault injection (determinism test): a slow report between tasks
                 time.sleep(self.opts.report_delay_seconds)
         self.exporter.complete_validation(self.step)  # after the last task: the step may now be decided on
@@ -451,7 +456,7 @@ class Trainer:
         # tasks whose best checkpoint may still be used: as a rewind target or teacher (training tasks), or,
         # under BAM (every task distilled from the start, none ever converges), for the report's Best row
         needing = {n for n, s in self.states.items()
-                   if s.mode == "supervised" or (s.mode == "kd" and self.spec.strategy == "bam")}
+                   if s.mode == "supervised" or (s.mode == "kd" and self.spec.resolved_strategy.teacher)}
         keep = retained_steps(self.step, {n: (s.best.best_step, s.prev_best_step) for n, s in self.states.items()}, needing,
                               recorded=self.checkpointer.recorded_bests)
         keep |= {s.pinned_step for s in self.states.values() if s.pinned_step is not None}
@@ -482,8 +487,7 @@ class Trainer:
                 self.exporter.validations.labels(self.opts.run, name).inc(st.validations)
             self.exporter.set_task_state(name, st.last_step, st.last_value, st.best.best_step, st.best.best_value)
         self.exporter.complete_validation(self.step)
-        if self.storage.exists(BEST_SCORES_KEY):
-            self.best_scores = json.loads(self.storage.get_bytes(BEST_SCORES_KEY))
+        self.best_scores = read_best_scores(self.storage)
         doc = read_control_file(self.opts.control_path)
         if doc is not None:
             for s in doc.signals:
@@ -491,7 +495,7 @@ class Trainer:
                     continue
                 if s.kind == "startTask":
                     self.states[s.task].mode = "supervised"
-                elif s.kind == "converged" and self.spec.strategy == "continual":
+                elif s.kind == "converged" and not self.spec.resolved_strategy.distills_on_convergence:
                     self.states[s.task].decided = True
                 elif s.kind == "converged":
                     self.states[s.task].mode, self.states[s.task].pinned_step = "pending", s.best_step
@@ -509,7 +513,7 @@ class Trainer:
         self.log.info("resumed at step %d, control generation %d", self.step, self.applied_generation)
 
     # ---- main loop ---------------------------------------------------------------------------
-    def run(self) -> dict:
+    def run(self) -> FinalReport:
         """Train until `stop` or `maxSteps`, then run the final evaluation. Returns the final report."""
         tr = self.spec.training
         if self.opts.resume:
@@ -566,7 +570,7 @@ class Trainer:
         until the decision's control generation arrives, so a signal always takes effect at the step it
         was decided on, never at a later step that depends on how fast the runtime polled. Under
         `Continue`, and for strategies that decide no convergence (fixedSteps, bam), nothing holds."""
-        if self.spec.distillation.while_pending != "Pause" or self.spec.strategy not in ("asyncKD", "continual"):
+        if self.spec.distillation.while_pending != "Pause" or not self.spec.resolved_strategy.decides_convergence:
             return []
         due = []
         for name, st in self.states.items():
@@ -598,7 +602,7 @@ class Trainer:
             return False
         return True
 
-    def finalize(self) -> dict:
+    def finalize(self) -> FinalReport:
         """Final evaluation (validation and test of the final model, test of each unconverged task's
         best checkpoint), the final model for serving, and `reports/final.json`."""
         self.exporter.set_state("finalizing")
@@ -606,28 +610,23 @@ class Trainer:
         for name, st in self.states.items():
             if name not in self.best_scores and st.best.best_step is not None and st.best.best_step in self.checkpointer.steps():
                 self._score_best_checkpoint(name, st.best.best_step)
-        report: dict = {"run": self.opts.run, "step": self.step, "stopped": "stop" if self.stop_requested else "maxSteps",
-                        "controlGeneration": self.applied_generation, "tasks": {}}
+        report = FinalReport(run=self.opts.run, step=self.step, stopped="stop" if self.stop_requested else "maxSteps",
+                             control_generation=self.applied_generation)
         for name, t in self.task_specs.items():
-            st = self.states[name]
-            entry = {
-                "type": t.type.value, "metric": t.metric.value, "mode": st.mode,
-                "finalValidation": self.evaluate(name, self.val[name]),
-                "bestCheckpoint": self.best_scores.get(name),
-            }
-            if name in self.test:
-                entry["finalTest"] = self.evaluate(name, self.test[name])
-            report["tasks"][name] = entry
+            report.tasks[name] = TaskFinal(
+                type=t.type.value, metric=t.metric.value, mode=self.states[name].mode,
+                final_validation=self.evaluate(name, self.val[name]), best_checkpoint=self.best_scores.get(name),
+                final_test=self.evaluate(name, self.test[name]) if name in self.test else None)
         staging = self.opts.workdir / "staging" / "model"
-        target = self.storage.local_path("model")
+        target = self.storage.local_path(MODEL)
         save_multitask_model(self.model, self.tokenizer, self.spec, target or staging)
         if target is None:
             for p in staging.rglob("*"):
                 if p.is_file():
-                    self.storage.put_file(f"model/{p.relative_to(staging)}", p)
-        self.storage.put_bytes(FINAL_KEY, json.dumps(report, indent=1).encode())
+                    self.storage.put_file(model_file(str(p.relative_to(staging))), p)
+        write_final(self.storage, report)
         self.exporter.set_state("finished")
-        self.log.info("finished: report at %s", self.storage.uri(FINAL_KEY))
+        self.log.info("finished: report at %s", self.storage.uri(FINAL))
         return report
 
 

@@ -1,0 +1,104 @@
+"""The method variants (`spec.strategy`), resolved once into what each layer asks of them.
+
+| strategy | settings | convergence decided | on convergence | loss after | source |
+|---|---|---|---|---|---|
+| asyncKD | joint, sequential | yes | rewind (unless `rewind: none`), soft labels from the best checkpoint | KD (Eq. 2) | Lu et al. 2022 |
+| continual | sequential | yes | no rewind, no soft labels | its true labels (Eq. 1) | Continual MTL baseline |
+| fixedSteps | joint | no: trains to maxSteps | - | true labels | Uni. Weight / weighting baselines |
+| bam | joint | no: trains to maxSteps | - | KD against the teacher run's best checkpoints, annealed to the labels | Clark et al. 2019 (BAM) |
+
+The decision core, the trainer, the runtimes and the operator ask a `Strategy`, never compare the
+strategy's name; the spec's cross-field rules (and their CEL form in the CRD) are written from the
+same table. Torch-free and pure.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+StrategyName = Literal["asyncKD", "fixedSteps", "continual", "bam"]
+Setting = Literal["joint", "sequential"]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One method variant.
+
+    Attributes:
+        name: as written in `spec.strategy`.
+        settings: the settings it applies to.
+        decides_convergence: the patience rule declares tasks converged (else training runs to maxSteps).
+        distills_on_convergence: a converged task gets soft labels from its best checkpoint and the KD
+            loss (Eq. 2); otherwise it keeps its true labels (Continual MTL).
+        teacher: every task distills from another run's best checkpoints from the start (`teacherRun`).
+        anneals: the KD target is annealed from the teacher's soft labels to the gold labels (BAM).
+    """
+
+    name: StrategyName
+    settings: tuple[Setting, ...]
+    decides_convergence: bool
+    distills_on_convergence: bool
+    teacher: bool = False
+    anneals: bool = False
+
+    def rewinds(self, rewind: str) -> bool:
+        """Whether a convergence decision rewinds the whole model to the task's best checkpoint
+        (`spec.rewind`: `bestCheckpoint`, or `none`)."""
+        return self.decides_convergence and self.distills_on_convergence and rewind != "none"
+
+    def initial_phase(self, setting: Setting) -> Literal["Pending", "Training", "Distilling"]:
+        """The phase every task starts in (asyncmtl.lifecycle.TaskPhase): sequential tasks wait their
+        turn; BAM's tasks start by distilling from the teacher; the rest train on their labels."""
+        if setting == "sequential":
+            return "Pending"
+        return "Distilling" if self.teacher else "Training"
+
+    def source_run(self, run: str, teacher_run: str | None) -> str:
+        """The run whose checkpoints a task's soft labels come from."""
+        return (teacher_run or run) if self.teacher else run
+
+
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
+    Strategy("asyncKD", ("joint", "sequential"), decides_convergence=True, distills_on_convergence=True),
+    Strategy("continual", ("sequential",), decides_convergence=True, distills_on_convergence=False),
+    Strategy("fixedSteps", ("joint",), decides_convergence=False, distills_on_convergence=False),
+    Strategy("bam", ("joint",), decides_convergence=False, distills_on_convergence=False, teacher=True, anneals=True),
+)}
+
+
+def resolve(name: str) -> Strategy:
+    """The strategy named `name`.
+
+    Raises:
+        KeyError: no such strategy (the spec's Literal refuses it first).
+    """
+    return STRATEGIES[name]
+
+
+def _names(strategies: list[Strategy]) -> str:
+    return "[" + ", ".join(f"'{s.name}'" for s in strategies) + "]"
+
+
+def cel_rules() -> list[tuple[str, str, str]]:
+    """The strategy rules of the CRD (rule, message, fieldPath), written from the table above: which
+    settings each strategy applies to, and `teacherRun` exactly for the strategies that have one."""
+    rules = []
+    by_settings: dict[tuple[str, ...], list[Strategy]] = {}
+    for s in STRATEGIES.values():
+        if set(s.settings) != {"joint", "sequential"}:
+            by_settings.setdefault(s.settings, []).append(s)
+    for settings, group in by_settings.items():
+        # setting defaults to joint: an absent setting is joint
+        ok = " || ".join(("!has(self.setting) || self.setting == 'joint'" if x == "joint" else
+                          f"(has(self.setting) && self.setting == '{x}')") for x in settings)
+        verb = "applies" if len(group) == 1 else "apply"
+        rules.append((f"!has(self.strategy) || !(self.strategy in {_names(group)}) || {ok}",
+                      f"{' and '.join(s.name for s in group)} {verb} to setting: {', '.join(settings)}", ".strategy"))
+    teachers = [s for s in STRATEGIES.values() if s.teacher]
+    which = ", ".join(s.name for s in teachers)
+    rules.append((f"!has(self.strategy) || !(self.strategy in {_names(teachers)}) || "
+                  "(has(self.teacherRun) && self.teacherRun != '')", f"teacherRun is required for strategy: {which}",
+                  ".teacherRun"))
+    rules.append((f"!has(self.teacherRun) || (has(self.strategy) && self.strategy in {_names(teachers)})",
+                  f"teacherRun only applies to strategy: {which}", ".teacherRun"))
+    return rules
