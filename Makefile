@@ -35,8 +35,8 @@ demo: setup ## the main job: the quickstart run on the built-in benchmark (a few
 test: setup tools ## the whole test suite (CI runs this)
 	$(BIN)/python -m pytest -q -ra
 
-test-fast: setup ## unit tests only
-	$(BIN)/python -m pytest -q -m "not slow" tests/unit
+test-fast: setup ## the fast tests only (no processes, servers or training; about a minute)
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 bench: setup ## trainer overhead against a bare PyTorch loop
 	$(BIN)/python benchmarks/trainer_overhead.py

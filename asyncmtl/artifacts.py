@@ -37,6 +37,7 @@ REPORT_MD = f"{REPORTS}/report.md"
 CURVES = f"{REPORTS}/curves.png"
 MODEL = "model"
 CHECKPOINT_STATE = "state.json"  # written last: a checkpoint folder without it is incomplete
+RUN_PREFIXES = (CHECKPOINTS, SOFTLABELS, REPORTS, MODEL)  # everything a run stores (what cleanupOnDelete deletes)
 
 
 def checkpoint_key(step: int) -> str:

@@ -28,7 +28,7 @@ from asyncmtl.local.lifeline import RunLock, Terminated, shielded, terminate_on_
 from asyncmtl.local.scrape import scrape
 from asyncmtl.logs import run_logger
 from asyncmtl.pretrained import resolve_pretrained
-from asyncmtl.artifacts import (CHECKPOINT_STATE, CHECKPOINTS, FINAL, MODEL, REPORTS, SOFTLABELS, checkpoint_file, convergence_order, read_final, read_history,
+from asyncmtl.artifacts import (CHECKPOINT_STATE, FINAL, RUN_PREFIXES, checkpoint_file, convergence_order, read_final, read_history,
                                 teacher_steps)
 from asyncmtl.report import write_report
 from asyncmtl.retention import retain_after_run
@@ -395,7 +395,7 @@ class LocalRuntime:
         from asyncmtl.local.progress import Progress
 
         if not resumed:
-            for sub in (CHECKPOINTS, SOFTLABELS, REPORTS, MODEL):
+            for sub in RUN_PREFIXES:
                 self.storage.delete_prefix(sub)
             self.control_path.unlink(missing_ok=True)
         progress = Progress(self.spec, self.name, live=self.opts.live)

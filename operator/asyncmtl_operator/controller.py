@@ -91,6 +91,9 @@ class RunMemory:
     reference_order: list[str] | None = None  # easiest-first: the reference run's convergence order, read once
 
 
+TICK_SLACK = 0.05  # seconds: a timer firing this early still counts as on time
+
+
 @dataclass
 class Controller:
     """Shared by every run the operator handles."""
@@ -101,6 +104,7 @@ class Controller:
     post_event: Callable[[dict, str, str, str], None]
     prometheus: PrometheusClient | None = None
     memory: dict[tuple[str, str], RunMemory] = field(default_factory=dict)
+    storages: dict[tuple, RunStorage] = field(default_factory=dict)  # (namespace, run, storage run, settings...)
 
     def __post_init__(self) -> None:
         if self.prometheus is None:
@@ -152,9 +156,23 @@ class Controller:
 
     def storage(self, run: AsyncMTLRun, namespace: str, name: str | None = None) -> RunStorage:
         """The storage of run `name` (default: this run) under this run's storage settings, with the
-        credentials of `spec.storage.credentialsSecret` when given."""
+        credentials of `spec.storage.credentialsSecret` when given. Built once per run and settings (the
+        Secret read and the S3 client made once, not at every tick); `forget` drops a deleted run's."""
         st = run.spec.storage
         name = name or run.name
+        key = (namespace, run.name, name, st.uri, st.endpoint_url, st.credentials_secret)
+        if key not in self.storages:
+            self.storages[key] = self._open_storage(run, namespace, name)
+        return self.storages[key]
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop what the operator keeps of a deleted run: its memory, storages and operator series."""
+        self.memory.pop((namespace, name), None)
+        self.storages = {k: v for k, v in self.storages.items() if k[:2] != (namespace, name)}
+        self.metrics.forget_run(namespace, name)
+
+    def _open_storage(self, run: AsyncMTLRun, namespace: str, name: str) -> RunStorage:
+        st = run.spec.storage
         if st.uri.startswith("s3://") and st.credentials_secret:
             from asyncmtl.storage_s3 import S3RunStorage, parse_s3_uri
             import boto3
@@ -227,6 +245,8 @@ class Controller:
         if status.phase in ("Succeeded", "Failed"):
             return None
         mem = self.memory.setdefault((namespace, name), RunMemory())
+        if mem.last_poll is not None and time.time() - mem.last_poll < self.config.timer_interval - TICK_SLACK:
+            return None  # kopf's timer fires every TIMER_TICK seconds; a run is polled every timerInterval
         run = self._effective_run(body, namespace, status, mem, logger)
         now = time.time()
         window = (now - mem.last_poll + 2 * self.config.timer_interval) if mem.last_poll else 600.0

@@ -4,7 +4,7 @@
   scanning), the Kubernetes client, the operator's metrics endpoint.
 - create: validate (cross-field rules -> phase Failed with the field path, no pod), check storage,
   create the control ConfigMap, metrics Service and training Job, owned by the run.
-- timer (every $ASYNCMTL_TIMER_INTERVAL seconds): one reconcile poll (see controller.py).
+- timer (every $ASYNCMTL_TIMER_INTERVAL seconds, read at startup): one reconcile poll (see controller.py).
 - delete: children go with their owner (garbage collection); stored artifacts are kept unless
   `spec.storage.cleanupOnDelete` is true.
 Docs: kopf.readthedocs.io (handlers, timers, settings, kopf.adopt, kopf.event).
@@ -12,18 +12,21 @@ Docs: kopf.readthedocs.io (handlers, timers, settings, kopf.adopt, kopf.event).
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import kopf
 
+from asyncmtl.artifacts import RUN_PREFIXES
 from asyncmtl.crd import GROUP, PLURAL, VERSION
 from asyncmtl.storage import StorageError
 from asyncmtl_operator.controller import Controller, OperatorConfig
 from asyncmtl_operator.kube import Kube
 from asyncmtl_operator.operator_metrics import OperatorMetrics
 
-TIMER_INTERVAL = float(os.environ.get("ASYNCMTL_TIMER_INTERVAL", "5"))
+# kopf fixes a timer's interval when this module is imported, before any setting is read: the timer
+# fires every TIMER_TICK seconds and the controller polls each run every $ASYNCMTL_TIMER_INTERVAL seconds
+# (OperatorConfig, read at startup)
+TIMER_TICK = 1.0
 
 # What kopf itself does with the API for these handlers (kopf docs, "Deployment: RBAC"):
 # watch and list the runs, patch them (finalizers, progress annotations), patch their status
@@ -63,7 +66,8 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Lo
         port = metrics.serve(config.metrics_port)
         logger.info("operator metrics on port %d", port)
     memo.controller = Controller(config=config, kube=Kube(), metrics=metrics, post_event=_post_event)
-    logger.info("AsyncMTL operator: Prometheus at %s, timer every %.1fs", config.prometheus_url, TIMER_INTERVAL)
+    logger.info("AsyncMTL operator: Prometheus at %s, each run polled every %.1fs", config.prometheus_url,
+                config.timer_interval)
 
 
 @kopf.on.cleanup()
@@ -87,7 +91,7 @@ def on_create(body: kopf.Body, namespace: str, memo: kopf.Memo, patch: kopf.Patc
     patch.status.update(status)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_INTERVAL, initial_delay=TIMER_INTERVAL)
+@kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_TICK, initial_delay=TIMER_TICK)
 def on_timer(body: kopf.Body, namespace: str, memo: kopf.Memo, patch: kopf.Patch, logger: logging.Logger,
              **_: Any) -> None:
     controller: Controller = memo.controller
@@ -95,7 +99,7 @@ def on_timer(body: kopf.Body, namespace: str, memo: kopf.Memo, patch: kopf.Patch
         status = controller.tick(dict(body), namespace, lambda child: kopf.adopt(child, owner=body), logger)
     except StorageError as exc:
         controller.metrics.errors.labels("storage").inc()
-        raise kopf.TemporaryError(f"storage: {exc}", delay=TIMER_INTERVAL) from exc
+        raise kopf.TemporaryError(f"storage: {exc}", delay=controller.config.timer_interval) from exc
     except Exception:
         controller.metrics.errors.labels("unexpected").inc()
         raise
@@ -108,7 +112,7 @@ def on_delete(body: kopf.Body, namespace: str, memo: kopf.Memo, logger: logging.
     controller: Controller = memo.controller
     run = controller.parse(dict(body))
     storage = controller.storage(run, namespace)
-    for prefix in ("checkpoints", "softlabels", "reports", "model"):
+    for prefix in RUN_PREFIXES:
         storage.delete_prefix(prefix)
     logger.info("[run=%s] stored artifacts deleted (storage.cleanupOnDelete)", run.name)
 
@@ -117,5 +121,4 @@ def on_delete(body: kopf.Body, namespace: str, memo: kopf.Memo, logger: logging.
 def forget_deleted(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
     """A deleted run's operator series go (optional: no finalizer is added for this)."""
     controller: Controller = memo.controller
-    controller.metrics.forget_run(namespace, name)
-    controller.memory.pop((namespace, name), None)
+    controller.forget(namespace, name)

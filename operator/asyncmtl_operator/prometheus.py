@@ -19,8 +19,9 @@ import requests
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from asyncmtl import metric_names as M
-from asyncmtl.core.convergence import TaskObservation, ValidationPoint
+from asyncmtl.core.convergence import ValidationPoint
 from asyncmtl.core.observations import TrainerObservation
+from asyncmtl.trainer_series import TASK_SERIES, TRAINER_SERIES, Sample, trainer_observation
 
 
 class PrometheusError(RuntimeError):
@@ -103,18 +104,11 @@ class PrometheusClient:
         """The run's trainer series now, with points from the last `window_seconds`.
         None when Prometheus has no series of this run yet. Raises PrometheusError."""
         sel = f'run="{run}",namespace="{namespace}"'
-        names = "|".join([f"{M.VALIDATIONS}_total", M.VALIDATION_LAST_STEP, M.VALIDATION_LAST_VALUE,
-                          M.VALIDATION_BEST_STEP, M.VALIDATION_BEST_VALUE, M.GLOBAL_STEP, M.CONTROL_GENERATION,
-                          M.CONTROL_APPLIED_STEP, M.TRAIN_SIZE, M.VALIDATION_COMPLETE_STEP, M.TASK_CHANCE])
+        names = "|".join([*TASK_SERIES, *TRAINER_SERIES])
         current = self.query(f'{{__name__=~"{names}",{sel}}}')
         if not current:
             return None
-        per_task: dict[str, dict[str, float]] = {}
-        trainer: dict[str, float] = {}
-        for s in current:
-            name, task = s["metric"]["__name__"], s["metric"].get("task")
-            value = float(s["value"][1])
-            (per_task.setdefault(task, {}) if task else trainer)[name] = value
+        latest = [Sample(s["metric"]["__name__"], s["metric"].get("task"), float(s["value"][1])) for s in current]
         window = max(1, int(math.ceil(window_seconds)))
         ranged = self.query(
             f'{{__name__=~"{M.VALIDATION_LAST_STEP}|{M.VALIDATION_LAST_VALUE}|{M.REWINDS}_total",{sel}}}[{window}s]')
@@ -131,34 +125,13 @@ class PrometheusClient:
             raw = {t: {n: {ts: v for ts, v in ser.items() if ts >= since} for n, ser in d.items()} for t, d in raw.items()}
         ts = self.query(f'timestamp({M.GLOBAL_STEP}{{{sel}}})')
         newest = max((float(s["value"][1]) for s in ts), default=0.0)
-        tasks: dict[str, TaskObservation] = {}
+        points: dict[str, list[ValidationPoint]] = {}
         point_times: dict[str, dict[int, float]] = {}
-        sizes = {t: int(d[M.TRAIN_SIZE]) for t, d in per_task.items() if d.get(M.TRAIN_SIZE)}
-        for task, d in per_task.items():
-            if f"{M.VALIDATIONS}_total" not in d:
-                continue
-            points, times = _pair_points(raw.get(task, {}))
-            point_times[task] = times
-            tasks[task] = TaskObservation(
-                validations=int(d.get(f"{M.VALIDATIONS}_total", 0)),
-                last_step=_int(d.get(M.VALIDATION_LAST_STEP)), last_value=_num(d.get(M.VALIDATION_LAST_VALUE)),
-                best_step=_int(d.get(M.VALIDATION_BEST_STEP)), best_value=_num(d.get(M.VALIDATION_BEST_VALUE)),
-                points=points, chance=_num(d.get(M.TASK_CHANCE)))
-        obs = TrainerObservation(global_step=_int(trainer.get(M.GLOBAL_STEP)) or 0,
-                                 applied_generation=_int(trainer.get(M.CONTROL_GENERATION)) or 0,
-                                 applied_at_step=_int(trainer.get(M.CONTROL_APPLIED_STEP)), tasks=tasks,
-                                 validation_complete_step=_int(trainer.get(M.VALIDATION_COMPLETE_STEP)),
-                                 train_sizes=sizes)
+        for task, series in raw.items():
+            points[task], point_times[task] = _pair_points(series)
+        obs = trainer_observation(latest, points)
+        point_times = {t: point_times.get(t, {}) for t in obs.tasks}
         return Snapshot(trainer=obs, newest_sample=newest, point_times=point_times)
-
-
-def _num(v: float | None) -> float | None:
-    return None if v is None or math.isnan(v) else v
-
-
-def _int(v: float | None) -> int | None:
-    v = _num(v)
-    return None if v is None else int(v)
 
 
 def _rewind_time(samples: dict[float, float]) -> float:

@@ -12,7 +12,7 @@ from tests.operator.emulator import EmulatedCluster
 from tests.operator.prometheus_server import PrometheusServer, find_prometheus, free_port
 
 TIMER = 1.0  # seconds between operator ticks in these tests
-os.environ.setdefault("ASYNCMTL_TIMER_INTERVAL", str(TIMER))  # read when the handlers module is imported
+os.environ.setdefault("ASYNCMTL_TIMER_INTERVAL", str(TIMER))  # read at operator startup (OperatorConfig)
 
 
 @pytest.fixture()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from kopf.testing import KopfRunner
 
 from asyncmtl.artifacts import FINAL
@@ -11,6 +12,8 @@ from asyncmtl.storage import open_run_storage
 from tests.operator.conftest import wait_until
 from tests.operator.helpers import (NS, apply_run, complete_job, get_obj, get_run, make_run, operator_args, signals,
                                     write_soft_labels)
+
+pytestmark = pytest.mark.slow  # processes, servers or training: `make test-fast` skips it
 
 
 def test_bam_distills_from_the_teacher_runs_best_checkpoints(cluster, kube, s3, monkeypatch):

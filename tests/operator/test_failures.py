@@ -13,6 +13,8 @@ from tests.operator.helpers import (NS, apply_run, events, exists, fail_job, get
                                     signals)
 from tests.operator.prometheus_server import PrometheusServer
 
+pytestmark = pytest.mark.slow  # processes, servers or training: `make test-fast` skips it
+
 
 @pytest.fixture()
 def setup(cluster, kube, s3, prometheus_binary, tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ import re
 import time
 import urllib.request
 
+import pytest
 from kopf.testing import KopfRunner
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -17,6 +18,8 @@ from tests.operator.conftest import TIMER, FakeTrainer, start_prometheus, wait_u
 from tests.operator.prometheus_server import free_port
 from tests.operator.helpers import (apply_run, complete_job, control, events, exists, get_obj, get_run,
                                     make_run, operator_args, signals, write_soft_labels)
+
+pytestmark = pytest.mark.slow  # processes, servers or training: `make test-fast` skips it
 
 def printer_columns(obj: dict) -> dict:
     return {"Phase": obj["status"]["phase"], "Setting": obj["spec"]["setting"],

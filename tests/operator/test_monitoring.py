@@ -14,6 +14,8 @@ import pytest
 from tests.operator.conftest import FakeTrainer
 from tests.operator.prometheus_server import PrometheusServer, free_port
 
+pytestmark = pytest.mark.slow  # processes, servers or training: `make test-fast` skips it
+
 RELEASE_NS = "asyncmtl-system"
 RUN_NS = "team-x"
 RUN = "far"

@@ -13,6 +13,8 @@ from tests.operator.conftest import wait_until
 from tests.operator.emulator import EmulatedCluster
 from tests.operator.helpers import make_run
 
+pytestmark = pytest.mark.slow  # processes, servers or training: `make test-fast` skips it
+
 TEAM = "team-x"  # not the release namespace (asyncmtl-system), not the tests' default
 
 

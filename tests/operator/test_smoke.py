@@ -1,10 +1,13 @@
 """The operator creates a run's children with owner references (emulated API server over HTTP)."""
 from __future__ import annotations
 
+import pytest
 from kopf.testing import KopfRunner
 
 from tests.operator.conftest import wait_until
 from tests.operator.helpers import apply_run, exists, get_obj, make_run, operator_args
+
+pytestmark = pytest.mark.slow  # processes, servers or training: `make test-fast` skips it
 
 
 def test_apply_creates_children(cluster, kube, s3, monkeypatch):

@@ -18,6 +18,8 @@ from asyncmtl_trainer.softlabels import write_shard
 from asyncmtl_trainer.train import Trainer, TrainerOptions
 from tests.conftest import builtin_task, run_doc
 
+pytestmark = pytest.mark.slow  # processes, servers or training: `make test-fast` skips it
+
 
 @pytest.fixture(scope="module")
 def tiny_nodrop(tmp_path_factory) -> Path:
