@@ -18,10 +18,12 @@ the files have always had, so runs written before this module read as they did.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+from asyncmtl.lifecycle import TaskPhase
 
 if TYPE_CHECKING:
     from asyncmtl.storage import RunStorage
@@ -72,6 +74,10 @@ def checkpoint_steps(storage: "RunStorage", *, complete: bool) -> list[int]:
     return sorted(out)
 
 
+# a task's phase in a record; trainers before asyncmtl.lifecycle wrote their own words (supervised, kd, ...)
+Phase = Annotated[TaskPhase, BeforeValidator(lambda v: TaskPhase.of(v) if isinstance(v, str) else v)]
+
+
 class _Record(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
@@ -88,7 +94,7 @@ class ValidationRecord(_Record):
     metric: str = ""
     value: float
     metrics: dict[str, float] = Field(default_factory=dict)
-    mode: str = "supervised"
+    mode: Phase = TaskPhase.TRAINING
     generation: int = 0
     best_step: int | None = None
     best_value: float | None = None
@@ -181,7 +187,7 @@ class TaskFinal(_Record):
 
     type: str = ""
     metric: str = ""
-    mode: str = ""
+    mode: Phase | None = None
     final_validation: dict[str, float] = Field(default_factory=dict)
     best_checkpoint: CheckpointScore | None = None
     final_test: dict[str, float] | None = None

@@ -30,6 +30,6 @@ LOSS_WEIGHT = f"{PREFIX}_loss_weight"  # gauge {task}: the task's loss weight λ
 # exposed before the per-task series, so a scrape that reads N also reads every task's step-N values)
 VALIDATION_COMPLETE_STEP = f"{PREFIX}_validation_complete_step"
 
-TASK_MODES = ("inactive", "supervised", "pending", "kd", "frozen")
+TASK_MODES = ("Pending", "Training", "Distilling", "KD", "Frozen")  # asyncmtl.lifecycle.TRAINER_PHASES
 TRAINER_STATES = ("starting", "training", "paused", "finalizing", "finished")
 LOSS_KINDS = ("supervised", "kd")

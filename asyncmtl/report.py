@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from asyncmtl.artifacts import (CURVES, REPORT_JSON, REPORT_MD, CheckpointScore, EventRecord, HistoryRecord,
                                 ValidationRecord, read_final, read_history)
 from asyncmtl.core.status import RunStatus
+from asyncmtl.lifecycle import TaskPhase
 from asyncmtl.storage import RunStorage
 
 
@@ -103,14 +104,14 @@ def _best_record(kept: list[ValidationRecord], best_step: int | None, checkpoint
     validation on the final lineage.
     """
     if best_step is not None:
-        at = [r for r in kept if r.step == best_step and r.mode == "supervised"]
+        at = [r for r in kept if r.step == best_step and r.mode == TaskPhase.TRAINING]
         if at:
             return at[-1]
         # a later rewind to an earlier step discarded that validation from the lineage; the
         # trainer scored the checkpoint's weights again at convergence (final.json bestCheckpoint)
         value = checkpoint.validation.get(metric) if checkpoint is not None else None
         if checkpoint is not None and checkpoint.step == best_step and value is not None:
-            return ValidationRecord(step=best_step, task="", value=value, mode="supervised")
+            return ValidationRecord(step=best_step, task="", value=value, mode=TaskPhase.TRAINING)
     return max(kept, key=lambda r: r.value) if kept else None
 
 
@@ -182,7 +183,7 @@ def convergence_trigger(history: list[HistoryRecord], task: str, step: int | Non
     for r in history:
         if isinstance(r, EventRecord) and r.event == "kd" and r.task == task and found is not None:
             break
-        if isinstance(r, ValidationRecord) and r.task == task and r.step == step and r.mode == "supervised":
+        if isinstance(r, ValidationRecord) and r.task == task and r.step == step and r.mode == TaskPhase.TRAINING:
             found = r
     return found
 

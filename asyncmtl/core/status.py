@@ -1,14 +1,8 @@
 """Run status: what the runtime (local or the operator) records about a run between polls.
 
 This is the `status` of the AsyncMTLRun custom resource (camelCase on the wire) and the
-`status.json` of a local run. Task phases (paper Sec. 3):
-
-- Pending: not started yet (sequential setting).
-- Training: trained on true labels (Eq. 1); its convergence is being watched.
-- Converged: convergence declared; the rewind signal is out, soft labels not yet requested.
-- Distilling: soft-label inference from the task's best checkpoint is running.
-- KD: trained with the KD loss against its soft labels (Eq. 2).
-- Frozen: soft labels could not be made (see the Degraded condition); the task gets no loss.
+`status.json` of a local run. Task phases: `asyncmtl.lifecycle.TaskPhase` (paper Sec. 3), the one
+vocabulary the trainer, the metrics and the dashboard share.
 """
 from __future__ import annotations
 
@@ -19,9 +13,9 @@ from pydantic.alias_generators import to_camel
 
 from asyncmtl.control import ControlDocument
 from asyncmtl.core.convergence import Track
+from asyncmtl.lifecycle import TaskPhase
 
 RunPhase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed"]
-TaskPhase = Literal["Pending", "Training", "Converged", "Distilling", "KD", "Frozen"]
 # Complete and Failed are terminal (Kubeflow Trainer v2, batch/v1 Job): `kubectl wait --for=condition=Complete`
 ConditionType = Literal["Ready", "MetricsAvailable", "SignalAcknowledged", "Degraded", "Complete", "Failed"]
 
@@ -56,7 +50,10 @@ class HistoryEntry(_Camel):
 class TaskStatus(_Camel):
     """Where one task stands."""
 
-    phase: TaskPhase = "Training"
+    # `ts.phase = "KD"` in the core stores the TaskPhase member, so the status serializes as it reads
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", validate_assignment=True)
+
+    phase: TaskPhase = TaskPhase.TRAINING
     track: Track = Field(default_factory=Track)
     converged_at_step: int | None = Field(None, description="Last validation step when convergence was declared.")
     best_step: int | None = Field(None, description="Step of the checkpoint the soft labels come from.")

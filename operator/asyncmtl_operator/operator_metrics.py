@@ -1,10 +1,11 @@
 """The operator's own Prometheus metrics (its own registry; served on `$ASYNCMTL_OPERATOR_METRICS_PORT`)."""
 from __future__ import annotations
 
+from asyncmtl.lifecycle import TaskPhase
 from asyncmtl.metrics_endpoint import MetricsEndpoint
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-TASK_PHASES = ("Pending", "Training", "Converged", "Distilling", "KD", "Frozen")
+TASK_PHASES = tuple(TaskPhase)  # asyncmtl.lifecycle: the one vocabulary of core, trainer and dashboard
 INFERENCE_STATES = ("succeeded", "active", "failed")
 
 LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)

@@ -120,7 +120,7 @@ def _drive(prom: PrometheusServer, trainer: FakeTrainer, op) -> None:
     op.signal_pending.labels(RUN_NS, RUN).set(42)
     op.set_inference(RUN_NS, RUN, "a", 4, {"succeeded": 1, "active": 3})
     trainer.exporter.examples_per_second.labels(RUN).set(120.0)
-    trainer.exporter.set_mode("a", "supervised")
+    trainer.exporter.set_mode("a", "Training")
     trainer.exporter.train_loss.labels(RUN, "a", "supervised").set(0.7)
     trainer.ack(0, 0)
     trainer.validate(100, {"a": 50.0})
@@ -131,11 +131,11 @@ def _drive(prom: PrometheusServer, trainer: FakeTrainer, op) -> None:
         time.sleep(0.6)
     trainer.validate(200, {"a": 49.0})
     trainer.rewind(100, {"a": 50.0})
-    trainer.exporter.set_mode("a", "kd")
+    trainer.exporter.set_mode("a", "KD")
     trainer.exporter.train_loss.labels(RUN, "a", "kd").set(0.3)
     trainer.ack(1, 200)
     op.set_task_phase(RUN_NS, RUN, "a", "KD")
-    prom.wait_for('asyncmtl_task_mode{mode="kd"} == 1 and on (namespace, run) asyncmtl_rewinds_total > 0')
+    prom.wait_for('asyncmtl_task_mode{mode="KD"} == 1 and on (namespace, run) asyncmtl_rewinds_total > 0')
     time.sleep(1.5)  # a few more scrapes after the changes
 
 

@@ -15,6 +15,7 @@ from asyncmtl.storage import open_run_storage
 from asyncmtl_trainer.exporter import TrainerExporter
 from asyncmtl_trainer.losses import kd_loss, supervised_loss
 from asyncmtl_trainer.softlabels import write_shard
+from asyncmtl.lifecycle import TaskPhase
 from asyncmtl_trainer.train import Trainer, TrainerOptions
 from tests.conftest import builtin_task, run_doc
 
@@ -133,9 +134,9 @@ def test_after_soft_labels_ready_the_loss_is_kd_and_moves_outputs_toward_the_sof
     teacher = torch.tensor([[-3.0, 3.0]]).repeat(n, 1)  # confident "positive" for every example
     uri = _make_soft_labels(tr, "sentiment", 5, teacher)
     tr.apply_generation([ConvergedSignal(generation=1, task="sentiment", best_step=5, rewind_to=5)], 1)
-    assert tr.states["sentiment"].mode == "pending" and "sentiment" not in tr.active_tasks()
+    assert tr.states["sentiment"].mode == TaskPhase.DISTILLING and "sentiment" not in tr.active_tasks()
     tr.apply_generation([SoftLabelsReadySignal(generation=2, task="sentiment", uri=uri)], 2)
-    assert tr.states["sentiment"].mode == "kd"
+    assert tr.states["sentiment"].mode == TaskPhase.KD
 
     # the task's loss is the KD loss against its soft labels (not the supervised loss)
     batch, pooled, logits = _next_batch_outputs(tr, "sentiment")
@@ -225,7 +226,7 @@ def test_sequential_tasks_wait_for_start_task(tmp_path, tiny_model):
     from asyncmtl.control import StartTaskSignal
 
     tr = _trainer_with(tmp_path, tiny_model, setting="sequential", order="explicit", taskOrder=["sarcasm", "sentiment"])
-    assert {n: s.mode for n, s in tr.states.items()} == {"sentiment": "inactive", "sarcasm": "inactive"}
+    assert {n: s.mode for n, s in tr.states.items()} == {"sentiment": TaskPhase.PENDING, "sarcasm": TaskPhase.PENDING}
     assert tr.paused()
     tr.apply_generation([StartTaskSignal(generation=1, task="sarcasm")], 1)
     for _ in range(5):
@@ -238,7 +239,7 @@ def test_rewind_none_keeps_training_from_where_it_is(tmp_path, tiny_model):
     for _ in range(10):
         tr.step_once()
     tr.apply_generation([ConvergedSignal(generation=1, task="sarcasm", best_step=5, rewind_to=None)], 1)
-    assert tr.step == 10 and tr.states["sarcasm"].mode == "pending" and tr.checkpointer.steps() == [5, 10]
+    assert tr.step == 10 and tr.states["sarcasm"].mode == TaskPhase.DISTILLING and tr.checkpointer.steps() == [5, 10]
 
 
 def test_gradnorm_weights_move_and_keep_their_sum(tmp_path, tiny_model):
@@ -271,7 +272,7 @@ def test_torchjd_methods_train_checkpoint_and_rewind_in_the_trainer(tmp_path, ti
 
 def test_kd_sampling_weight_shrinks_a_converged_tasks_share(tmp_path, tiny_model):
     tr = _trainer_with(tmp_path, tiny_model, distillation={"kdSamplingWeight": 0.25})
-    tr.states["sarcasm"].mode = "kd"
+    tr.states["sarcasm"].mode = TaskPhase.KD
     p = tr.sampler.probabilities(tr.active_tasks(), tr._sampling_scale())
     # both splits hold 64 examples: shares 1 : 0.25
     assert p["sarcasm"] == pytest.approx(0.2) and p["sentiment"] == pytest.approx(0.8)
@@ -283,7 +284,7 @@ def test_under_bam_every_tasks_best_checkpoint_is_kept_for_the_report(tmp_path, 
     tr = make_trainer(tmp_path, tiny_model)
     tr.spec.strategy = "bam"
     for st in tr.states.values():
-        st.mode = "kd"
+        st.mode = TaskPhase.KD
     for step, best in [(5, {}), (10, {"sarcasm": 5}), (15, {"sarcasm": 5, "sentiment": 10})]:
         tr.step = step
         for name, st in tr.states.items():
@@ -458,7 +459,7 @@ def test_continual_a_converged_task_keeps_its_labels_and_no_longer_holds_the_tra
     assert tr.decision_due() == ["sentiment"]  # meets the rule: the barrier would hold for the decision
     write_control_file(tmp_path / "c.json", doc)
     tr.poll_control()
-    assert st.mode == "supervised" and st.decided and tr.decision_due() == []
+    assert st.mode == TaskPhase.TRAINING and st.decided and tr.decision_due() == []
     assert tr.step == 10  # no rewind
     tr.save_checkpoint()
     resumed = _trainer_with(tmp_path, tiny_model, setting="sequential", order="explicit",
@@ -466,4 +467,4 @@ def test_continual_a_converged_task_keeps_its_labels_and_no_longer_holds_the_tra
                             distillation={"whilePending": "Pause"})
     resumed.resume()
     rs = resumed.states["sentiment"]
-    assert rs.mode == "supervised" and rs.decided and resumed.decision_due() == []
+    assert rs.mode == TaskPhase.TRAINING and rs.decided and resumed.decision_due() == []

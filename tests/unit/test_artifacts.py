@@ -9,6 +9,7 @@ import pytest
 from asyncmtl.artifacts import (FINAL, HISTORY, CheckpointScore, EventRecord, FinalReport, TaskFinal, ValidationRecord,
                                 checkpoint_file, checkpoint_key, convergence_order, history_key, parse_record,
                                 read_final, read_history, record_json, softlabel_key, teacher_steps, write_final)
+from asyncmtl.lifecycle import TaskPhase
 from asyncmtl.storage import FileRunStorage
 
 # lines as the trainer wrote them before the records were typed (reports/history.jsonl)
@@ -22,9 +23,12 @@ OLD_LINES = [
 
 def test_history_lines_round_trip_with_the_keys_they_always_had():
     records = [parse_record(json.loads(line)) for line in OLD_LINES]
-    assert isinstance(records[0], ValidationRecord) and records[0].best_step == 100 and records[0].mode == "supervised"
+    assert isinstance(records[0], ValidationRecord) and records[0].best_step == 100
+    assert records[0].mode == TaskPhase.TRAINING  # a former trainer's word (supervised) read as the lifecycle's
     assert [r.kind for r in records] == ["validation", "rewind", "kd"]
-    assert [json.loads(record_json(r)) for r in records] == [json.loads(line) for line in OLD_LINES]
+    written = [json.loads(record_json(r)) for r in records]
+    assert written[0] == {**json.loads(OLD_LINES[0]), "mode": "Training"}
+    assert written[1:] == [json.loads(line) for line in OLD_LINES[1:]]
     assert history_key(records[2]) == ("kd", "a", 100, 1)
 
 

@@ -28,7 +28,7 @@ def exported() -> dict[str, set[str]]:
     ex.examples_per_second.labels("r").set(1)
     ex.control_generation.labels("r").set(1)
     ex.control_step.labels("r").set(1)
-    ex.set_mode("t", "kd")
+    ex.set_mode("t", "KD")
     op = OperatorMetrics()
     op.set_task_phase("n", "r", "t", "KD")
     op.set_inference("n", "r", "t", 2, {"succeeded": 1})

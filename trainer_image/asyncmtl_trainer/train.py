@@ -26,6 +26,7 @@ from asyncmtl.core.convergence import BestTracker, Track, has_converged
 from asyncmtl.core.reconcile import rule_for
 from asyncmtl.data import load_task_splits
 from asyncmtl.logs import configure, run_logger
+from asyncmtl.lifecycle import LEARNING, TaskPhase
 from asyncmtl.artifacts import (FINAL, MODEL, CheckpointScore, EventRecord, FinalReport, HistoryRecord, TaskFinal,
                                 ValidationRecord, append_history, history_key, model_file, read_best_scores,
                                 read_history, write_best_scores, write_final)
@@ -40,8 +41,7 @@ from asyncmtl_trainer.model import build_model, save_multitask_model
 from asyncmtl_trainer.softlabels import read_soft_labels
 
 LOSS_EXPORT_EVERY = 10  # steps between loss/throughput exports
-# the trainer's mode for each initial task phase of the decision core (asyncmtl.strategy.Strategy.initial_phase)
-INITIAL_MODE = {"Pending": "inactive", "Distilling": "pending", "Training": "supervised"}
+
 
 
 @dataclass
@@ -72,10 +72,11 @@ class TrainerOptions:
 
 
 class TaskState:
-    """What the trainer tracks per task: mode, best-so-far (with previous best) and history."""
+    """What the trainer tracks per task: its phase (asyncmtl.lifecycle), best-so-far (with previous best)
+    and history."""
 
-    def __init__(self, mode: str = "supervised") -> None:
-        self.mode = mode  # inactive (sequential, not started) | supervised | pending | kd | frozen
+    def __init__(self, mode: TaskPhase = TaskPhase.TRAINING) -> None:
+        self.mode = mode  # one of asyncmtl.lifecycle.TRAINER_PHASES
         self.best = BestTracker()
         self.prev_best_step: int | None = None
         self.last_step: int | None = None
@@ -106,7 +107,7 @@ class Trainer:
         self.log = run_logger(__name__, opts.run)
         self.task_specs = {t.name: t for t in spec.tasks}
         self.device = self._device()
-        first = INITIAL_MODE[spec.resolved_strategy.initial_phase(spec.setting)]
+        first = TaskPhase(spec.resolved_strategy.initial_phase(spec.setting))
         self.states = {t.name: TaskState(first) for t in spec.tasks}
         self.soft: dict[str, torch.Tensor] = {}
         self.step = 0
@@ -230,30 +231,30 @@ class Trainer:
             converged = []
         for s in converged:
             st = self.states[s.task]
-            st.mode = "pending"
+            st.mode = TaskPhase.DISTILLING
             st.pinned_step = s.best_step
-            self.exporter.set_mode(s.task, "pending")
+            self.exporter.set_mode(s.task, TaskPhase.DISTILLING)
             self._score_best_checkpoint(s.task, s.best_step)
             self.log.info("task %s converged (best step %d): supervised loss dropped", s.task, s.best_step)
         if converged and converged[0].rewind_to is not None:
             self.rewind(converged[0].rewind_to)
         for s in signals:
             if s.kind == "startTask":
-                self.states[s.task].mode = "supervised"
-                self.exporter.set_mode(s.task, "supervised")
+                self.states[s.task].mode = TaskPhase.TRAINING
+                self.exporter.set_mode(s.task, TaskPhase.TRAINING)
                 self._history_event("start", step=self.step, task=s.task)
                 self.log.info("task %s started at step %d (sequential)", s.task, self.step)
             if s.kind == "softLabelsReady":
                 self.soft[s.task] = read_soft_labels(s.uri, expected_examples=len(self.train[s.task])).to(self.device)
-                self.states[s.task].mode = "kd"
+                self.states[s.task].mode = TaskPhase.KD
                 self.states[s.task].pinned_step = None
-                self.exporter.set_mode(s.task, "kd")
+                self.exporter.set_mode(s.task, TaskPhase.KD)
                 self._history_event("kd", step=self.step, task=s.task)
                 self.log.info("task %s: soft labels loaded from %s; KD loss from step %d", s.task, s.uri, self.step)
             elif s.kind == "skipDistillation":
-                self.states[s.task].mode = "frozen"
+                self.states[s.task].mode = TaskPhase.FROZEN
                 self.states[s.task].pinned_step = None
-                self.exporter.set_mode(s.task, "frozen")
+                self.exporter.set_mode(s.task, TaskPhase.FROZEN)
                 self.log.warning("task %s frozen: %s", s.task, s.reason)
             elif s.kind == "stop":
                 self.stop_requested = True
@@ -307,14 +308,14 @@ class Trainer:
 
     # ---- training ----------------------------------------------------------------------------
     def active_tasks(self) -> list[str]:
-        return [n for n, s in self.states.items() if s.mode in ("supervised", "kd")]
+        return [n for n, s in self.states.items() if s.mode in LEARNING]
 
     def _sampling_scale(self) -> dict[str, float]:
         w = self.spec.distillation.kd_sampling_weight
-        return {n: w for n, s in self.states.items() if s.mode == "kd"} if w != 1.0 else {}
+        return {n: w for n, s in self.states.items() if s.mode == TaskPhase.KD} if w != 1.0 else {}
 
     def paused(self) -> bool:
-        pending = any(s.mode == "pending" for s in self.states.values())
+        pending = any(s.mode == TaskPhase.DISTILLING for s in self.states.values())
         if pending and self.spec.distillation.while_pending == "Pause":
             return True
         return not self.active_tasks()
@@ -338,9 +339,9 @@ class Trainer:
             logits = self.model.head(task, pooled[rows])
             ttype = self.task_specs[task].type
             scale = self.loss_scale.get(task, 1.0)
-            if mode == "supervised":
+            if mode == TaskPhase.TRAINING:
                 losses[task] = supervised_loss(ttype, logits, batch.labels[task], scale)
-            elif mode == "kd":
+            elif mode == TaskPhase.KD:
                 teacher = self.soft[task][batch.example_ids[task].to(self.device)]
                 if self.spec.resolved_strategy.anneals:  # teacher annealing towards the gold labels
                     p = min(1.0, self.step / self.spec.training.max_steps)
@@ -382,7 +383,7 @@ class Trainer:
                 after = self.task_losses(batch, self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids))
             self.weighting.after_step(after)
         for task, loss in losses.items():
-            kind = "kd" if self.states[task].mode == "kd" else "supervised"
+            kind = "kd" if self.states[task].mode == TaskPhase.KD else "supervised"  # the loss (Eq. 2 or Eq. 1)
             acc = self._loss_sums.setdefault((task, kind), [torch.zeros((), device=self.device), 0, 0])
             acc[0] += loss.detach()
             acc[1] += 1
@@ -421,7 +422,7 @@ class Trainer:
         """Validation step: score every task, update trackers and metrics, append to the history."""
         now = time.time()
         for name, t in self.task_specs.items():
-            if self.states[name].mode == "inactive":
+            if self.states[name].mode == TaskPhase.PENDING:
                 continue
             metrics = self.evaluate(name, self.val[name])
             value = metrics[t.metric.value]
@@ -456,7 +457,7 @@ class Trainer:
         # tasks whose best checkpoint may still be used: as a rewind target or teacher (training tasks), or,
         # under BAM (every task distilled from the start, none ever converges), for the report's Best row
         needing = {n for n, s in self.states.items()
-                   if s.mode == "supervised" or (s.mode == "kd" and self.spec.resolved_strategy.teacher)}
+                   if s.mode == TaskPhase.TRAINING or (s.mode == TaskPhase.KD and self.spec.resolved_strategy.teacher)}
         keep = retained_steps(self.step, {n: (s.best.best_step, s.prev_best_step) for n, s in self.states.items()}, needing,
                               recorded=self.checkpointer.recorded_bests)
         keep |= {s.pinned_step for s in self.states.values() if s.pinned_step is not None}
@@ -494,16 +495,16 @@ class Trainer:
                 if s.generation > state.applied_generation:
                     continue
                 if s.kind == "startTask":
-                    self.states[s.task].mode = "supervised"
+                    self.states[s.task].mode = TaskPhase.TRAINING
                 elif s.kind == "converged" and not self.spec.resolved_strategy.distills_on_convergence:
                     self.states[s.task].decided = True
                 elif s.kind == "converged":
-                    self.states[s.task].mode, self.states[s.task].pinned_step = "pending", s.best_step
+                    self.states[s.task].mode, self.states[s.task].pinned_step = TaskPhase.DISTILLING, s.best_step
                 elif s.kind == "softLabelsReady":
                     self.soft[s.task] = read_soft_labels(s.uri, expected_examples=len(self.train[s.task])).to(self.device)
-                    self.states[s.task].mode, self.states[s.task].pinned_step = "kd", None
+                    self.states[s.task].mode, self.states[s.task].pinned_step = TaskPhase.KD, None
                 elif s.kind == "skipDistillation":
-                    self.states[s.task].mode, self.states[s.task].pinned_step = "frozen", None
+                    self.states[s.task].mode, self.states[s.task].pinned_step = TaskPhase.FROZEN, None
                 elif s.kind == "stop":
                     self.stop_requested = True
             self.applied_generation = state.applied_generation
@@ -574,7 +575,7 @@ class Trainer:
             return []
         due = []
         for name, st in self.states.items():
-            if st.mode != "supervised" or st.decided or st.last_step is None:
+            if st.mode != TaskPhase.TRAINING or st.decided or st.last_step is None:
                 continue
             track = Track(best_step=st.best.best_step, best_value=st.best.best_value, last_step=st.last_step,
                           last_value=st.last_value, chance=self.chance.get(name))
