@@ -158,12 +158,18 @@ class DataSpec(_Strict):
         raise ValueError(f"cannot infer the format of {uri!r}: set format to one of jsonl|csv|parquet|tweeteval|builtin")
 
 
-def _cel(*rules: tuple[str, str, str]) -> ConfigDict:
-    """CEL rules for the CRD (`x-kubernetes-validations`), each (rule, message, fieldPath), so that
-    `kubectl apply` refuses what the model below refuses; the model's own validator stays the
-    reference (tests/unit/test_crd_cel.py checks they agree)."""
+def _cel(*rules: tuple[str, ...]) -> ConfigDict:
+    """CEL rules for the CRD (`x-kubernetes-validations`), each (rule, message, fieldPath) or (rule,
+    message, fieldPath, messageExpression), so that `kubectl apply` refuses what the model below refuses;
+    the model's own validator stays the reference (tests/unit/test_crd_cel.py checks they agree)."""
     return ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        {"rule": r, "message": m, **({"fieldPath": f} if f else {})} for r, m, f in rules]})
+        {"rule": r[0], "message": r[1], **({"fieldPath": r[2]} if r[2] else {}),
+         **({"messageExpression": r[3]} if len(r) > 3 else {})} for r in rules]})
+
+
+# the names of spec.tasks, and the first one that is not unique (Kubernetes' CEL list library: indexOf)
+_NAMES = "self.tasks.map(t, t.name)"
+_DUPLICATE = f"{_NAMES}.filter(n, {_NAMES}.indexOf(n) != {_NAMES}.lastIndexOf(n))[0]"
 
 
 class TaskSpec(_Strict):
@@ -504,6 +510,10 @@ class RunSpec(_Strict):
     """`spec` of an AsyncMTLRun."""
 
     model_config = _cel(
+        # the tasks list-map already refuses a duplicate name ("spec.tasks[1]: Duplicate value"); this rule
+        # names the field as the models do (spec.tasks[i].name: i its last occurrence)
+        ("self.tasks.all(t, self.tasks.exists_one(u, u.name == t.name))", "task names must be unique", ".tasks",
+         f"'spec.tasks[' + string({_NAMES}.lastIndexOf({_DUPLICATE})) + '].name: duplicate task name ' + {_DUPLICATE}"),
         ("!has(self.setting) || self.setting != 'sequential' || has(self.order)",
          "order is required for setting: sequential", ".order"),
         ("!has(self.setting) || self.setting == 'sequential' || "

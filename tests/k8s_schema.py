@@ -84,13 +84,31 @@ def schema_violations(schema: dict[str, Any], obj: Any) -> list[str]:
     return out + cel_violations(schema, obj)
 
 
+def _index_of(items, value):
+    """Kubernetes' CEL list library `indexOf` (k8s.io/apiserver/pkg/cel/library/lists.go)."""
+    from celpy import celtypes
+
+    return celtypes.IntType(next((i for i, v in enumerate(items) if v == value), -1))
+
+
+def _last_index_of(items, value):
+    """Kubernetes' CEL list library `lastIndexOf`."""
+    from celpy import celtypes
+
+    return celtypes.IntType(max((i for i, v in enumerate(items) if v == value), default=-1))
+
+
+K8S_FUNCTIONS = {"indexOf": _index_of, "lastIndexOf": _last_index_of}
+
+
 @functools.lru_cache(maxsize=None)
 def _cel_program(rule: str):
-    """A CEL rule compiled once (cel-python), as the API server compiles a CRD's rules at install."""
+    """A CEL rule (or messageExpression) compiled once (cel-python, with the Kubernetes list functions
+    our rules use), as the API server compiles a CRD's rules at install."""
     import celpy
 
     env = celpy.Environment()
-    return env.program(env.compile(rule))
+    return env.program(env.compile(rule), functions=K8S_FUNCTIONS)
 
 
 def cel_violations(schema: dict[str, Any], obj: Any, path: str = "") -> list[str]:
@@ -112,7 +130,12 @@ def cel_violations(schema: dict[str, Any], obj: Any, path: str = "") -> list[str
         result = _cel_program(rule["rule"]).evaluate({"self": celpy.json_to_cel(obj)})
         assert not isinstance(result, celpy.CELEvalError), f"{path}: {rule['rule']}: {result}"
         if not bool(result):
-            out.append(f"{path}{rule.get('fieldPath', '')}: {rule['message']}")
+            message = rule["message"]
+            if "messageExpression" in rule:  # the API server uses it, and falls back to message if it fails
+                evaluated = _cel_program(rule["messageExpression"]).evaluate({"self": celpy.json_to_cel(obj)})
+                assert not isinstance(evaluated, celpy.CELEvalError), f"{path}: {rule['messageExpression']}: {evaluated}"
+                message = str(evaluated)
+            out.append(f"{path}{rule.get('fieldPath', '')}: {message}")
     if isinstance(obj, dict):
         props = schema.get("properties") or {}
         for k, v in obj.items():

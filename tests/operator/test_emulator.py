@@ -247,5 +247,6 @@ def test_a_duplicate_task_name_is_refused_with_the_api_servers_words(kube):
     with pytest.raises(kubernetes.client.ApiException) as info:
         _create(kube, doc)
     assert info.value.status == 422
-    assert 'spec.tasks[1]: Duplicate value: map[string]interface {}{"name":"sentiment"}' in json.loads(
-        info.value.body)["message"]
+    message = json.loads(info.value.body)["message"]
+    assert 'spec.tasks[1]: Duplicate value: map[string]interface {}{"name":"sentiment"}' in message  # the list-map
+    assert "spec.tasks[1].name: duplicate task name sentiment" in message  # the CEL rule's messageExpression
