@@ -63,7 +63,7 @@ REFUSED = [
     ({"tasks.3.labelRange": [5, 1]}, "spec.tasks[3].labelRange: labelRange: max must be greater than min"),
     ({"tasks.1.name": "sentiment"}, "spec.tasks[1]: Duplicate value"),
     ({"tasks.1.name": "sentiment"}, "spec.tasks: spec.tasks[1].name: duplicate task name sentiment"),
-    ({"tasks.3.name": "sentiment"}, "spec.tasks[3].name: duplicate task name sentiment"),
+    ({"tasks.3.name": "sentiment"}, "spec.tasks: spec.tasks[3].name: duplicate task name sentiment"),
     ({"strategy": "bam"}, "spec.teacherRun: teacherRun is required for strategy: bam"),
     ({"teacherRun": "uniform"}, "spec.teacherRun: teacherRun only applies to strategy: bam"),
     ({"setting": "sequential"}, "spec.order: order is required for setting: sequential"),
