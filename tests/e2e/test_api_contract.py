@@ -8,9 +8,7 @@ import os
 import uuid
 
 import pytest
-import yaml
 
-from tests.conftest import REPO
 
 pytestmark = pytest.mark.e2e
 if not os.environ.get("KUBECONFIG"):
@@ -21,16 +19,10 @@ if not os.environ.get("KUBECONFIG"):
 def real():
     import kubernetes
 
-    kubernetes.config.load_kube_config(config_file=os.environ["KUBECONFIG"])
-    api = kubernetes.client.ApiClient()
-    core, ext = kubernetes.client.CoreV1Api(api), kubernetes.client.ApiextensionsV1Api(api)
-    crd = yaml.safe_load((REPO / "crds" / "asyncmtlrun.yaml").read_text())
-    try:
-        ext.create_custom_resource_definition(crd)
-    except kubernetes.client.exceptions.ApiException as exc:
-        if exc.status != 409:
-            raise
-        ext.patch_custom_resource_definition(crd["metadata"]["name"], crd)
+    from tests.e2e.cluster import connect_and_install_crd
+
+    api = connect_and_install_crd()
+    core = kubernetes.client.CoreV1Api(api)
     ns = f"asyncmtl-contract-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": ns}})
     try:

@@ -17,9 +17,8 @@ import time
 import uuid
 
 import pytest
-import yaml
 
-from tests.conftest import REPO, builtin_task, run_doc
+from tests.conftest import builtin_task, run_doc
 
 pytestmark = pytest.mark.e2e
 REQUIRED = ("KUBECONFIG", "ASYNCMTL_E2E_IMAGE", "ASYNCMTL_E2E_PROMETHEUS_URL", "ASYNCMTL_E2E_S3_ENDPOINT",
@@ -35,18 +34,11 @@ def test_lifecycle_on_a_real_cluster(monkeypatch):
 
     from asyncmtl.crd import GROUP, PLURAL, VERSION
 
-    kubernetes.config.load_kube_config(config_file=os.environ["KUBECONFIG"])
-    api = kubernetes.client.ApiClient()
-    core, ext = kubernetes.client.CoreV1Api(api), kubernetes.client.ApiextensionsV1Api(api)
-    custom = kubernetes.client.CustomObjectsApi(api)
+    from tests.e2e.cluster import connect_and_install_crd
+
+    api = connect_and_install_crd()
+    core, custom = kubernetes.client.CoreV1Api(api), kubernetes.client.CustomObjectsApi(api)
     ns = f"asyncmtl-e2e-{uuid.uuid4().hex[:6]}"
-    crd = yaml.safe_load((REPO / "crds" / "asyncmtlrun.yaml").read_text())
-    try:
-        ext.create_custom_resource_definition(crd)
-    except kubernetes.client.exceptions.ApiException as exc:
-        if exc.status != 409:
-            raise
-        ext.patch_custom_resource_definition(crd["metadata"]["name"], crd)
     core.create_namespace({"metadata": {"name": ns}})
     try:
         core.create_namespaced_secret(ns, {"metadata": {"name": "s3"}, "stringData": {
