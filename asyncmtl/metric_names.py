@@ -7,6 +7,8 @@ the step they belong to, so a missed point is detected and its effect recovered.
 """
 from __future__ import annotations
 
+from asyncmtl.lifecycle import TRAINER_PHASES
+
 PREFIX = "asyncmtl"
 
 VALIDATIONS = f"{PREFIX}_validations"  # counter (exposed as _total): validations run, per task
@@ -20,7 +22,7 @@ GLOBAL_STEP = f"{PREFIX}_global_step"  # gauge: optimizer steps (goes down on a 
 EXAMPLES_PER_SECOND = f"{PREFIX}_examples_per_second"  # gauge: training throughput over the last interval
 CONTROL_GENERATION = f"{PREFIX}_control_generation_applied"  # gauge: last control generation applied (the ack)
 CONTROL_APPLIED_STEP = f"{PREFIX}_control_applied_step"  # gauge: step at which it was applied
-TASK_MODE = f"{PREFIX}_task_mode"  # gauge {task, mode=supervised|pending|kd|frozen}: 1 for the current mode
+TASK_MODE = f"{PREFIX}_task_mode"  # gauge {task, mode=<phase>} (asyncmtl.lifecycle): 1 for the current phase
 TRAINER_STATE = f"{PREFIX}_trainer_state"  # gauge {state=starting|training|paused|finalizing|finished}
 REWINDS = f"{PREFIX}_rewinds"  # counter: rewinds applied
 TRAIN_SIZE = f"{PREFIX}_task_train_examples"  # gauge {task}: examples in the task's training split
@@ -30,6 +32,6 @@ LOSS_WEIGHT = f"{PREFIX}_loss_weight"  # gauge {task}: the task's loss weight λ
 # exposed before the per-task series, so a scrape that reads N also reads every task's step-N values)
 VALIDATION_COMPLETE_STEP = f"{PREFIX}_validation_complete_step"
 
-TASK_MODES = ("Pending", "Training", "Distilling", "KD", "Frozen")  # asyncmtl.lifecycle.TRAINER_PHASES
+TASK_MODES = tuple(p.value for p in TRAINER_PHASES)  # label values of TASK_MODE: the trainer's phases
 TRAINER_STATES = ("starting", "training", "paused", "finalizing", "finished")
 LOSS_KINDS = ("supervised", "kd")

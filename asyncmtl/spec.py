@@ -21,7 +21,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationE
                       model_validator)
 from pydantic.alias_generators import to_camel
 
-from asyncmtl.strategy import STRATEGIES, Strategy
+from asyncmtl.strategy import STRATEGIES, Strategy, StrategyName
 from asyncmtl.strategy import cel_rules as strategy_cel_rules
 from asyncmtl.strategy import resolve as resolve_strategy
 
@@ -421,7 +421,7 @@ _OWNED_POD_FIELDS = {"restartPolicy": "the operator's (Jobs retry via cluster.ba
                      "serviceAccountName": "set cluster.serviceAccountName",
                      "serviceAccount": "set cluster.serviceAccountName"}
 _OWNED_CONTAINER_FIELDS = {"image": "set cluster.image", "command": "the operator's", "args": "the operator's"}
-RESERVED_VOLUMES = ("control", "work", "tmp")  # the pods' own volumes (children.py)
+RESERVED_VOLUMES = ("control", "work", "tmp")  # the pods' own volumes (the operator's children.py names them so)
 MAIN_CONTAINER = "trainer"  # the overlay's name for the operator's container (training and inference)
 
 
@@ -540,7 +540,7 @@ class RunSpec(_Strict):
     order_from_run: str | None = Field(
         None, description="easiest-first: a finished run (local run folder, or a run name in the same namespace) "
                           "whose tasks' convergence steps give the order.")
-    strategy: Literal["asyncKD", "fixedSteps", "continual", "bam"] = Field(
+    strategy: StrategyName = Field(
         "asyncKD", description="asyncKD: the paper's method; fixedSteps: a baseline trained for training.maxSteps "
                                "with no convergence handling; continual: sequential with true labels only (no KD); "
                                "bam: BAM (M->M), a fresh model distilled from teacherRun's best checkpoints with "
@@ -585,7 +585,7 @@ class RunSpec(_Strict):
             for f, alias in (("order", "order"), ("task_order", "taskOrder"), ("order_from_run", "orderFromRun")):
                 if getattr(self, f) is not None:
                     raise _FieldError((alias,), "only applies to setting: sequential")
-        strategy = resolve_strategy(self.strategy)
+        strategy = self.resolved_strategy
         if self.setting not in strategy.settings:
             raise _FieldError(("strategy",), f"{strategy.name} applies to setting: {', '.join(strategy.settings)}")
         if strategy.teacher and not self.teacher_run:

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from asyncmtl.lifecycle import TaskPhase
+
 StrategyName = Literal["asyncKD", "fixedSteps", "continual", "bam"]
 Setting = Literal["joint", "sequential"]
 
@@ -46,16 +48,12 @@ class Strategy:
         (`spec.rewind`: `bestCheckpoint`, or `none`)."""
         return self.decides_convergence and self.distills_on_convergence and rewind != "none"
 
-    def initial_phase(self, setting: Setting) -> Literal["Pending", "Training", "Distilling"]:
-        """The phase every task starts in (asyncmtl.lifecycle.TaskPhase): sequential tasks wait their
-        turn; BAM's tasks start by distilling from the teacher; the rest train on their labels."""
+    def initial_phase(self, setting: Setting) -> TaskPhase:
+        """The phase every task starts in: sequential tasks wait their turn; BAM's tasks start by
+        distilling from the teacher; the rest train on their labels."""
         if setting == "sequential":
-            return "Pending"
-        return "Distilling" if self.teacher else "Training"
-
-    def source_run(self, run: str, teacher_run: str | None) -> str:
-        """The run whose checkpoints a task's soft labels come from."""
-        return (teacher_run or run) if self.teacher else run
+            return TaskPhase.PENDING
+        return TaskPhase.DISTILLING if self.teacher else TaskPhase.TRAINING
 
 
 STRATEGIES: dict[str, Strategy] = {s.name: s for s in (

@@ -89,13 +89,6 @@ class Track(BaseModel):
 
     points: list[TrackPoint] = Field(default_factory=list, description="Oldest first; thinned by bound_tracks.")
 
-    @field_validator("points", mode="before")
-    @classmethod
-    def _points(cls, value: Any) -> Any:
-        """Plain ValidationPoints are accepted as points whose state is not stored."""
-        if isinstance(value, list):
-            return [p.model_dump() if type(p) is ValidationPoint else p for p in value]
-        return value
     best_step: int | None = None
     best_value: float | None = None
     last_step: int | None = None
@@ -105,6 +98,14 @@ class Track(BaseModel):
     missed: int = Field(0, description="Validations counted by the trainer but never seen as a point.")
     chance: float | None = Field(None, description="The validation score of a constant predictor (metric points), "
                                                    "as the trainer reported it; None: not reported.")
+
+    @field_validator("points", mode="before")
+    @classmethod
+    def _points(cls, value: Any) -> Any:
+        """Plain ValidationPoints are accepted as points whose state is not stored."""
+        if isinstance(value, list):
+            return [p.model_dump() if type(p) is ValidationPoint else p for p in value]
+        return value
 
     def validation_steps_since_best(self, interval: int) -> int:
         """Validation steps between the best step and the last validation step."""

@@ -50,6 +50,7 @@ from asyncmtl.core.actions import Action, Complete, EmitEvent, Fail, LaunchInfer
 from asyncmtl.core.convergence import ConvergenceRule, has_converged, observe, retained_steps, thin
 from asyncmtl.core.observations import Observations
 from asyncmtl.core.status import HISTORY_LIMIT, TRACK_POINTS, Condition, ConditionType, HistoryEntry, RunStatus, TaskStatus
+from asyncmtl.lifecycle import TaskPhase
 from asyncmtl.spec import RunSpec, TaskSpec
 
 
@@ -322,7 +323,8 @@ def bound_tracks(st: RunStatus, limit: int = TRACK_POINTS) -> None:
     Decisions are those of a track that kept every point unless a run has more than `limit`
     distinct rewind targets at once."""
     tracks = {n: ts.track for n, ts in st.tasks.items()}
-    steps = retained_steps(tracks, [n for n, ts in st.tasks.items() if ts.phase in ("Training", "Pending")])
+    steps = retained_steps(tracks, [n for n, ts in st.tasks.items()
+                                    if ts.phase in (TaskPhase.TRAINING, TaskPhase.PENDING)])
     for ts in st.tasks.values():
         ts.track = thin(ts.track, steps, limit)
 

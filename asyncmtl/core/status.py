@@ -51,7 +51,8 @@ class TaskStatus(_Camel):
     """Where one task stands."""
 
     # `ts.phase = "KD"` in the core stores the TaskPhase member, so the status serializes as it reads
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", validate_assignment=True)
+    # (pydantic merges this with _Camel's config)
+    model_config = ConfigDict(validate_assignment=True)
 
     phase: TaskPhase = TaskPhase.TRAINING
     track: Track = Field(default_factory=Track)

@@ -11,10 +11,11 @@ from typing import Any
 
 from asyncmtl.control import CONTROL_FILE_NAME, ControlDocument
 from asyncmtl.crd import GROUP
-from asyncmtl.spec import AsyncMTLRun
+from asyncmtl.spec import RESERVED_VOLUMES, AsyncMTLRun
 from asyncmtl_operator.pod_template import apply_overlay
 
 CONTROL_MOUNT = "/etc/asyncmtl/control"
+CONTROL_VOLUME, WORK_VOLUME, TMP_VOLUME = RESERVED_VOLUMES  # every pod's own volumes (a pod template may not reuse them)
 SPEC_KEY = "run.yaml"
 WORKDIR = "/var/lib/asyncmtl"
 RUN_LABEL = f"{GROUP}/run"
@@ -90,9 +91,9 @@ def _pod_spec(run: AsyncMTLRun, container: dict[str, Any], restart: str) -> dict
         "containers": [container],
         "volumes": [
             # the whole ConfigMap as a folder: a subPath mount would never see updates
-            {"name": "control", "configMap": {"name": control_name(run.name)}},
-            {"name": "work", "emptyDir": {}},
-            {"name": "tmp", "emptyDir": {}},  # the root filesystem is read-only
+            {"name": CONTROL_VOLUME, "configMap": {"name": control_name(run.name)}},
+            {"name": WORK_VOLUME, "emptyDir": {}},
+            {"name": TMP_VOLUME, "emptyDir": {}},  # the root filesystem is read-only
             *({"name": v.name, "persistentVolumeClaim": {"claimName": v.claim_name, "readOnly": v.read_only}}
               for v in c.volumes),
         ],
@@ -115,8 +116,8 @@ def _container(run: AsyncMTLRun, name: str, args: list[str], resources: dict[str
     out: dict[str, Any] = {
         "name": name, "image": c.image, "imagePullPolicy": c.image_pull_policy, "args": args,
         "env": _env(run), "resources": resources, "securityContext": CONTAINER_SECURITY_CONTEXT,
-        "volumeMounts": [{"name": "control", "mountPath": CONTROL_MOUNT, "readOnly": True},
-                         {"name": "work", "mountPath": WORKDIR}, {"name": "tmp", "mountPath": "/tmp"},
+        "volumeMounts": [{"name": CONTROL_VOLUME, "mountPath": CONTROL_MOUNT, "readOnly": True},
+                         {"name": WORK_VOLUME, "mountPath": WORKDIR}, {"name": TMP_VOLUME, "mountPath": "/tmp"},
                          *({"name": v.name, "mountPath": v.mount_path, "readOnly": v.read_only} for v in c.volumes)],
     }
     if ports:

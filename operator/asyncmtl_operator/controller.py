@@ -201,7 +201,8 @@ class Controller:
             run = self.parse(body)
             reference_order = self.reference_order(run, namespace)  # refused before any child when missing
             # the pods as the API server would store them (pod template overlay merged): refused before any child
-            self.kube.dry_run_job(children.training_job(run, namespace), namespace)
+            training_job = children.training_job(run, namespace)
+            self.kube.dry_run_job(training_job, namespace)
         except (SpecError, InvalidManifest) as exc:
             msg = ("; ".join(f"{i.path}: {i.message}" for i in exc.issues) if isinstance(exc, SpecError)
                    else f"spec.cluster.podTemplate: the training Job is invalid: {exc}")
@@ -225,7 +226,7 @@ class Controller:
                                     "spec": run.spec.model_dump(mode="json", by_alias=True, exclude_none=True)},
                                    sort_keys=False)
         for child in (children.control_configmap(run, doc, spec_yaml), children.metrics_service(run),
-                      children.training_job(run, namespace)):
+                      training_job):
             adopt(child)
             created = self.kube.create(child, namespace)
             logger.info("[run=%s] %s %s %s", name, child["kind"], child["metadata"]["name"],
@@ -245,10 +246,10 @@ class Controller:
         if status.phase in ("Succeeded", "Failed"):
             return None
         mem = self.memory.setdefault((namespace, name), RunMemory())
-        if mem.last_poll is not None and time.time() - mem.last_poll < self.config.timer_interval - TICK_SLACK:
+        now = time.time()
+        if mem.last_poll is not None and now - mem.last_poll < self.config.timer_interval - TICK_SLACK:
             return None  # kopf's timer fires every TIMER_TICK seconds; a run is polled every timerInterval
         run = self._effective_run(body, namespace, status, mem, logger)
-        now = time.time()
         window = (now - mem.last_poll + 2 * self.config.timer_interval) if mem.last_poll else 600.0
         obs = Observations(time=now)
         if status.task_order is None and run.spec.order == "easiest-first":  # read once per run, not every tick
@@ -479,8 +480,8 @@ MERGED_MAPS = ("labels", "env")  # the run's entries are added to the defaults',
 def _with_defaults(cluster: ClusterSpec, defaults: dict[str, Any]) -> ClusterSpec:
     """`cluster` with every field the run did not set taken from `defaults` (spec.cluster's shape);
     `labels` and `env` are merged key by key and `podTemplate` as pod templates merge (the run's value
-    wins), so a run's own labels keep the
-    chart's Kueue queue label (`kueue.x-k8s.io/queue-name`) and the Job stays under its quota.
+    wins), so a run's own labels keep the chart's Kueue queue label (`kueue.x-k8s.io/queue-name`) and
+    the Job stays under its quota.
 
     Raises:
         SpecError: the defaults themselves are invalid (an operator configuration error).

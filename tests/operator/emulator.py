@@ -45,7 +45,6 @@ from tests.k8s_schema import apply_structural_defaults, prune, schema_violations
 
 KUBE_VERSION = "1.30"  # the Kubernetes schema Pods and Jobs are validated against (as tests/unit/test_chart.py)
 PODS = resource("v1/pods")
-JOBS = resource("batch/v1/jobs")
 EVENTS = resource("v1/events")
 SERVICE_ACCOUNTS = resource("v1/serviceaccounts")
 
@@ -141,8 +140,6 @@ class Emulator(kmock.KubernetesEmulator):
         Raises:
             KubernetesError: 422 Invalid, naming every field path that fails.
         """
-        from kmock._internal.k8s import KubernetesError
-
         if request.action == enums.action.UPDATE:
             key = (request.resource, request.namespace, request.name)
             if "spec" not in data or key not in self.objects:
@@ -182,14 +179,11 @@ class Emulator(kmock.KubernetesEmulator):
         if request.resource is not None and isinstance(data, dict):
             meta = data.setdefault("metadata", {})
             if request.action == enums.action.CREATE:
-                meta.setdefault("uid", str(uuid.uuid4()))
-                meta.setdefault("creationTimestamp", datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
-                meta.setdefault("generation", 1)
                 if request.namespace and not meta.get("namespace"):
                     meta["namespace"] = request.namespace
                 if not meta.get("name") and meta.get("generateName"):
                     meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
-                meta["resourceVersion"] = str(next(self._versions))
+                self._created(meta)
             elif request.action == enums.action.UPDATE and request.name is not None:
                 meta["resourceVersion"] = str(next(self._versions))
                 key = (request.resource, request.namespace, request.name)
@@ -239,11 +233,18 @@ class Emulator(kmock.KubernetesEmulator):
             await self._store(PODS, namespace, {"apiVersion": "v1", "kind": "Pod", **pod,
                                                 "status": {"phase": "Pending"}})
 
+    def _created(self, meta: dict) -> None:
+        """The metadata the API server sets on a new object: uid, creationTimestamp, generation 1 and a
+        resourceVersion (a client's own uid, timestamp or generation is kept, as the emulator always did)."""
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta.setdefault("creationTimestamp", datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        meta.setdefault("generation", 1)
+        meta["resourceVersion"] = str(next(self._versions))
+
     async def _store(self, res, namespace: str, obj: dict) -> None:
         """Store an object a controller created (server-set metadata included) and tell the watchers."""
         meta = obj["metadata"]
-        meta.update(uid=str(uuid.uuid4()), resourceVersion=str(next(self._versions)), generation=1,
-                    creationTimestamp=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        self._created(meta)
         key = (resource(res.group, res.version, res.plural), namespace, meta["name"])
         async with self._lock:
             self.objects[key] = obj

@@ -21,15 +21,15 @@ import numpy as np
 import torch
 
 from asyncmtl import termination
+from asyncmtl.artifacts import (FINAL, MODEL, CheckpointScore, EventRecord, FinalReport, HistoryRecord, TaskFinal,
+                                ValidationRecord, append_history, history_key, model_file, read_best_scores,
+                                read_history, write_best_scores, write_final)
 from asyncmtl.control import ControlDocument, read_control_file
 from asyncmtl.core.convergence import BestTracker, Track, has_converged
 from asyncmtl.core.reconcile import rule_for
 from asyncmtl.data import load_task_splits
 from asyncmtl.logs import configure, run_logger
 from asyncmtl.lifecycle import LEARNING, TaskPhase
-from asyncmtl.artifacts import (FINAL, MODEL, CheckpointScore, EventRecord, FinalReport, HistoryRecord, TaskFinal,
-                                ValidationRecord, append_history, history_key, model_file, read_best_scores,
-                                read_history, write_best_scores, write_final)
 from asyncmtl.spec import RunSpec, TaskType
 from asyncmtl.storage import RunStorage, open_run_storage
 from asyncmtl_trainer.batching import TaskSampler, TokenizedSplit, eval_batches, make_batch, tokenize_split
@@ -41,7 +41,6 @@ from asyncmtl_trainer.model import build_model, save_multitask_model
 from asyncmtl_trainer.softlabels import read_soft_labels
 
 LOSS_EXPORT_EVERY = 10  # steps between loss/throughput exports
-
 
 
 @dataclass
@@ -107,7 +106,7 @@ class Trainer:
         self.log = run_logger(__name__, opts.run)
         self.task_specs = {t.name: t for t in spec.tasks}
         self.device = self._device()
-        first = TaskPhase(spec.resolved_strategy.initial_phase(spec.setting))
+        first = spec.resolved_strategy.initial_phase(spec.setting)
         self.states = {t.name: TaskState(first) for t in spec.tasks}
         self.soft: dict[str, torch.Tensor] = {}
         self.step = 0
@@ -282,7 +281,8 @@ class Trainer:
         self.log.info("rewound to step %d", step)
 
     def _history_event(self, event: str, *, step: int, task: str | None = None) -> None:
-        """Append a non-validation record (start, kd, rewind) to the history, in order with validations."""
+        """Append a non-validation record (start, converged, kd, rewind) to the history, in order with
+        validations."""
         self._record(EventRecord(event=event, time=time.time(), step=step, task=task))
 
     def _record(self, record: HistoryRecord) -> None:
