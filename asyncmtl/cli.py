@@ -40,7 +40,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     resource = _load(args.spec)
     opts = LocalOptions(workdir=Path(args.workdir) if args.workdir else None, resume=args.resume,
                         tweeteval_dir=args.tweeteval_dir, poll_interval=args.poll_interval,
-                        live=False if args.no_live else None, threads=args.threads)
+                        live=False if args.no_live else None, threads=args.threads,
+                        nproc_per_node=args.nproc_per_node)
     rt = LocalRuntime(resource, Path(args.spec), opts)
     try:
         return rt.run()
@@ -187,6 +188,14 @@ def cmd_spec_doc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse turns the ValueError into a usage error naming the flag)."""
+    n = int(text)
+    if n < 1:
+        raise ValueError(text)
+    return n
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -214,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="Continue an interrupted run.")
     r.add_argument("--tweeteval-dir", help="TweetEval root for tweeteval:// data (or $TWEETEVAL_DIR).")
     r.add_argument("--poll-interval", type=float, help="Seconds between reconciles.")
-    r.add_argument("--threads", type=int, help="CPU threads for the trainer.")
+    r.add_argument("--threads", type=int, help="CPU threads for the trainer (per process).")
+    r.add_argument("--nproc-per-node", type=_positive_int, default=None,
+                   help="Trainer processes under torchrun (DDP ranks; default: one per visible GPU, 1 on CPU).")
     r.add_argument("--no-live", action="store_true", help="Print lines instead of a live table.")
     r.set_defaults(func=cmd_run)
     v = command("validate", help="Validate spec files (and with --data, their data).")

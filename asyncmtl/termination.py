@@ -40,6 +40,33 @@ def write_message(path: Path | None, message: str) -> None:
         pass
 
 
+def exit_code_path(path: Path) -> Path:
+    """Where a worker under a launcher (torchrun) leaves its exit status beside its termination message."""
+    return path.with_name(path.name + ".exit-code")
+
+
+def write_exit_code(path: Path | None, code: int) -> None:
+    """Record `code` beside the termination message at `path`: torchrun reports any failed worker as
+    exit 1, and a launcher's parent still needs to tell bad input (2) and a storage fault (3) from a crash.
+    Never raises."""
+    if path is None:
+        return
+    try:
+        exit_code_path(path).write_text(str(code))
+    except OSError:
+        pass
+
+
+def launcher_exit_code(path: Path | None, code: int) -> int:
+    """A launcher's exit `code`, refined by the code a worker recorded with `write_exit_code` (if any)."""
+    if path is None or code == 0:
+        return code
+    try:
+        return int(exit_code_path(path).read_text().strip())
+    except (OSError, ValueError):
+        return code
+
+
 def add_argument(parser: argparse.ArgumentParser, who: str) -> None:
     """`--termination-log PATH` for an entry point (`who`: "the trainer", "the shard")."""
     parser.add_argument("--termination-log", type=Path, default=None,

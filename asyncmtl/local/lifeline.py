@@ -72,16 +72,41 @@ def shielded(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, signal.S
     return _handlers(signals, signal.SIG_IGN)
 
 
-def watch_parent(parent_pid: int, interval: float = 1.0) -> threading.Thread | None:
-    """Start a daemon thread that sends SIGTERM to this process once its parent is no longer
-    `parent_pid` (the parent died and the process was re-parented). Checks every `interval` seconds.
-    Returns the thread, or None when the parent is already gone (then SIGTERM is sent at once)."""
-    if os.getppid() != parent_pid:
+def _parent_of(pid: int) -> int | None:
+    """The parent pid of `pid` (Linux /proc), or None when it cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])  # after "(comm)": state, ppid, ...
+
+
+def _descends_from(ancestor: int, depth: int) -> bool:
+    """Whether `ancestor` is this process's parent, or (depth > 1) the parent of a parent up to `depth` levels
+    (a launcher in between: torchrun's agent starts the trainer's ranks)."""
+    pid = os.getppid()
+    for _ in range(depth):
+        if pid == ancestor:
+            return True
+        nxt = _parent_of(pid) if pid else None
+        if nxt is None:
+            return False
+        pid = nxt
+    return False
+
+
+def watch_parent(parent_pid: int, interval: float = 1.0, depth: int = 1) -> threading.Thread | None:
+    """Start a daemon thread that sends SIGTERM to this process once `parent_pid` is no longer its parent
+    (the parent died and the process was re-parented), or, with `depth` 2, its parent's parent either
+    (a rank under torchrun: the runtime started the launcher, which started the rank). Checks every
+    `interval` seconds. Returns the thread, or None when the parent is already gone (then SIGTERM is
+    sent at once)."""
+    if not _descends_from(parent_pid, depth):
         os.kill(os.getpid(), signal.SIGTERM)
         return None
 
     def _watch() -> None:
-        while os.getppid() == parent_pid:
+        while _descends_from(parent_pid, depth):
             time.sleep(interval)
         os.kill(os.getpid(), signal.SIGTERM)
 

@@ -49,7 +49,9 @@ class LocalOptions:
         tweeteval_dir: TweetEval root for `tweeteval://` data (else $TWEETEVAL_DIR).
         poll_interval: seconds between reconciles (default: spec.metrics.pollIntervalSeconds).
         live: draw the live progress table (default: when stdout is a terminal).
-        threads: CPU threads for the trainer (default: torch's choice).
+        threads: CPU threads for the trainer (default: torch's choice; 1 per process under torchrun).
+        nproc_per_node: trainer processes (torchrun ranks, DDP); default: one per visible GPU when the
+            spec trains on CUDA and there are several, else 1 (a plain process, no torchrun).
     """
 
     workdir: Path | None = None
@@ -58,6 +60,20 @@ class LocalOptions:
     poll_interval: float | None = None
     live: bool | None = None
     threads: int | None = None
+    nproc_per_node: int | None = None
+
+
+def default_nproc(device: str) -> int:
+    """Trainer processes for `spec.training.device` when none are asked for: one per visible GPU."""
+    if device == "cpu":
+        return 1
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return 1
+    import torch
+
+    return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
 
 
 @dataclass
@@ -121,9 +137,11 @@ class LocalRuntime:
             args += ["--tweeteval-dir", self.opts.tweeteval_dir]
         return args
 
-    def _spawn(self, module: str, args: list[str], log_path: Path, threads: int | None) -> subprocess.Popen:
-        """Start `python -m module args` with its output in `log_path` and its termination message
-        (asyncmtl.termination) in `log_path` with the suffix `.termination-log`."""
+    def _spawn(self, module: str, args: list[str], log_path: Path, threads: int | None,
+               launcher: list[str] | None = None) -> subprocess.Popen:
+        """Start `python -m module args` (after `launcher`'s arguments: `python -m torch.distributed.run ...
+        -m module args`) with its output in `log_path` and its termination message (asyncmtl.termination)
+        in `log_path` with the suffix `.termination-log`."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         term_log = log_path.with_suffix(".termination-log")
         term_log.unlink(missing_ok=True)
@@ -134,10 +152,12 @@ class LocalRuntime:
             env["OMP_NUM_THREADS"] = str(threads)
             args = [*args, "--threads", str(threads)]
         out = log_path.open("ab")
+        termination.exit_code_path(term_log).unlink(missing_ok=True)
         # a new session: Ctrl-C in the terminal reaches the runtime only, which stops children in order;
         # the child watches its parent and inherits the run lock (asyncmtl.local.lifeline)
         args = [*args, "--parent-pid", str(os.getpid())]
-        return subprocess.Popen([sys.executable, "-m", module, *args], stdout=out, stderr=subprocess.STDOUT,
+        command = [sys.executable, "-m", module, *args] if launcher is None else [sys.executable, *launcher, "-m", module, *args]
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
                                 env=env, start_new_session=True, cwd=os.getcwd(),
                                 pass_fds=(self.lock.fd,) if self.lock.fd is not None else ())
 
@@ -147,8 +167,20 @@ class LocalRuntime:
                                       "--metrics-addr", "127.0.0.1"]
         if resume:
             args.append("--resume")
-        self.trainer = self._spawn("asyncmtl_trainer.train", args, self.logs / "trainer.log", self.opts.threads)
-        self.log.info("trainer started (pid %d), log %s", self.trainer.pid, self.logs / "trainer.log")
+        n = self.nproc
+        launcher = None
+        if n > 1:  # torchrun: one rendezvous on this machine, n ranks; a failed rank fails the group, and the
+            # runtime restarts it from the latest checkpoint (cluster.backoffLimit), as a failed pod on a cluster
+            launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", "--max-restarts=0"]
+            args[args.index("--run")] = "--run-name"  # torchrun's parser reads --run as its --run-path
+        self.trainer = self._spawn("asyncmtl_trainer.train", args, self.logs / "trainer.log", self.opts.threads, launcher)
+        self.log.info("trainer started (pid %d%s), log %s", self.trainer.pid, f", torchrun with {n} ranks" if n > 1 else "",
+                      self.logs / "trainer.log")
+
+    @property
+    def nproc(self) -> int:
+        """Trainer processes (`LocalOptions.nproc_per_node`, else `default_nproc`)."""
+        return self.opts.nproc_per_node or default_nproc(self.spec.training.device)
 
     def launch_inference(self, a: LaunchInference) -> None:
         old = self.inference.get(a.task)
@@ -216,6 +248,8 @@ class LocalRuntime:
         obs = Observations(time=time.time(), teacher_steps=self._teacher_steps, reference_order=self._reference_order)
         if self.trainer is not None:
             code = self.trainer.poll()
+            if code is not None:  # under torchrun, the failed rank's own status (bad input, storage fault)
+                code = termination.launcher_exit_code(self.logs / "trainer.termination-log", code)
             if code == 0:
                 obs.trainer_state = "Finished"
                 final = read_final(self.storage)  # its last acknowledgement, which no scrape may have seen

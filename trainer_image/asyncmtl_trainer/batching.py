@@ -43,6 +43,12 @@ class TokenizedSplit:
         return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self.input_ids))
 
 
+def subset(split: TokenizedSplit, start: int, end: int) -> TokenizedSplit:
+    """Examples [start, end) of a split, as a split of their own (positions restart at 0)."""
+    tt = split.token_type_ids[start:end] if split.token_type_ids is not None else None
+    return TokenizedSplit(split.task, split.split, split.input_ids[start:end], tt, split.labels[start:end])
+
+
 def label_tensor(task: TaskSpec, split: Split) -> torch.Tensor:
     """Labels of a split as a tensor (see `TokenizedSplit.labels`); regression is normalised to [0, 1]."""
     labels = [e.label for e in split.examples]
@@ -98,6 +104,7 @@ class Batch:
     rows: dict[str, torch.Tensor]
     example_ids: dict[str, torch.Tensor]
     labels: dict[str, torch.Tensor]
+    global_rows: dict[str, int] | None = None  # rows per task in the whole step's batch (this is a rank's slice)
 
     @property
     def size(self) -> int:
@@ -109,13 +116,15 @@ class Batch:
         return Batch(self.input_ids.to(device, non_blocking=True), self.attention_mask.to(device, non_blocking=True),
                      self.token_type_ids.to(device, non_blocking=True),
                      {k: v.to(device) for k, v in self.rows.items()}, self.example_ids,
-                     {k: v.to(device) for k, v in self.labels.items()})
+                     {k: v.to(device) for k, v in self.labels.items()}, self.global_rows)
 
 
-def pad_batch(items: list[tuple[list[int], list[int] | None]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pad token id lists to the longest in the batch: three (batch, seq) long tensors."""
+def pad_batch(items: list[tuple[list[int], list[int] | None]], pad_id: int,
+              width: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pad token id lists to the longest in the batch (or to `width` tokens, at least that):
+    three (batch, seq) long tensors."""
     n = len(items)
-    width = max(len(ids) for ids, _ in items)
+    width = max(max(len(ids) for ids, _ in items), width or 0)
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
     mask = torch.zeros((n, width), dtype=torch.long)
     tt = torch.zeros((n, width), dtype=torch.long)
@@ -159,8 +168,15 @@ class TaskSampler:
         return out
 
 
-def make_batch(draw: list[tuple[str, int]], train: dict[str, TokenizedSplit], pad_id: int) -> Batch:
-    """Assemble a padded `Batch` from (task, example id) draws, grouping rows by task."""
+def draw_width(draw: list[tuple[str, int]], train: dict[str, TokenizedSplit]) -> int:
+    """Tokens in the longest example of a draw (the padded width of its whole batch)."""
+    return max(len(train[t].input_ids[j]) for t, j in draw)
+
+
+def make_batch(draw: list[tuple[str, int]], train: dict[str, TokenizedSplit], pad_id: int,
+               width: int | None = None) -> Batch:
+    """Assemble a padded `Batch` from (task, example id) draws, grouping rows by task (padded to the longest
+    example, or to `width` tokens: a rank's slice is padded as the whole batch would be)."""
     items = []
     rows: dict[str, list[int]] = {}
     ids: dict[str, list[int]] = {}
@@ -169,7 +185,7 @@ def make_batch(draw: list[tuple[str, int]], train: dict[str, TokenizedSplit], pa
         items.append((s.input_ids[j], s.token_type_ids[j] if s.token_type_ids is not None else None))
         rows.setdefault(t, []).append(i)
         ids.setdefault(t, []).append(j)
-    input_ids, mask, tt = pad_batch(items, pad_id)
+    input_ids, mask, tt = pad_batch(items, pad_id, width)
     id_t = {t: torch.tensor(v, dtype=torch.long) for t, v in ids.items()}
     return Batch(input_ids, mask, tt, {t: torch.tensor(v, dtype=torch.long) for t, v in rows.items()}, id_t,
                  {t: train[t].labels[id_t[t]] for t in rows})

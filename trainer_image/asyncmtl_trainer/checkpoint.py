@@ -2,7 +2,10 @@
 
 Layout: `asyncmtl.artifacts.checkpoint_key(step)` holding `model.safetensors`, `training_state.pt` and
 `state.json`; `state.json` is written last, holds the sha256 of the other two files, and marks the checkpoint
-complete. Retention keeps the latest checkpoint and, for every task still needing one, its best
+complete. Saving is split in two: `snapshot` copies what a checkpoint holds off the live model and
+optimizer (to CPU; pinned memory on CUDA), and `Checkpointer.write` serialises, hashes and uploads
+that copy, so `AsyncCheckpointer` can write it on a background thread while training goes on.
+Retention keeps the latest checkpoint and, for every task still needing one, its best
 and previous best (the previous covers a best that moved between a convergence decision and the
 trainer applying it), and the bests that kept checkpoints recorded; everything else is deleted.
 """
@@ -39,6 +42,70 @@ class CheckpointState:
     sha256: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class CheckpointSnapshot:
+    """A copy of what one checkpoint holds, detached from the live objects (training may go on).
+
+    Attributes:
+        weights: parameter name -> CPU tensor (tied names removed, as `safetensors.torch.save_model` does).
+        metadata: safetensors metadata (removed tied name -> kept name).
+        training: {"optimizer", "scheduler", "rng"[, "rankRng"]}: the optimizer's and scheduler's state
+            dicts with CPU tensors, this process's RNG state and, under torchrun, every rank's.
+        nbytes: bytes of tensor data copied.
+    """
+
+    weights: dict[str, torch.Tensor]
+    metadata: dict[str, str] | None
+    training: dict[str, Any]
+    nbytes: int
+
+
+def _detached_copy(obj: Any, pin: bool) -> Any:
+    """`obj` with every tensor copied to CPU (pinned when `pin`); containers rebuilt, the rest shared."""
+    if torch.is_tensor(obj):
+        t = obj.detach()
+        if t.device.type == "cpu":
+            return t.clone()
+        out = torch.empty(t.shape, dtype=t.dtype, pin_memory=pin)
+        out.copy_(t, non_blocking=pin)
+        return out
+    if isinstance(obj, dict):
+        return {k: _detached_copy(v, pin) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_detached_copy(v, pin) for v in obj)
+    return obj
+
+
+def snapshot(model: torch.nn.Module, optimizer, scheduler, rank_rngs: list[dict[str, Any]] | None = None) -> CheckpointSnapshot:
+    """Copy model weights, optimizer, scheduler and RNG state off the live objects.
+
+    On CUDA the copies go to pinned host memory asynchronously and are synchronised once at the end.
+    Args:
+        rank_rngs: every rank's `rng_state()` under torchrun (rank order), stored besides this rank's.
+    """
+    from safetensors.torch import _remove_duplicate_names
+
+    state = model.state_dict()
+    metadata: dict[str, str] | None = None
+    for kept, removed in _remove_duplicate_names(state).items():
+        for name in removed:
+            metadata = metadata or {}
+            metadata.setdefault(name, kept)
+            del state[name]
+    pin = any(v.is_cuda for v in state.values())
+    weights = {k: _detached_copy(v.contiguous(), pin) for k, v in state.items()}
+    training = {"optimizer": _detached_copy(optimizer.state_dict(), pin),
+                "scheduler": _detached_copy(scheduler.state_dict(), False), "rng": rng_state()}
+    if rank_rngs is not None:
+        training["rankRng"] = rank_rngs
+    if pin:
+        torch.cuda.synchronize()
+    nbytes = sum(t.numel() * t.element_size() for t in weights.values())
+    nbytes += sum(t.numel() * t.element_size() for s in training["optimizer"]["state"].values()
+                  for t in s.values() if torch.is_tensor(t))
+    return CheckpointSnapshot(weights, metadata, training, nbytes)
+
+
 def rng_state() -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
@@ -64,23 +131,30 @@ class Checkpointer:
         return p if p is not None else self.scratch / checkpoint_key(step)
 
     def save(self, step: int, model: torch.nn.Module, optimizer, scheduler, state: CheckpointState) -> None:
-        """Write a complete checkpoint for `step` (state.json last).
+        """Write a complete checkpoint for `step` now (state.json last): `write(step, snapshot(...), state)`.
+
+        Raises:
+            StorageFault: as `write`.
+        """
+        self.write(step, snapshot(model, optimizer, scheduler), state)
+
+    def write(self, step: int, snap: CheckpointSnapshot, state: CheckpointState) -> None:
+        """Write checkpoint `step` from a snapshot: weights, training state, their sha256 in state.json, last.
 
         Raises:
             StorageFault: a write failed (disk full, read-only, ...); the partial checkpoint is removed
                 (best effort) and, lacking its state.json, is never used.
         """
-        from safetensors.torch import save_model
+        from safetensors.torch import save_file
 
         d = self._local_dir(step)
         try:
             d.mkdir(parents=True, exist_ok=True)
             weights, training = d / "model.safetensors", d / "training_state.pt"
             self.storage.writing(checkpoint_file(step, "model.safetensors"))  # a local folder: its checks and failpoints
-            save_model(model, str(weights))
+            save_file(snap.weights, str(weights), metadata=snap.metadata)
             with open(training, "wb") as f:  # a Python file object: a short write raises OSError(ENOSPC)
-                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                            "rng": rng_state()}, f)
+                torch.save(snap.training, f)
             state.sha256 = {n: sha256_file(d / n) for n in ("model.safetensors", "training_state.pt")}
             for n in ("model.safetensors", "training_state.pt"):
                 self.storage.put_file(checkpoint_file(step, n), d / n)
@@ -142,14 +216,18 @@ class Checkpointer:
         load_model(model, str(d / "model.safetensors"), device=str(next(model.parameters()).device))
         return state
 
-    def load(self, step: int, model: torch.nn.Module, optimizer, scheduler) -> CheckpointState:
-        """Restore weights, optimizer, scheduler and RNG state of checkpoint `step`."""
+    def load(self, step: int, model: torch.nn.Module, optimizer, scheduler, rank: int = 0, world: int = 1) -> CheckpointState:
+        """Restore weights, optimizer, scheduler and RNG state of checkpoint `step`.
+
+        Under torchrun each rank restores its own RNG state when the checkpoint holds one per rank of
+        a group of the same size (`rank`, `world`); otherwise the saving rank's."""
         state = self.load_weights(step, model)
         d = self._local_dir(step)
         ts = torch.load(d / "training_state.pt", weights_only=False, map_location=next(model.parameters()).device)
         optimizer.load_state_dict(ts["optimizer"])
         scheduler.load_state_dict(ts["scheduler"])
-        set_rng_state(ts["rng"])
+        ranks = ts.get("rankRng")
+        set_rng_state(ranks[rank] if ranks is not None and len(ranks) == world else ts["rng"])
         return state
 
     def recorded_bests(self, step: int) -> dict[str, tuple[int | None, int | None]]:
@@ -170,6 +248,129 @@ class Checkpointer:
 
                 shutil.rmtree(self.scratch / checkpoint_key(s), ignore_errors=True)
         return gone
+
+
+class AsyncCheckpointer:
+    """Checkpoints off the training loop's critical path: `save` snapshots the state (a memory copy)
+    and a background thread writes, hashes and uploads it, then applies retention; training goes on
+    meanwhile. At most one checkpoint is in flight: the next `save` first waits for the previous one.
+
+    Everything that reads checkpoints (`steps`, `load`, `load_weights`, `fetch`, `prune`,
+    `discard_incomplete`, `recorded_bests`) first waits for the checkpoint in flight, so a rewind or
+    final evaluation sees every checkpoint saved before it; the format, the state.json-last rule and
+    the sha256 checks are `Checkpointer`'s. A failed background write raises its `StorageFault` from
+    the next call (at the latest `wait`, which the trainer calls before its final evaluation).
+
+    Attributes:
+        stalled_seconds: seconds the training loop spent in `save` and in waits (the checkpoint stall).
+        written_seconds: seconds the background thread spent writing.
+    """
+
+    def __init__(self, storage: RunStorage, scratch: Path, *, background: bool = True) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.inner = Checkpointer(storage, scratch)
+        self.storage = storage
+        self.background = background
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint") if background else None
+        self._in_flight = None  # (step, Future)
+        self.stalled_seconds = 0.0
+        self.written_seconds = 0.0
+
+    def save(self, step: int, model: torch.nn.Module, optimizer, scheduler, state: CheckpointState,
+             keep: "Callable[[Checkpointer], set[int]] | None" = None,
+             rank_rngs: list[dict[str, Any]] | None = None) -> None:
+        """Snapshot now; write checkpoint `step` (then prune to `keep(inner)`) in the background.
+
+        Args:
+            keep: computes the steps retention keeps once `step` is complete (it may read checkpoints
+                through the `Checkpointer` it is given); None keeps everything.
+        Raises:
+            StorageFault: the previous checkpoint's write failed.
+        """
+        import time
+
+        t0 = time.perf_counter()
+        self.wait()
+        snap = snapshot(model, optimizer, scheduler, rank_rngs)
+
+        def job() -> None:
+            t = time.perf_counter()
+            self.inner.write(step, snap, state)
+            if keep is not None:
+                self.inner.prune(keep(self.inner))
+            self.written_seconds += time.perf_counter() - t
+
+        if self._pool is None:
+            job()
+        else:
+            self._in_flight = (step, self._pool.submit(job))
+        self.stalled_seconds += time.perf_counter() - t0
+
+    def in_flight(self) -> int | None:
+        """Step of the checkpoint being written, or None."""
+        if self._in_flight is None or self._in_flight[1].done():
+            return None
+        return self._in_flight[0]
+
+    def wait(self) -> None:
+        """Block until the checkpoint in flight (if any) is complete.
+
+        Raises:
+            StorageFault: its write failed (the partial checkpoint was removed).
+        """
+        import time
+
+        if self._in_flight is None:
+            return
+        t0 = time.perf_counter()
+        _, fut = self._in_flight
+        self._in_flight = None
+        try:
+            fut.result()
+        finally:
+            self.stalled_seconds += time.perf_counter() - t0
+
+    def close(self) -> None:
+        """Wait for the checkpoint in flight and stop the writer thread."""
+        try:
+            self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+
+    # ---- reads: after the checkpoint in flight ------------------------------------------------
+    def steps(self) -> list[int]:
+        self.wait()
+        return self.inner.steps()
+
+    def discard_incomplete(self) -> list[int]:
+        self.wait()
+        return self.inner.discard_incomplete()
+
+    def fetch(self, step: int) -> tuple[Path, CheckpointState]:
+        self.wait()
+        return self.inner.fetch(step)
+
+    def read_state(self, step: int) -> CheckpointState:
+        self.wait()
+        return self.inner.read_state(step)
+
+    def load_weights(self, step: int, model: torch.nn.Module) -> CheckpointState:
+        self.wait()
+        return self.inner.load_weights(step, model)
+
+    def load(self, step: int, model: torch.nn.Module, optimizer, scheduler, rank: int = 0, world: int = 1) -> CheckpointState:
+        self.wait()
+        return self.inner.load(step, model, optimizer, scheduler, rank, world)
+
+    def recorded_bests(self, step: int) -> dict[str, tuple[int | None, int | None]]:
+        self.wait()
+        return self.inner.recorded_bests(step)
+
+    def prune(self, keep: set[int]) -> list[int]:
+        self.wait()
+        return self.inner.prune(keep)
 
 
 def retained_steps(latest: int | None, bests: dict[str, tuple[int | None, int | None]], needing: set[str],

@@ -24,17 +24,11 @@ from asyncmtl.data import load_split
 from asyncmtl.logs import configure, run_logger
 from asyncmtl.softlabels import shard_range, write_manifest
 from asyncmtl.storage import open_run_storage
-from asyncmtl_trainer.batching import TokenizedSplit, eval_batches, tokenize_split
+from asyncmtl_trainer.batching import eval_batches, subset, tokenize_split
 from asyncmtl_trainer.checkpoint import Checkpointer
 from asyncmtl_trainer.model import build_model
 from asyncmtl_trainer.softlabels import write_shard
 from asyncmtl_trainer.train import load_spec_for_entrypoint
-
-
-def subset(split: TokenizedSplit, start: int, end: int) -> TokenizedSplit:
-    """Examples [start, end) of a split (ids keep their position in the whole split)."""
-    tt = split.token_type_ids[start:end] if split.token_type_ids is not None else None
-    return TokenizedSplit(split.task, split.split, split.input_ids[start:end], tt, split.labels[start:end])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,6 +42,24 @@ class MultiTaskModel(nn.Module):
         return self.heads[task](self.dropout(pooled))
 
 
+class TaskForward(nn.Module):
+    """The training forward pass as one module, so `DistributedDataParallel` sees the heads' use.
+
+    forward(input_ids, attention_mask, token_type_ids: (batch, seq); rows: task -> (rows,) indices into the
+    batch) returns (pooled: (batch, hidden), logits: task -> (rows, num_labels)). DDP can only find the
+    heads a rank's slice does not use (`find_unused_parameters`) when they are called inside forward.
+    """
+
+    def __init__(self, model: MultiTaskModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None,
+                rows: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        pooled = self.model(input_ids, attention_mask, token_type_ids)
+        return pooled, {task: self.model.head(task, pooled[r]) for task, r in rows.items()}
+
+
 def build_model(spec: RunSpec, base_dir: Path | None = None) -> tuple[MultiTaskModel, object, Path]:
     """Load tokenizer and encoder from `spec.model.pretrained` (offline) and add one head per task.
 

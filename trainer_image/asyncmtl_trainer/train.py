@@ -21,9 +21,8 @@ import numpy as np
 import torch
 
 from asyncmtl import termination
-from asyncmtl.artifacts import (FINAL, MODEL, CheckpointScore, EventRecord, FinalReport, HistoryRecord, TaskFinal,
-                                ValidationRecord, append_history, history_key, model_file, read_best_scores,
-                                read_history, write_best_scores, write_final)
+from asyncmtl.artifacts import (FINAL, CheckpointScore, FinalReport, ValidationRecord, read_best_scores,
+                                write_best_scores, write_final)
 from asyncmtl.control import ControlDocument, read_control_file
 from asyncmtl.core.convergence import BestTracker, Track, has_converged
 from asyncmtl.core.reconcile import rule_for
@@ -32,12 +31,17 @@ from asyncmtl.logs import configure, run_logger
 from asyncmtl.lifecycle import LEARNING, TaskPhase
 from asyncmtl.spec import RunSpec, TaskType
 from asyncmtl.storage import RunStorage, open_run_storage
-from asyncmtl_trainer.batching import TaskSampler, TokenizedSplit, eval_batches, make_batch, tokenize_split
-from asyncmtl_trainer.checkpoint import Checkpointer, CheckpointState, retained_steps
+from asyncmtl_trainer.batching import TaskSampler, TokenizedSplit, draw_width, make_batch, tokenize_split
+from asyncmtl_trainer.checkpoint import AsyncCheckpointer, Checkpointer, CheckpointState, retained_steps, rng_state
+from asyncmtl_trainer.control_protocol import TaskControl, apply_generation, replay
+from asyncmtl_trainer.distributed import DistributedSetupError, Ranks
+from asyncmtl_trainer.evaluation import Evaluator
 from asyncmtl_trainer.exporter import TrainerExporter
+from asyncmtl_trainer.final import export_model, final_report
+from asyncmtl_trainer.history import HistoryLog
 from asyncmtl_trainer.losses import bam_loss, kd_loss, supervised_loss
-from asyncmtl_trainer.metrics import chance_scores, compute_metrics
-from asyncmtl_trainer.model import build_model, save_multitask_model
+from asyncmtl_trainer.metrics import chance_scores
+from asyncmtl_trainer.model import TaskForward, build_model
 from asyncmtl_trainer.softlabels import read_soft_labels
 
 LOSS_EXPORT_EVERY = 10  # steps between loss/throughput exports
@@ -55,6 +59,8 @@ class TrainerOptions:
         metrics_port: Prometheus port (0 = any free port). resume: continue from the latest checkpoint.
         report_delay_seconds: seconds to sleep after each task's validation report (fault injection for
             tests, from `$ASYNCMTL_TRAINER_REPORT_DELAY`; 0 in normal use).
+        checkpoints: write checkpoints (False only for the benchmarks' no-checkpoint baseline).
+        async_checkpoints: write them on a background thread (`checkpoint.AsyncCheckpointer`).
     """
 
     run: str
@@ -68,11 +74,13 @@ class TrainerOptions:
     resume: bool = False
     control_poll_seconds: float = 0.5
     report_delay_seconds: float = 0.0  # fault injection (tests): sleep between tasks' validation reports
+    checkpoints: bool = True  # False: no checkpoints at all (benchmarks' baseline only: no rewind is possible)
+    async_checkpoints: bool = True  # write checkpoints on a background thread (False: inside the step)
 
 
 class TaskState:
-    """What the trainer tracks per task: its phase (asyncmtl.lifecycle), best-so-far (with previous best)
-    and history."""
+    """What the trainer tracks per task: its control state (phase, pinned step, decided: set only through
+    `asyncmtl_trainer.control_protocol`), best-so-far (with previous best) and history."""
 
     def __init__(self, mode: TaskPhase = TaskPhase.TRAINING) -> None:
         self.mode = mode  # one of asyncmtl.lifecycle.TRAINER_PHASES
@@ -85,6 +93,14 @@ class TaskState:
         self.pinned_step: int | None = None  # checkpoint the soft labels are made from
         self.decided = False  # a decision barrier on this task's convergence was answered (continual keeps training)
 
+    @property
+    def control(self) -> TaskControl:
+        return TaskControl(self.mode, self.pinned_step, self.decided)
+
+    @control.setter
+    def control(self, c: TaskControl) -> None:
+        self.mode, self.pinned_step, self.decided = c.phase, c.pinned_step, c.decided
+
     def to_json(self) -> dict:
         return {"bestStep": self.best.best_step, "bestValue": self.best.best_value, "prevBestStep": self.prev_best_step,
                 "lastStep": self.last_step, "lastValue": self.last_value, "smoothed": self.best.smoothed}
@@ -96,27 +112,51 @@ class TaskState:
         self.history = [list(p) for p in history]
 
 
-class Trainer:
-    """One training run. Construct, then `run()`; raises on unrecoverable errors."""
+@dataclass(frozen=True)
+class ControlTick:
+    """What rank 0 broadcasts before every step, so that every rank does the same thing at the same step.
 
-    def __init__(self, spec: RunSpec, opts: TrainerOptions, storage: RunStorage) -> None:
+    Attributes:
+        generations: (generation, its signals) read from the control file since the last tick, in order.
+        release_on_timeout: the decision barrier has waited past `metrics.ackTimeoutSeconds` (rank 0's clock).
+    """
+
+    generations: list[tuple[int, list]]
+    release_on_timeout: bool = False
+
+
+class Trainer:
+    """One training run, in one process or as one of torchrun's ranks. Construct, `setup()`, then `run()`;
+    raises on unrecoverable errors.
+
+    Args:
+        ranks: the process group (`asyncmtl_trainer.distributed.init_ranks`); default: one process on
+            `spec.training.device`.
+    Raises:
+        DistributedSetupError: (setup) under torchrun with a weighting method that is not data-parallel, or
+            a batch smaller than the number of ranks.
+    """
+
+    def __init__(self, spec: RunSpec, opts: TrainerOptions, storage: RunStorage, ranks: Ranks | None = None) -> None:
         self.spec = spec
         self.opts = opts
         self.storage = storage
-        self.log = run_logger(__name__, opts.run)
+        self.log = run_logger(__name__, opts.run if ranks is None or ranks.is_coordinator else f"{opts.run}[{ranks.rank}]")
         self.task_specs = {t.name: t for t in spec.tasks}
-        self.device = self._device()
+        self.ranks = ranks or Ranks(device=self._device())
+        self.device = self.ranks.device
         first = spec.resolved_strategy.initial_phase(spec.setting)
         self.states = {t.name: TaskState(first) for t in spec.tasks}
         self.soft: dict[str, torch.Tensor] = {}
         self.step = 0
         self.applied_generation = 0
         self.rewinds = 0  # rewinds applied so far along the run's timeline (the batch draw's key)
-        self._recorded: set[tuple] = set()  # history_key of every history record written (idempotent writes)
+        self.history = HistoryLog(storage, enabled=self.ranks.is_coordinator)
         self.awaiting: tuple[int, float, list[str]] | None = None  # decision barrier: (generation, since, tasks)
         self.stop_requested = False
         self.exporter = TrainerExporter(opts.run, list(self.task_specs))
-        self.checkpointer = Checkpointer(storage, opts.workdir / "staging")
+        staging = opts.workdir / ("staging" if self.ranks.is_coordinator else f"staging-rank{self.ranks.rank}")
+        self.checkpointer = AsyncCheckpointer(storage, staging, background=opts.async_checkpoints)
         self._control_sig: tuple | None = None
         self._loss_sums: dict[tuple[str, str], list] = {}
         self._examples_since = 0
@@ -133,16 +173,32 @@ class Trainer:
         return torch.device("cpu")
 
     def setup(self) -> None:
-        """Load data (validated), tokenizer and model; build optimizer and scheduler; serve metrics."""
+        """Load data (validated), tokenizer and model; build optimizer and scheduler; wrap the model in DDP
+        under torchrun."""
         from transformers import get_linear_schedule_with_warmup
 
         tr = self.spec.training
+        if self.ranks.distributed and tr.batch_size < self.ranks.world:
+            raise DistributedSetupError(f"spec.training.batchSize: {tr.batch_size} is smaller than the "
+                                        f"{self.ranks.world} ranks it is split over")
         torch.manual_seed(tr.seed)
         np.random.seed(tr.seed)
         t0 = time.perf_counter()
         self.model, self.tokenizer, _ = build_model(self.spec, self.opts.base_dir)
         self.model.to(self.device)
+        if self.ranks.distributed:  # the same initial weights everywhere; each rank its own dropout stream
+            torch.manual_seed(tr.seed + self.ranks.rank)
+        self.forward = TaskForward(self.model)
+        if self.ranks.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # a rank's slice may hold no row of some task: its head is unused there (find_unused_parameters)
+            self.forward = DistributedDataParallel(
+                self.forward, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tr.precision)
+        self.evaluator = Evaluator(self.model, self.ranks, tr.eval_batch_size, self.pad_id, self._autocast)
         cache = self.opts.workdir / "cache"
         self.train: dict[str, TokenizedSplit] = {}
         self.val: dict[str, TokenizedSplit] = {}
@@ -163,11 +219,14 @@ class Trainer:
         ]
         self.optimizer = torch.optim.AdamW(groups, lr=tr.learning_rate)
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, tr.warmup, tr.max_steps)
-        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tr.precision)
         self.scaler = torch.amp.GradScaler(enabled=(tr.precision == "fp16" and self.device.type == "cuda"))
         from asyncmtl_trainer.weighting import make_weighting
 
         self.weighting = make_weighting(self.spec)
+        if self.ranks.distributed and not self.weighting.data_parallel:
+            raise DistributedSetupError(
+                f"spec.weighting.method: {self.spec.weighting.method} needs every task's gradient of the whole batch "
+                f"on one process; under torchrun ({self.ranks.world} ranks) use uniform, static, muppet or dwa")
         self.last_shared = _last_shared_weight(self.model.encoder)
         for name, st in self.states.items():
             self.exporter.set_mode(name, st.mode)
@@ -179,11 +238,12 @@ class Trainer:
             if t.type is TaskType.regression and tr.regression_loss == "normalizedMse":
                 # MSE / Var(training targets): the training mean costs 1 (floor: a constant training split)
                 self.loss_scale[name] = max(float(self.train[name].labels.float().var(unbiased=False)), 1e-6)
-        self.log.info("setup done in %.1fs: %d tasks, train sizes %s, chance scores %s, device %s",
+        self.log.info("setup done in %.1fs: %d tasks, train sizes %s, chance scores %s, device %s, rank %d of %d",
                       time.perf_counter() - t0, len(self.train), {n: len(s) for n, s in self.train.items()},
-                      {n: round(v, 2) for n, v in self.chance.items()}, self.device)
+                      {n: round(v, 2) for n, v in self.chance.items()}, self.device, self.ranks.rank, self.ranks.world)
 
     def serve_metrics(self) -> int:
+        """Serve the metrics and write `trainer.json` (rank 0 only: the one Prometheus target). Returns the port."""
         port = self.exporter.serve(self.opts.metrics_port, self.opts.metrics_addr)
         self.opts.workdir.mkdir(parents=True, exist_ok=True)
         info = {"metricsPort": port, "pid": os.getpid()}
@@ -205,106 +265,105 @@ class Trainer:
         self._control_sig = sig
         return doc
 
-    def poll_control(self) -> None:
-        """Apply the control signals issued since the last applied generation (cheap when unchanged)."""
+    def _control_tick(self) -> ControlTick:
+        """Rank 0: the generations issued since the last applied one, and whether the barrier timed out."""
+        gens: list[tuple[int, list]] = []
         doc = self._read_control()
-        if doc is None or doc.generation <= self.applied_generation:
-            return
-        new = doc.since(self.applied_generation)
-        for gen in sorted({s.generation for s in new}):
-            self.apply_generation([s for s in new if s.generation == gen], gen)
+        if doc is not None and doc.generation > self.applied_generation:
+            new = doc.since(self.applied_generation)
+            gens = [(g, [s for s in new if s.generation == g]) for g in sorted({s.generation for s in new})]
+        timed_out = (self.awaiting is not None and not gens
+                     and time.monotonic() - self.awaiting[1] > self.spec.metrics.ack_timeout_seconds)
+        return ControlTick(gens, timed_out)
+
+    def poll_control(self) -> ControlTick:
+        """Apply the control generations issued since the last applied one, on every rank at this step
+        (rank 0 reads the control file and broadcasts; cheap when unchanged). Returns the tick."""
+        tick = self.ranks.broadcast(self._control_tick() if self.ranks.is_coordinator else None)
+        for gen, signals in tick.generations:
+            self.apply_generation(signals, gen)
+        return tick
 
     def apply_generation(self, signals: list, generation: int) -> None:
-        """Apply one generation's signals together, then acknowledge it through the metrics."""
-        converged = [s for s in signals if s.kind == "converged"]
-        for s in converged:  # in decision order: what a later run's easiest-first order reads. At the task's best
-            # step (from the signal, not the step it is applied at), so a trainer resumed from an earlier checkpoint
-            # that applies the signal again writes the same record, kept once
-            self._history_event("converged", step=s.best_step, task=s.task)
-        if not self.spec.resolved_strategy.distills_on_convergence:  # Continual MTL: a converged task keeps its labels
-            for s in converged:
-                self.states[s.task].decided = True
-                self._score_best_checkpoint(s.task, s.best_step)
-                self.log.info("task %s converged (best step %d): it keeps training on its labels (continual)",
-                              s.task, s.best_step)
-            converged = []
-        for s in converged:
-            st = self.states[s.task]
-            st.mode = TaskPhase.DISTILLING
-            st.pinned_step = s.best_step
-            self.exporter.set_mode(s.task, TaskPhase.DISTILLING)
-            self._score_best_checkpoint(s.task, s.best_step)
-            self.log.info("task %s converged (best step %d): supervised loss dropped", s.task, s.best_step)
-        if converged and converged[0].rewind_to is not None:
-            self.rewind(converged[0].rewind_to)
-        for s in signals:
-            if s.kind == "startTask":
-                self.states[s.task].mode = TaskPhase.TRAINING
-                self.exporter.set_mode(s.task, TaskPhase.TRAINING)
-                self._history_event("start", step=self.step, task=s.task)
-                self.log.info("task %s started at step %d (sequential)", s.task, self.step)
-            if s.kind == "softLabelsReady":
-                self.soft[s.task] = read_soft_labels(s.uri, expected_examples=len(self.train[s.task])).to(self.device)
-                self.states[s.task].mode = TaskPhase.KD
-                self.states[s.task].pinned_step = None
-                self.exporter.set_mode(s.task, TaskPhase.KD)
-                self._history_event("kd", step=self.step, task=s.task)
-                self.log.info("task %s: soft labels loaded from %s; KD loss from step %d", s.task, s.uri, self.step)
-            elif s.kind == "skipDistillation":
-                self.states[s.task].mode = TaskPhase.FROZEN
-                self.states[s.task].pinned_step = None
-                self.exporter.set_mode(s.task, TaskPhase.FROZEN)
-                self.log.warning("task %s frozen: %s", s.task, s.reason)
-            elif s.kind == "stop":
-                self.stop_requested = True
-                self.log.info("stop signal: final evaluation follows")
+        """Apply one generation's signals together (`control_protocol.apply_generation`), carry out their
+        effects, then acknowledge the generation through the metrics."""
+        fx = apply_generation({n: st.control for n, st in self.states.items()}, signals,
+                              distills_on_convergence=self.spec.resolved_strategy.distills_on_convergence)
+        for task, best in fx.converged:  # in decision order: what a later run's easiest-first order reads. At the
+            # task's best step (from the signal, not the step it is applied at), so a trainer resumed from an earlier
+            # checkpoint that applies the signal again writes the same record, kept once
+            self.history.event("converged", step=best, task=task, rewinds=self.rewinds)
+        for name, c in fx.tasks.items():
+            self.states[name].control = c
+        for task, best in fx.converged:
+            self._score_best_checkpoint(task, best)
+            if task in fx.continual:
+                self.log.info("task %s converged (best step %d): it keeps training on its labels (continual)", task, best)
+            else:
+                self.exporter.set_mode(task, TaskPhase.DISTILLING)
+                self.log.info("task %s converged (best step %d): supervised loss dropped", task, best)
+        if fx.rewind_to is not None:
+            self.rewind(fx.rewind_to)
+        for a in fx.actions:
+            self.exporter.set_mode(a.task, self.states[a.task].mode)
+            if a.kind == "startTask":
+                self.history.event("start", step=self.step, task=a.task, rewinds=self.rewinds)
+                self.log.info("task %s started at step %d (sequential)", a.task, self.step)
+            elif a.kind == "softLabelsReady":
+                self.soft[a.task] = read_soft_labels(a.detail, expected_examples=len(self.train[a.task])).to(self.device)
+                self.history.event("kd", step=self.step, task=a.task, rewinds=self.rewinds)
+                self.log.info("task %s: soft labels loaded from %s; KD loss from step %d", a.task, a.detail, self.step)
+            elif a.kind == "skipDistillation":
+                self.log.warning("task %s frozen: %s", a.task, a.detail)
+        if fx.stop:
+            self.stop_requested = True
+            self.log.info("stop signal: final evaluation follows")
         self.applied_generation = generation
         self.exporter.control_step.labels(self.opts.run).set(self.step)
         self.exporter.control_generation.labels(self.opts.run).set(generation)
 
+    def _checkpoints_settled(self) -> None:
+        """Every checkpoint saved so far is complete and visible to every rank (rank 0 writes them)."""
+        self.checkpointer.wait()
+        self.ranks.barrier()
+
+    def _load(self, step: int):
+        """Restore checkpoint `step` (weights, optimizer, scheduler, this rank's RNG) on every rank."""
+        self._checkpoints_settled()
+        state = self.checkpointer.load(step, self.model, self.optimizer, self.scheduler, self.ranks.rank, self.ranks.world)
+        if state.weighting:
+            self.weighting.load_state_dict(state.weighting)
+        return state
+
     def rewind(self, step: int) -> None:
         """Restore model, optimizer, scheduler, RNG and trackers from the checkpoint at `step`
-        and delete later checkpoints (paper Sec. 3: rewind to θ̂_t)."""
-        state = self.checkpointer.load(step, self.model, self.optimizer, self.scheduler)
+        and delete later checkpoints (paper Sec. 3: rewind to θ̂_t). Every rank loads the same checkpoint."""
+        state = self._load(step)
         self.step = state.step
         for name, st in self.states.items():
             st.restore(state.trackers.get(name, {}), state.history.get(name, []))
             self.exporter.set_task_state(name, st.last_step, st.last_value, st.best.best_step, st.best.best_value)
-        if state.weighting:
-            self.weighting.load_state_dict(state.weighting)
-        self.checkpointer.prune({s for s in self.checkpointer.steps() if s <= step})
+        self.ranks.barrier()  # every rank has read it before rank 0 prunes
+        if self.ranks.is_coordinator:
+            self.checkpointer.prune({s for s in self.checkpointer.steps() if s <= step})
         self.rewinds += 1
         self.exporter.complete_validation(self.step)
         self.exporter.global_step.labels(self.opts.run).set(self.step)
         self.exporter.rewinds.labels(self.opts.run).inc()
-        self._history_event("rewind", step=step)
+        self.history.event("rewind", step=step, rewinds=self.rewinds)
         self.log.info("rewound to step %d", step)
-
-    def _history_event(self, event: str, *, step: int, task: str | None = None) -> None:
-        """Append a non-validation record (start, converged, kd, rewind) to the history, in order with
-        validations."""
-        self._record(EventRecord(event=event, time=time.time(), step=step, task=task))
-
-    def _record(self, record: HistoryRecord) -> None:
-        """Append `record` to the history unless it is already there: a trainer restarted from its
-        latest checkpoint repeats the validations and events that followed it, and each is kept once
-        (asyncmtl.artifacts.history_key: what, task, step and the rewinds before it)."""
-        record.rewinds = self.rewinds
-        key = history_key(record)
-        if key in self._recorded:
-            return
-        self._recorded.add(key)
-        append_history(self.storage, record)
 
     def _score_best_checkpoint(self, task: str, step: int) -> None:
         """Score `task` on validation and test with the weights of checkpoint `step` (its best)."""
         current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self._checkpoints_settled()
         self.checkpointer.load_weights(step, self.model)
         scores = CheckpointScore(step=step, validation=self.evaluate(task, self.val[task]),
                                  test=self.evaluate(task, self.test[task]) if task in self.test else None)
         self.model.load_state_dict(current)
         self.best_scores[task] = scores
-        write_best_scores(self.storage, self.best_scores)
+        if self.ranks.is_coordinator:
+            write_best_scores(self.storage, self.best_scores)
 
     # ---- training ----------------------------------------------------------------------------
     def active_tasks(self) -> list[str]:
@@ -325,43 +384,65 @@ class Trainer:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def task_losses(self, batch, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
+    def task_losses(self, batch, pooled: torch.Tensor, logits: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Per-task losses of a mixed batch: supervised (Eq. 1) or KD (Eq. 2) by the task's mode.
 
+        Under torchrun `batch` is this rank's slice: each task's mean over its local rows is rescaled by
+        world · local rows / global rows, so that DDP's average over ranks is the task's mean over the
+        whole batch (the single-process loss of the same global batch).
+
         Args:
-            batch: the step's `Batch`; pooled: (batch, hidden) encoder output.
+            batch: the step's `Batch`; pooled: (batch, hidden) encoder output; logits: task -> (rows, num_labels)
+                when the forward pass computed them (else the heads run here).
         Returns:
             task -> 0-dim loss for each task with rows in the batch (tasks in other modes are skipped).
         """
         losses: dict[str, torch.Tensor] = {}
         for task, rows in batch.rows.items():
             mode = self.states[task].mode
-            logits = self.model.head(task, pooled[rows])
+            out = logits[task] if logits is not None else self.model.head(task, pooled[rows])
             ttype = self.task_specs[task].type
             scale = self.loss_scale.get(task, 1.0)
             if mode == TaskPhase.TRAINING:
-                losses[task] = supervised_loss(ttype, logits, batch.labels[task], scale)
+                loss = supervised_loss(ttype, out, batch.labels[task], scale)
             elif mode == TaskPhase.KD:
                 teacher = self.soft[task][batch.example_ids[task].to(self.device)]
                 if self.spec.resolved_strategy.anneals:  # teacher annealing towards the gold labels
                     p = min(1.0, self.step / self.spec.training.max_steps)
-                    losses[task] = bam_loss(ttype, logits, batch.labels[task], teacher, p,
-                                            self.spec.distillation.temperature, scale)
+                    loss = bam_loss(ttype, out, batch.labels[task], teacher, p, self.spec.distillation.temperature, scale)
                 else:
-                    losses[task] = self.spec.distillation.kd_weight * kd_loss(
-                        ttype, logits, teacher, self.spec.distillation.temperature, scale)
+                    loss = self.spec.distillation.kd_weight * kd_loss(
+                        ttype, out, teacher, self.spec.distillation.temperature, scale)
+            else:
+                continue
+            if batch.global_rows is not None and self.ranks.distributed:
+                loss = loss * (self.ranks.world * int(rows.numel()) / batch.global_rows[task])
+            losses[task] = loss
         return losses
 
+    def _global_losses(self, batch, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each task's loss over the whole global batch (detached, 0-dim): the ranks' rescaled shares summed."""
+        if not self.ranks.distributed or batch.global_rows is None:
+            return {t: l.detach() for t, l in losses.items()}
+        names = [t for t in self.task_specs if t in batch.global_rows and self.states[t].mode in LEARNING]
+        v = torch.zeros(len(names), device=self.device)
+        for i, t in enumerate(names):
+            if t in losses:
+                v[i] = losses[t].detach().float() / self.ranks.world
+        self.ranks.all_reduce_sum(v)
+        return {t: v[i] for i, t in enumerate(names)}
+
     def train_step(self, batch) -> dict[str, torch.Tensor]:
-        """One optimizer step on a mixed batch; returns per-task losses (detached, 0-dim).
+        """One optimizer step on a mixed batch (this rank's slice under torchrun); returns per-task losses of
+        the whole global batch (detached, 0-dim).
 
         The weighting method owns how the losses become gradients (`Weighting.backward`; the paper's
         Eq. 3 sum by default), and learns from them after the step where it does."""
-        self.model.train()
+        self.forward.train()
         batch = batch.to(self.device)
         with self._autocast():
-            pooled = self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
-            losses = self.task_losses(batch, pooled)
+            pooled, logits = self.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids, batch.rows)
+            losses = self.task_losses(batch, pooled, logits)
         grad_norms = None
         if self.weighting.needs_grad_norms and self.last_shared is not None:
             # ‖∇_W L_t‖ on the last shared layer, detached (GradNorm's analytic update)
@@ -376,19 +457,21 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.weighting.step()
+        whole = self._global_losses(batch, losses)
         if self.weighting.learns:
-            self.weighting.update(self.step, {t: float(l.detach()) for t, l in losses.items()}, grad_norms)
+            self.weighting.update(self.step, {t: float(l) for t, l in whole.items()}, grad_norms)
         if self.weighting.needs_losses_after_step:  # FAMO: the same batch's losses after the update
             with torch.no_grad(), self._autocast():
                 after = self.task_losses(batch, self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids))
             self.weighting.after_step(after)
-        for task, loss in losses.items():
+        rows = batch.global_rows or {t: int(r.numel()) for t, r in batch.rows.items()}
+        for task, loss in whole.items():
             kind = "kd" if self.states[task].mode == TaskPhase.KD else "supervised"  # the loss (Eq. 2 or Eq. 1)
             acc = self._loss_sums.setdefault((task, kind), [torch.zeros((), device=self.device), 0, 0])
-            acc[0] += loss.detach()
+            acc[0] += loss
             acc[1] += 1
-            acc[2] += int(batch.rows[task].numel())
-        return {t: l.detach() for t, l in losses.items()}
+            acc[2] += rows[task]
+        return whole
 
     def _export_losses(self) -> None:
         for (task, kind), (s, n, ex) in self._loss_sums.items():
@@ -403,20 +486,14 @@ class Trainer:
         self._examples_since, self._train_time = 0, 0.0
         self.exporter.global_step.labels(self.opts.run).set(self.step)
 
-    @torch.no_grad()
     def predict(self, task: str, split: TokenizedSplit) -> np.ndarray:
-        """Raw outputs for every example of `split`, in split order: (n, num_labels) float32."""
-        self.model.eval()
-        out = torch.empty(len(split), int(self.task_specs[task].num_labels or 1), dtype=torch.float32)
-        for idx, ids, mask, tt in eval_batches(split, self.spec.training.eval_batch_size, self.pad_id):
-            with self._autocast():
-                pooled = self.model(ids.to(self.device), mask.to(self.device), tt.to(self.device))
-                out[idx] = self.model.head(task, pooled).float().cpu()
-        return out.numpy()
+        """Raw outputs for every example of `split`, in split order: (n, num_labels) float32 (data-parallel
+        over the ranks, gathered on every rank)."""
+        return self.evaluator.predict(self.task_specs[task], split)
 
     def evaluate(self, task: str, split: TokenizedSplit) -> dict[str, float]:
         """All metrics of `task` on `split` (0-100)."""
-        return compute_metrics(self.task_specs[task].type, self.predict(task, split), split.labels.numpy())
+        return self.evaluator.evaluate(self.task_specs[task], split)
 
     def validate(self) -> None:
         """Validation step: score every task, update trackers and metrics, append to the history."""
@@ -434,10 +511,10 @@ class Trainer:
             st.history.append([self.step, value])
             st.validations += 1
             self.exporter.record_validation(name, self.step, value, st.best.best_step, st.best.best_value)
-            self._record(ValidationRecord(
+            self.history.record(ValidationRecord(
                 time=now, step=self.step, task=name, metric=t.metric.value, value=value, metrics=metrics,
                 mode=st.mode, generation=self.applied_generation, best_step=st.best.best_step,
-                best_value=st.best.best_value))
+                best_value=st.best.best_value), self.rewinds)
             if self.opts.report_delay_seconds:  # fault injection (determinism test): a slow report between tasks
                 time.sleep(self.opts.report_delay_seconds)
         self.exporter.complete_validation(self.step)  # after the last task: the step may now be decided on
@@ -446,6 +523,10 @@ class Trainer:
                                 for n, s in self.states.items() if s.last_value is not None))
 
     def save_checkpoint(self) -> None:
+        """Checkpoint this validation step (rank 0 writes, in the background), then apply retention."""
+        rank_rngs = self.ranks.all_gather(rng_state()) if self.ranks.distributed else None
+        if not self.opts.checkpoints or not self.ranks.is_coordinator:
+            return
         state = CheckpointState(
             step=self.step, applied_generation=self.applied_generation,
             trackers={n: s.to_json() for n, s in self.states.items()},
@@ -453,34 +534,38 @@ class Trainer:
             history={n: s.history for n, s in self.states.items()},
             weighting=self.weighting.state_dict(), rewinds=self.rewinds,
         )
-        self.checkpointer.save(self.step, self.model, self.optimizer, self.scheduler, state)
         # tasks whose best checkpoint may still be used: as a rewind target or teacher (training tasks), or,
         # under BAM (every task distilled from the start, none ever converges), for the report's Best row
         needing = {n for n, s in self.states.items()
                    if s.mode == TaskPhase.TRAINING or (s.mode == TaskPhase.KD and self.spec.resolved_strategy.teacher)}
-        keep = retained_steps(self.step, {n: (s.best.best_step, s.prev_best_step) for n, s in self.states.items()}, needing,
-                              recorded=self.checkpointer.recorded_bests)
-        keep |= {s.pinned_step for s in self.states.values() if s.pinned_step is not None}
-        self.checkpointer.prune(keep)
+        bests = {n: (s.best.best_step, s.prev_best_step) for n, s in self.states.items()}
+        pinned = {s.pinned_step for s in self.states.values() if s.pinned_step is not None}
+        step = self.step
+
+        def keep(written: Checkpointer) -> set[int]:  # on the writer thread, once `step` is complete
+            return retained_steps(step, bests, needing, recorded=written.recorded_bests) | pinned
+
+        self.checkpointer.save(self.step, self.model, self.optimizer, self.scheduler, state, keep=keep,
+                               rank_rngs=rank_rngs)
 
     # ---- resume ------------------------------------------------------------------------------
     def resume(self) -> None:
-        """Continue from the latest checkpoint and re-derive task modes from the control signals
-        the checkpoint had applied (later signals are applied by the loop as usual). Checkpoints a
-        failed or killed writer left without their state.json are deleted first."""
-        self._recorded = {history_key(r) for r in read_history(self.storage)}
-        gone = self.checkpointer.discard_incomplete()
-        if gone:
-            self.log.info("resume: deleted incomplete checkpoints at steps %s", ", ".join(map(str, gone)))
+        """Continue from the latest checkpoint and re-derive task modes from the control signals the
+        checkpoint had applied (`control_protocol.replay`; later signals are applied by the loop as usual).
+        Checkpoints a failed or killed writer left without their state.json are deleted first."""
+        self.history.load()
+        if self.ranks.is_coordinator:
+            gone = self.checkpointer.discard_incomplete()
+            if gone:
+                self.log.info("resume: deleted incomplete checkpoints at steps %s", ", ".join(map(str, gone)))
+        self.ranks.barrier()
         steps = self.checkpointer.steps()
         if not steps:
             self.log.info("resume: no checkpoint yet, starting from step 0")
             return
-        state = self.checkpointer.load(steps[-1], self.model, self.optimizer, self.scheduler)
+        state = self._load(steps[-1])
         self.step = state.step
         self.rewinds = state.rewinds
-        if state.weighting:
-            self.weighting.load_state_dict(state.weighting)
         for name, st in self.states.items():
             st.restore(state.trackers.get(name, {}), state.history.get(name, []))
             st.validations = state.validations.get(name, 0)
@@ -489,24 +574,15 @@ class Trainer:
             self.exporter.set_task_state(name, st.last_step, st.last_value, st.best.best_step, st.best.best_value)
         self.exporter.complete_validation(self.step)
         self.best_scores = read_best_scores(self.storage)
-        doc = read_control_file(self.opts.control_path)
+        doc = self.ranks.broadcast(read_control_file(self.opts.control_path) if self.ranks.is_coordinator else None)
         if doc is not None:
-            for s in doc.signals:
-                if s.generation > state.applied_generation:
-                    continue
-                if s.kind == "startTask":
-                    self.states[s.task].mode = TaskPhase.TRAINING
-                elif s.kind == "converged" and not self.spec.resolved_strategy.distills_on_convergence:
-                    self.states[s.task].decided = True
-                elif s.kind == "converged":
-                    self.states[s.task].mode, self.states[s.task].pinned_step = TaskPhase.DISTILLING, s.best_step
-                elif s.kind == "softLabelsReady":
-                    self.soft[s.task] = read_soft_labels(s.uri, expected_examples=len(self.train[s.task])).to(self.device)
-                    self.states[s.task].mode, self.states[s.task].pinned_step = TaskPhase.KD, None
-                elif s.kind == "skipDistillation":
-                    self.states[s.task].mode, self.states[s.task].pinned_step = TaskPhase.FROZEN, None
-                elif s.kind == "stop":
-                    self.stop_requested = True
+            fx = replay({n: st.control for n, st in self.states.items()}, doc.signals, state.applied_generation,
+                        distills_on_convergence=self.spec.resolved_strategy.distills_on_convergence)
+            for name, c in fx.tasks.items():
+                self.states[name].control = c
+            for task, uri in fx.soft_labels.items():
+                self.soft[task] = read_soft_labels(uri, expected_examples=len(self.train[task])).to(self.device)
+            self.stop_requested = self.stop_requested or fx.stop
             self.applied_generation = state.applied_generation
         for name, st in self.states.items():
             self.exporter.set_mode(name, st.mode)
@@ -522,25 +598,36 @@ class Trainer:
         self.exporter.set_state("training")
         self.exporter.global_step.labels(self.opts.run).set(self.step)
         while True:
-            self.poll_control()
+            tick = self.poll_control()
             if self.stop_requested or self.step >= tr.max_steps:
                 break
-            if self.awaiting is not None and self._hold_for_decision():
-                self.exporter.set_state("paused")
-                time.sleep(self.opts.control_poll_seconds)
+            if self.awaiting is not None and self._hold_for_decision(tick):
+                self._idle()
                 continue
             if self.paused():
-                self.exporter.set_state("paused")
-                time.sleep(self.opts.control_poll_seconds)
+                self._idle()
                 continue
             self.exporter.set_state("training")
             self.step_once()
         return self.finalize()
 
+    def _idle(self) -> None:
+        self.exporter.set_state("paused")
+        time.sleep(self.opts.control_poll_seconds)
+
     def next_batch(self):
-        """The mixed batch for the current step (deterministic in seed, step and control generation)."""
+        """This rank's slice of the step's mixed batch (the global draw is deterministic in seed, step and
+        rewinds, and the same on every rank)."""
         draw = self.sampler.draw(self.step, self.rewinds, self.active_tasks(), self._sampling_scale())
-        return make_batch(draw, self.train, self.pad_id)
+        if not self.ranks.distributed:
+            return make_batch(draw, self.train, self.pad_id)
+        # padded as the whole batch: each rank's forward is the single-process forward's rows
+        batch = make_batch(self.ranks.local_slice(draw), self.train, self.pad_id, draw_width(draw, self.train))
+        counts: dict[str, int] = {}
+        for t, _ in draw:
+            counts[t] = counts.get(t, 0) + 1
+        batch.global_rows = counts
+        return batch
 
     def step_once(self) -> dict[str, torch.Tensor]:
         """Train one step; at a validation step, validate and checkpoint. Returns the step's task losses."""
@@ -549,7 +636,7 @@ class Trainer:
         losses = self.train_step(batch)
         self.step += 1
         self._train_time += time.perf_counter() - t0
-        self._examples_since += batch.size
+        self._examples_since += self.spec.training.batch_size if self.ranks.distributed else batch.size
         if self.step % LOSS_EXPORT_EVERY == 0:
             self._export_losses()
         if self.step % self.spec.training.validation_interval == 0:
@@ -583,10 +670,10 @@ class Trainer:
                 due.append(name)
         return due
 
-    def _hold_for_decision(self) -> bool:
+    def _hold_for_decision(self, tick: ControlTick | None = None) -> bool:
         """True while the decision barrier holds: no control generation since it was raised. Released
-        by any new generation, or after `metrics.ackTimeoutSeconds` (a runtime that disagrees or is
-        gone: training goes on, the decision then depends on timing, and a warning says so)."""
+        by any new generation, or after `metrics.ackTimeoutSeconds` on rank 0's clock (a runtime that
+        disagrees or is gone: training goes on, the decision then depends on timing, and a warning says so)."""
         assert self.awaiting is not None
         generation, since, tasks = self.awaiting
         if self.applied_generation > generation:
@@ -594,7 +681,9 @@ class Trainer:
                 self.states[n].decided = True
             self.awaiting = None
             return False
-        if time.monotonic() - since > self.spec.metrics.ack_timeout_seconds:
+        timed_out = tick.release_on_timeout if tick is not None else (
+            time.monotonic() - since > self.spec.metrics.ack_timeout_seconds)
+        if timed_out:
             self.log.warning("no decision on %s within %.0fs of step %d: training on", ", ".join(tasks),
                              self.spec.metrics.ack_timeout_seconds, self.step)
             for n in tasks:
@@ -605,29 +694,25 @@ class Trainer:
 
     def finalize(self) -> FinalReport:
         """Final evaluation (validation and test of the final model, test of each unconverged task's
-        best checkpoint), the final model for serving, and `reports/final.json`."""
+        best checkpoint), the final model for serving, and `reports/final.json` (rank 0 writes)."""
         self.exporter.set_state("finalizing")
         self.log.info("final evaluation at step %d", self.step)
+        self._checkpoints_settled()
+        kept = self.checkpointer.steps()
         for name, st in self.states.items():
-            if name not in self.best_scores and st.best.best_step is not None and st.best.best_step in self.checkpointer.steps():
+            if name not in self.best_scores and st.best.best_step is not None and st.best.best_step in kept:
                 self._score_best_checkpoint(name, st.best.best_step)
-        report = FinalReport(run=self.opts.run, step=self.step, stopped="stop" if self.stop_requested else "maxSteps",
-                             control_generation=self.applied_generation)
-        for name, t in self.task_specs.items():
-            report.tasks[name] = TaskFinal(
-                type=t.type.value, metric=t.metric.value, mode=self.states[name].mode,
-                final_validation=self.evaluate(name, self.val[name]), best_checkpoint=self.best_scores.get(name),
-                final_test=self.evaluate(name, self.test[name]) if name in self.test else None)
-        staging = self.opts.workdir / "staging" / "model"
-        target = self.storage.local_path(MODEL)
-        save_multitask_model(self.model, self.tokenizer, self.spec, target or staging)
-        if target is None:
-            for p in staging.rglob("*"):
-                if p.is_file():
-                    self.storage.put_file(model_file(str(p.relative_to(staging))), p)
-        write_final(self.storage, report)
+        report = final_report(self.opts.run, self.step, self.stop_requested, self.applied_generation,
+                              {n: s.mode for n, s in self.states.items()}, self.task_specs, self.best_scores,
+                              lambda n: self.evaluate(n, self.val[n]),
+                              lambda n: self.evaluate(n, self.test[n]) if n in self.test else None)
+        if self.ranks.is_coordinator:
+            export_model(self.storage, self.model, self.tokenizer, self.spec, self.opts.workdir / "staging" / "model")
+            write_final(self.storage, report)
+            self.log.info("finished: report at %s", self.storage.uri(FINAL))
+        self.checkpointer.close()
+        self.ranks.barrier()
         self.exporter.set_state("finished")
-        self.log.info("finished: report at %s", self.storage.uri(FINAL))
         return report
 
 
@@ -645,7 +730,9 @@ def _last_shared_weight(encoder: torch.nn.Module) -> torch.nn.Parameter | None:
 def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="asyncmtl-train", description=__doc__.split("\n\n")[0])
     p.add_argument("--spec", required=True, help="AsyncMTLRun YAML/JSON (the whole resource or its spec).")
-    p.add_argument("--run", help="Run name (default: metadata.name).")
+    p.add_argument("--run", "--run-name", dest="run",
+                   help="Run name (default: metadata.name). Under torchrun spell it --run-name: torchrun's own "
+                        "parser takes --run for an abbreviation of its --run-path.")
     p.add_argument("--namespace", default="local", help="Storage namespace (default: local).")
     p.add_argument("--control", required=True, help="Control file path (JSON).")
     p.add_argument("--workdir", required=True, help="Scratch folder (token cache, staging).")
@@ -682,9 +769,13 @@ def load_spec_for_entrypoint(path: str) -> tuple[RunSpec, str | None]:
 def main(argv: list[str] | None = None) -> int:
     """`asyncmtl-train`: exit 0 after the final evaluation, 2 for a bad spec or data, 3 when a storage
     write failed (asyncmtl.termination: a one-line termination message says which path and why), 1
-    otherwise."""
+    otherwise.
+
+    Under `torchrun` every rank runs this; rank 0 serves the metrics. A worker group torchrun restarted
+    after a failure (`TORCHELASTIC_RESTART_COUNT` > 0) resumes from the latest checkpoint, as `--resume`."""
     from asyncmtl.data import DataError
     from asyncmtl.spec import SpecError
+    from asyncmtl_trainer.distributed import init_ranks, restarted_by_torchrun, under_torchrun
     from asyncmtl_trainer.model import ModelLoadError
 
     configure()
@@ -692,7 +783,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.parent_pid:  # a local run: never outlive the runtime that started us (asyncmtl.local.lifeline)
         from asyncmtl.local.lifeline import watch_parent
 
-        watch_parent(args.parent_pid)
+        watch_parent(args.parent_pid, depth=2 if under_torchrun() else 1)  # under torchrun: via its agent
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -705,21 +796,32 @@ def main(argv: list[str] | None = None) -> int:
     opts = TrainerOptions(run=run, namespace=args.namespace, control_path=Path(args.control), workdir=Path(args.workdir),
                           base_dir=base_dir, tweeteval_dir=args.tweeteval_dir,
                           metrics_port=spec.metrics.port if args.metrics_port is None else args.metrics_port,
-                          metrics_addr=args.metrics_addr, resume=args.resume,
+                          metrics_addr=args.metrics_addr, resume=args.resume or restarted_by_torchrun(),
                           report_delay_seconds=float(os.environ.get("ASYNCMTL_TRAINER_REPORT_DELAY") or 0.0))
     log = run_logger(__name__, run)
-    storage = open_run_storage(spec.storage.uri, namespace=args.namespace, run=run, base_dir=os.getcwd(),
-                               endpoint_url=spec.storage.endpoint_url)
     term_log = args.termination_log or termination.default_path()
-    trainer = Trainer(spec, opts, storage)
+    trainer: Trainer | None = None
+    ranks: Ranks | None = None
     try:
-        trainer.serve_metrics()
+        ranks = init_ranks(spec.training.device)
+        storage = open_run_storage(spec.storage.uri, namespace=args.namespace, run=run, base_dir=os.getcwd(),
+                                   endpoint_url=spec.storage.endpoint_url)
+        trainer = Trainer(spec, opts, storage, ranks)
+        if ranks.is_coordinator:
+            trainer.serve_metrics()
         trainer.setup()
         trainer.run()
     except Exception as exc:
-        return termination.exit_status(exc, term_log, log, "trainer", bad_input=(DataError, ModelLoadError))
+        code = termination.exit_status(exc, term_log, log, "trainer",
+                                       bad_input=(DataError, ModelLoadError, DistributedSetupError))
+        if under_torchrun():  # torchrun exits 1 for any failed worker: say which failure this was
+            termination.write_exit_code(term_log, code)
+        return code
     finally:
-        trainer.exporter.close()
+        if trainer is not None:
+            trainer.exporter.close()
+        if ranks is not None:
+            ranks.close()
     return 0
 
 

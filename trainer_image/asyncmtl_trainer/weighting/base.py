@@ -45,6 +45,10 @@ class Weighting(ABC):
     needs_grad_norms: bool = False  # update() receives ‖∇_W L_t‖ on the last shared layer W
     learns: bool = False  # update() is called with each step's losses
     needs_losses_after_step: bool = False  # after_step() is called with the same batch's losses after the step
+    # exact under torchrun's data parallelism: the gradient is Σ_t λ_t ∇L_t with λ the same on every rank,
+    # so DDP's average of the ranks' (rescaled) slices is the whole batch's gradient. Methods that need
+    # per-task gradients (GradNorm, UPGrad) or combine the losses non-linearly (FAMO, UW) are not.
+    data_parallel: bool = False
 
     def __init__(self, tasks: list[str]) -> None:
         self.tasks = list(tasks)

@@ -26,6 +26,7 @@ def dwa_weights(prev: dict[str, float], prev2: dict[str, float], temperature: fl
 
 @register("dwa")
 class DWA(Weighting):
+    data_parallel = True
     learns = True
 
     @classmethod

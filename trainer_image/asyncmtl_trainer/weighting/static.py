@@ -27,6 +27,8 @@ def muppet_scale(task: TaskSpec) -> float:
 class Static(Weighting):
     """Fixed λ_t: `weights` given (missing tasks get 1.0)."""
 
+    data_parallel = True
+
     def __init__(self, tasks: list[str], weights: dict[str, float]) -> None:
         super().__init__(tasks)
         self._w = {t: float(weights.get(t, 1.0)) for t in tasks}

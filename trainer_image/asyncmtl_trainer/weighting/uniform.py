@@ -6,5 +6,7 @@ from asyncmtl_trainer.weighting.base import Weighting, register
 
 @register("uniform")
 class Uniform(Weighting):
+    data_parallel = True
+
     def weights(self) -> dict[str, float]:
         return {t: 1.0 for t in self.tasks}
