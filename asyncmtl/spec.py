@@ -491,6 +491,12 @@ class ClusterSpec(_Strict):
         None, description="Inference container resources (default: same as training)."
     )
     inference_parallelism: int = Field(2, ge=1, le=1024, description="Inference pods running at once.")
+    nodes: int = Field(1, ge=1, le=1024, description="Training pods (one per node). Above 1 the trainer runs as an "
+                                                     "Indexed Job of this many pods under torchrun (c10d rendezvous "
+                                                     "on pod 0 through a headless Service), data-parallel (DDP).")
+    gpus_per_node: int = Field(0, ge=0, le=64, description="GPUs per training pod: sets the trainer container's "
+                                                           "nvidia.com/gpu limit and starts one torchrun rank per "
+                                                           "GPU (0: CPU or as `resources` says, one rank per pod).")
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
     priority_class_name: str | None = None

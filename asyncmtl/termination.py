@@ -40,31 +40,33 @@ def write_message(path: Path | None, message: str) -> None:
         pass
 
 
-def exit_code_path(path: Path) -> Path:
-    """Where a worker under a launcher (torchrun) leaves its exit status beside its termination message."""
-    return path.with_name(path.name + ".exit-code")
+EXIT_CODE_FILE = "trainer.exit-code"  # in the trainer's workdir
 
 
-def write_exit_code(path: Path | None, code: int) -> None:
-    """Record `code` beside the termination message at `path`: torchrun reports any failed worker as
-    exit 1, and a launcher's parent still needs to tell bad input (2) and a storage fault (3) from a crash.
-    Never raises."""
-    if path is None:
-        return
+def write_exit_code(workdir: Path, code: int) -> None:
+    """Record a rank's exit `code` in `workdir` for its launcher (asyncmtl_trainer.launch): torchrun reports
+    any failed worker as exit 1, and the launcher's parent must still tell bad input (2) and a storage fault
+    (3) from a crash. Never raises."""
     try:
-        exit_code_path(path).write_text(str(code))
+        (workdir / EXIT_CODE_FILE).write_text(str(code))
     except OSError:
         pass
 
 
-def launcher_exit_code(path: Path | None, code: int) -> int:
-    """A launcher's exit `code`, refined by the code a worker recorded with `write_exit_code` (if any)."""
-    if path is None or code == 0:
-        return code
+def clear_exit_code(workdir: Path) -> None:
+    """Forget a previous launch's recorded status. Never raises."""
     try:
-        return int(exit_code_path(path).read_text().strip())
+        (workdir / EXIT_CODE_FILE).unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def recorded_exit_code(workdir: Path, default: int) -> int:
+    """The status a rank recorded with `write_exit_code`, else `default`."""
+    try:
+        return int((workdir / EXIT_CODE_FILE).read_text().strip())
     except (OSError, ValueError):
-        return code
+        return default
 
 
 def add_argument(parser: argparse.ArgumentParser, who: str) -> None:

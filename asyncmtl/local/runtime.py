@@ -139,7 +139,7 @@ class LocalRuntime:
 
     def _spawn(self, module: str, args: list[str], log_path: Path, threads: int | None,
                launcher: list[str] | None = None) -> subprocess.Popen:
-        """Start `python -m module args` (after `launcher`'s arguments: `python -m torch.distributed.run ...
+        """Start `python -m module args` (after `launcher`'s arguments: `python -m asyncmtl_trainer.launch ...
         -m module args`) with its output in `log_path` and its termination message (asyncmtl.termination)
         in `log_path` with the suffix `.termination-log`."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,7 +152,6 @@ class LocalRuntime:
             env["OMP_NUM_THREADS"] = str(threads)
             args = [*args, "--threads", str(threads)]
         out = log_path.open("ab")
-        termination.exit_code_path(term_log).unlink(missing_ok=True)
         # a new session: Ctrl-C in the terminal reaches the runtime only, which stops children in order;
         # the child watches its parent and inherits the run lock (asyncmtl.local.lifeline)
         args = [*args, "--parent-pid", str(os.getpid())]
@@ -171,7 +170,7 @@ class LocalRuntime:
         launcher = None
         if n > 1:  # torchrun: one rendezvous on this machine, n ranks; a failed rank fails the group, and the
             # runtime restarts it from the latest checkpoint (cluster.backoffLimit), as a failed pod on a cluster
-            launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", "--max-restarts=0"]
+            launcher = ["-m", "asyncmtl_trainer.launch", "--standalone", f"--nproc-per-node={n}", "--max-restarts=0"]
             args[args.index("--run")] = "--run-name"  # torchrun's parser reads --run as its --run-path
         self.trainer = self._spawn("asyncmtl_trainer.train", args, self.logs / "trainer.log", self.opts.threads, launcher)
         self.log.info("trainer started (pid %d%s), log %s", self.trainer.pid, f", torchrun with {n} ranks" if n > 1 else "",
@@ -248,8 +247,6 @@ class LocalRuntime:
         obs = Observations(time=time.time(), teacher_steps=self._teacher_steps, reference_order=self._reference_order)
         if self.trainer is not None:
             code = self.trainer.poll()
-            if code is not None:  # under torchrun, the failed rank's own status (bad input, storage fault)
-                code = termination.launcher_exit_code(self.logs / "trainer.termination-log", code)
             if code == 0:
                 obs.trainer_state = "Finished"
                 final = read_final(self.storage)  # its last acknowledgement, which no scrape may have seen

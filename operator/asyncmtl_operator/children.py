@@ -1,5 +1,5 @@
-"""Manifests of a run's children (pure functions): control ConfigMap, training Job, metrics
-Service, soft-label inference Indexed Job. Names are deterministic, so creating a child that
+"""Manifests of a run's children (pure functions): control ConfigMap, training Job (an Indexed Job
+with a headless rendezvous Service for several nodes), metrics Service, soft-label inference Indexed Job. Names are deterministic, so creating a child that
 already exists is a no-op (an operator restart never duplicates one).
 
 Every pod runs with the Pod Security `restricted` profile's security context.
@@ -48,6 +48,31 @@ def train_name(run: str) -> str:
 
 def metrics_service_name(run: str) -> str:
     return child_name(run, "metrics")
+
+
+def rendezvous_service_name(run: str) -> str:
+    """The headless Service giving a multi-node trainer's pods stable DNS names (`<job>-<index>.<service>`)."""
+    return child_name(run, "ranks")
+
+
+COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"  # set by the Job controller on Indexed Job pods
+RENDEZVOUS_PORT = 29400  # torchrun's c10d store on pod 0
+EXIT_NOT_RETRIED = (2, 3)  # asyncmtl.termination: bad spec or data, storage fault
+
+
+def ranks_per_pod(run: AsyncMTLRun) -> int:
+    """torchrun ranks in each training pod: one per GPU (`cluster.gpusPerNode`), else one."""
+    return max(1, run.spec.cluster.gpus_per_node)
+
+
+def distributed(run: AsyncMTLRun) -> bool:
+    """The trainer runs under torchrun: several pods, or several GPUs in its pod."""
+    return run.spec.cluster.nodes > 1 or ranks_per_pod(run) > 1
+
+
+def multi_node(run: AsyncMTLRun) -> bool:
+    """The trainer is an Indexed Job of `cluster.nodes` pods with a headless Service for rendezvous."""
+    return run.spec.cluster.nodes > 1
 
 
 def inference_name(run: str, task: str, step: int, attempt: int = 1) -> str:
@@ -125,30 +150,88 @@ def _container(run: AsyncMTLRun, name: str, args: list[str], resources: dict[str
     return out
 
 
-def training_job(run: AsyncMTLRun, namespace: str) -> dict[str, Any]:
-    """The training Job: one pod, retried up to `cluster.backoffLimit` times; the trainer always
-    starts with `--resume`, so a retried pod continues from the latest checkpoint and the control
-    generation it had applied."""
+def training_resources(run: AsyncMTLRun) -> dict[str, dict[str, Any]]:
+    """The trainer container's resources: `cluster.resources`, with `nvidia.com/gpu: gpusPerNode` in its
+    limits when GPUs per node are set (an extended resource: its request defaults to its limit)."""
     c = run.spec.cluster
-    args = ["asyncmtl-train", "--spec", f"{CONTROL_MOUNT}/{SPEC_KEY}", "--run", run.name, "--namespace", namespace,
-            "--control", f"{CONTROL_MOUNT}/{CONTROL_FILE_NAME}", "--workdir", WORKDIR,
-            "--metrics-port", str(run.spec.metrics.port or 9400), "--resume"]
+    res = {k: dict(v) for k, v in c.resources.items()}
+    if c.gpus_per_node:
+        res.setdefault("limits", {})["nvidia.com/gpu"] = c.gpus_per_node
+        if "nvidia.com/gpu" in res.get("requests", {}):
+            res["requests"]["nvidia.com/gpu"] = c.gpus_per_node
+    return res
+
+
+def _trainer_args(run: AsyncMTLRun, namespace: str) -> list[str]:
+    """The container's arguments: `asyncmtl-train ...`, or under torchrun (`asyncmtl-launch`, torchrun's
+    arguments keeping the failed rank's exit status) one rank per GPU of each pod. Several pods meet at
+    pod 0's stable DNS name (c10d rendezvous); torchrun restarts the whole group up to `backoffLimit`
+    times when a rank fails, and every restarted rank resumes from the latest checkpoint."""
+    c = run.spec.cluster
+    train = ["--spec", f"{CONTROL_MOUNT}/{SPEC_KEY}", "--run-name", run.name, "--namespace", namespace,
+             "--control", f"{CONTROL_MOUNT}/{CONTROL_FILE_NAME}", "--workdir", WORKDIR,
+             "--metrics-port", str(run.spec.metrics.port or 9400), "--resume"]
+    if not distributed(run):
+        return ["asyncmtl-train", *train]
+    if multi_node(run):
+        endpoint = f"{train_name(run.name)}-0.{rendezvous_service_name(run.name)}:{RENDEZVOUS_PORT}"
+        where = [f"--nnodes={c.nodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", f"--rdzv-id={run.name}"]
+    else:
+        where = ["--standalone"]
+    return ["asyncmtl-launch", *where, f"--nproc-per-node={ranks_per_pod(run)}", f"--max-restarts={c.backoff_limit}",
+            "-m", "asyncmtl_trainer.train", *train]
+
+
+def training_job(run: AsyncMTLRun, namespace: str) -> dict[str, Any]:
+    """The training Job, retried up to `cluster.backoffLimit` times; the trainer always starts with
+    `--resume`, so a retried pod continues from the latest checkpoint and the control generation it had
+    applied. A bad spec or data (exit 2) or a storage fault (3) fails the Job at once (`podFailurePolicy`),
+    and a pod evicted or preempted (DisruptionTarget) does not count as a retry.
+
+    With `cluster.nodes` > 1 it is an Indexed Job (completions = parallelism = nodes) whose pods are named
+    through the headless `rendezvous_service` (`subdomain`); rank 0 runs in pod 0."""
+    c = run.spec.cluster
     ports = [{"name": "metrics", "containerPort": run.spec.metrics.port or 9400}]
+    if multi_node(run):
+        ports.append({"name": "rendezvous", "containerPort": RENDEZVOUS_PORT})
     lab = labels(run.name, "train", c.labels)
-    return {"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": train_name(run.name), "labels": lab},
-            "spec": {"backoffLimit": c.backoff_limit, "template": apply_overlay({
-                "metadata": {"labels": lab},
-                "spec": _pod_spec(run, _container(run, "trainer", args, c.resources, ports), "Never")}, c.pod_template)}}
+    pod = _pod_spec(run, _container(run, "trainer", _trainer_args(run, namespace), training_resources(run), ports), "Never")
+    spec: dict[str, Any] = {
+        "backoffLimit": c.backoff_limit,
+        "podFailurePolicy": {"rules": [
+            {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In",
+                                                  "values": list(EXIT_NOT_RETRIED)}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]},
+    }
+    if multi_node(run):
+        pod["subdomain"] = rendezvous_service_name(run.name)
+        spec.update({"completionMode": "Indexed", "completions": c.nodes, "parallelism": c.nodes})
+    spec["template"] = apply_overlay({"metadata": {"labels": lab}, "spec": pod}, c.pod_template)
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": train_name(run.name), "labels": lab},
+            "spec": spec}
+
+
+def rendezvous_service(run: AsyncMTLRun) -> dict[str, Any]:
+    """The headless Service of a multi-node trainer: DNS names for its pods, published before they are
+    ready (the rendezvous happens before any rank serves metrics)."""
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": rendezvous_service_name(run.name), "labels": labels(run.name, "ranks")},
+            "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                     "selector": {RUN_LABEL: run.name, ROLE_LABEL: "train"},
+                     "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": "rendezvous"}]}}
 
 
 def metrics_service(run: AsyncMTLRun) -> dict[str, Any]:
-    """A Service selecting the trainer pod's metrics port (for scraping and debugging)."""
+    """A Service selecting the trainer's metrics port (for scraping and debugging): rank 0's pod, the only
+    one serving metrics (pod 0 of a multi-node trainer)."""
     port = run.spec.metrics.port or 9400
+    selector = {RUN_LABEL: run.name, ROLE_LABEL: "train"}
+    if multi_node(run):
+        selector[COMPLETION_INDEX_LABEL] = "0"
     return {"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": metrics_service_name(run.name), "labels": labels(run.name, "metrics")},
-            "spec": {"selector": {RUN_LABEL: run.name, ROLE_LABEL: "train"},
-                     "ports": [{"name": "metrics", "port": port, "targetPort": "metrics"}]}}
+            "spec": {"selector": selector, "ports": [{"name": "metrics", "port": port, "targetPort": "metrics"}]}}
 
 
 def inference_job(run: AsyncMTLRun, namespace: str, task: str, step: int, shards: int, attempt: int = 1,

@@ -225,7 +225,8 @@ class Controller:
                                     "metadata": {"name": name, "namespace": namespace},
                                     "spec": run.spec.model_dump(mode="json", by_alias=True, exclude_none=True)},
                                    sort_keys=False)
-        for child in (children.control_configmap(run, doc, spec_yaml), children.metrics_service(run),
+        rendezvous = [children.rendezvous_service(run)] if children.multi_node(run) else []
+        for child in (children.control_configmap(run, doc, spec_yaml), children.metrics_service(run), *rendezvous,
                       training_job):
             adopt(child)
             created = self.kube.create(child, namespace)

@@ -814,8 +814,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         code = termination.exit_status(exc, term_log, log, "trainer",
                                        bad_input=(DataError, ModelLoadError, DistributedSetupError))
-        if under_torchrun():  # torchrun exits 1 for any failed worker: say which failure this was
-            termination.write_exit_code(term_log, code)
+        if under_torchrun():  # torchrun exits 1 for any failed worker: tell asyncmtl-launch which failure this was
+            termination.write_exit_code(opts.workdir, code)
         return code
     finally:
         if trainer is not None:
