@@ -201,3 +201,45 @@ def test_killing_one_rank_restarts_the_group_from_the_latest_checkpoint_and_the_
     assert "resumed at step" in log  # from the latest checkpoint, not from step 0
     final = json.loads((run_dir / "reports" / "final.json").read_text())
     assert final["step"] == 200
+
+
+def test_a_method_that_is_not_data_parallel_fails_the_ranks_as_bad_input_without_a_retry(tmp_path, tiny_nodrop):
+    """GradNorm needs each task's gradient of the whole batch: refused under torchrun with the field named, and
+    the launcher keeps the rank's exit status 2, so the runtime reports it instead of restarting it."""
+    spec = write_spec(tmp_path / "g.yaml", tiny_nodrop, "g", max_steps=20)
+    doc = yaml.safe_load(spec.read_text())
+    doc["spec"]["weighting"] = {"method": "gradnorm"}
+    spec.write_text(yaml.safe_dump(doc, sort_keys=False))
+    r = asyncmtl_run(tmp_path, spec, "--nproc-per-node", "2")
+    run_dir = tmp_path / "store" / "local" / "g"
+    assert r.returncode != 0
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["phase"] == "Failed"
+    assert "spec.weighting.method: gradnorm" in json.dumps(status)
+    assert "TrainerRestarted" not in r.stdout
+
+
+def test_ranks_sharing_a_workdir_tokenize_into_one_cache_without_tripping_over_each_other(tmp_path):
+    """Every rank of a local torchrun writes the same token-cache file: each through its own temporary name
+    (a shared one made a rank's rename fail with FileNotFoundError when the other had renamed it first)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        results = pool.map(_tokenize_into, [str(tmp_path / "cache")] * 16)
+    assert all(r == results[0] for r in results)
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.suffix == ".tmp"] == []
+
+
+def _tokenize_into(cache: str) -> int:
+    from asyncmtl.data import Example, Split
+    from asyncmtl.pretrained import resolve_pretrained
+    from asyncmtl.spec import MINILM_PACKAGE, TaskSpec
+    from asyncmtl_trainer.batching import tokenize_split
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(resolve_pretrained(MINILM_PACKAGE)), local_files_only=True)
+    task = TaskSpec.model_validate({"name": "t", "type": "binary", "data": {"train": "x", "validation": "y"}})
+    split = Split("t", "train", "test", [Example(id=i, text=f"tweet number {i} " * (i % 7 + 1), text_pair=None, label=i % 2)
+                                         for i in range(3000)])
+    return len(tokenize_split(task, split, tok, 64, Path(cache)).input_ids)

@@ -462,6 +462,7 @@ def test_continual_a_converged_task_keeps_its_labels_and_no_longer_holds_the_tra
     assert st.mode == TaskPhase.TRAINING and st.decided and tr.decision_due() == []
     assert tr.step == 10  # no rewind
     tr.save_checkpoint()
+    tr.checkpointer.wait()  # complete, as when a trainer exits (checkpoints are written in the background)
     resumed = _trainer_with(tmp_path, tiny_model, setting="sequential", order="explicit",
                             taskOrder=["sentiment", "sarcasm"], strategy="continual",
                             distillation={"whilePending": "Pause"})

