@@ -13,7 +13,7 @@
 
     python benchmarks/scale_out.py --tweeteval-dir ../shared/data/tweeteval   # all three, MiniLM on CPU
     python benchmarks/scale_out.py --only inference --device cuda --model bert-base
-    python benchmarks/scale_out.py --steps 400 --validation-interval 200
+    python benchmarks/scale_out.py --only checkpoints --rounds 5 --steps 200 --validation-interval 200
 
 `--model bert-base` is a randomly initialised BERT-base config (with the MiniLM tokenizer).
 """
@@ -69,9 +69,8 @@ def spec_doc(args, work: Path, *, max_steps: int, batch_size: int) -> dict:
                      "storage": {"uri": f"file://{work}/store"}}}
 
 
-def trainer_loop(doc: dict, work: Path, *, checkpoints: bool, background: bool, steps: int):
-    """Build a trainer, run `steps` steps (validation and checkpoints as configured); returns
-    (examples/s over the loop's wall time, checkpoint stall seconds, wall seconds, checkpoint bytes)."""
+def build_trainer(doc: dict, work: Path, *, checkpoints: bool, background: bool):
+    """A set-up trainer for `doc` writing under `work` (checkpoints as asked), warmed up by one step."""
     from asyncmtl.spec import parse_run
     from asyncmtl.storage import open_run_storage
     from asyncmtl_trainer.distributed import init_ranks
@@ -84,37 +83,53 @@ def trainer_loop(doc: dict, work: Path, *, checkpoints: bool, background: bool, 
                                       checkpoints=checkpoints, async_checkpoints=background), storage, ranks)
     tr.setup()
     tr.step_once()  # warm-up (allocator, kernels), not timed
-    ranks.barrier()
+    return tr
+
+
+def timed_steps(tr, steps: int) -> tuple[float, float]:
+    """Run `steps` steps (their validations and checkpoints included, the last checkpoint waited for);
+    returns (examples/s, wall seconds)."""
+    tr.ranks.barrier()
     t0 = time.perf_counter()
     for _ in range(steps):
         tr.step_once()
-    tr.checkpointer.wait()  # the last checkpoint counts
-    ranks.barrier()
+    tr.checkpointer.wait()
+    tr.ranks.barrier()
     wall = time.perf_counter() - t0
-    root = storage.local_path("checkpoints")
-    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if checkpoints and root and root.exists() else 0
-    tr.checkpointer.close()
-    stall = tr.checkpointer.stalled_seconds
-    return spec.training.batch_size * steps / wall, stall, wall, size, ranks
+    return tr.spec.training.batch_size * steps / wall, wall
 
 
 def bench_checkpoints(args, work: Path) -> None:
-    # step 1 is the warm-up: validation (and a checkpoint) at steps interval, 2*interval, ... within the timed steps
+    """Rounds alternate the arms (none, background, [inside the step]); each round is `steps` steps of each,
+    so each holds the same validations and checkpoints, and drift in machine speed hits every arm."""
+    import statistics
+
     doc = spec_doc(args, work, max_steps=10**6, batch_size=args.batch_size)
-    rows = {}
-    for label, ck, bg in (("no checkpoints", False, True), ("async checkpoints", True, True),
-                          ("sync checkpoints", True, False)):
-        if label == "sync checkpoints" and not args.sync_arm:
-            continue
-        d = Path(tempfile.mkdtemp(dir=work))
-        rate, stall, wall, size, _ = trainer_loop(doc, d, checkpoints=ck, background=bg, steps=args.steps)
-        rows[label] = rate
-        print(f"  {label:18s}: {rate:8.2f} examples/s  wall {wall:7.1f}s  checkpoint stall {stall:6.2f}s "
-              f"({100 * stall / wall:4.1f}% of wall)  on disk {size / 1e6:6.0f} MB")
-    base = rows["no checkpoints"]
-    print(f"(a) trainer with checkpoints / without: {rows['async checkpoints'] / base:.3f}  (target >= 0.95)")
-    if "sync checkpoints" in rows:
-        print(f"    the same, checkpoints written inside the step (before): {rows['sync checkpoints'] / base:.3f}")
+    arms = [("no checkpoints", False, True), ("async checkpoints", True, True)]
+    if args.sync_arm:
+        arms.append(("sync checkpoints", True, False))
+    trainers = {label: build_trainer(doc, Path(tempfile.mkdtemp(dir=work)), checkpoints=ck, background=bg)
+                for label, ck, bg in arms}
+    rates: dict[str, list[float]] = {label: [] for label in trainers}
+    walls: dict[str, float] = {label: 0.0 for label in trainers}
+    for r in range(args.rounds):
+        for label, tr in trainers.items():
+            rate, wall = timed_steps(tr, args.steps)
+            rates[label].append(rate)
+            walls[label] += wall
+        print("  round %d: %s" % (r + 1, "  ".join(f"{k} {v[-1]:.2f}" for k, v in rates.items())))
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    for label, tr in trainers.items():
+        stall = tr.checkpointer.stalled_seconds
+        root = tr.storage.local_path("checkpoints")
+        size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root and root.exists() else 0
+        print(f"  {label:18s}: {med[label]:8.2f} examples/s (median of {args.rounds} rounds x {args.steps} steps)  "
+              f"checkpoint stall {stall:6.2f}s = {100 * stall / walls[label]:4.1f}% of wall  kept on disk {size / 1e6:5.0f} MB")
+        tr.checkpointer.close()
+    base = med["no checkpoints"]
+    print(f"(a) trainer with checkpoints / without: {med['async checkpoints'] / base:.3f}  (target >= 0.95)")
+    if "sync checkpoints" in med:
+        print(f"    the same, checkpoints written inside the step (before): {med['sync checkpoints'] / base:.3f}")
 
 
 def bench_inference(args, work: Path) -> None:
@@ -205,10 +220,11 @@ def worker(spec_file: str, out: str, steps: int) -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     doc = json.loads(Path(spec_file).read_text())
     work = Path(tempfile.mkdtemp())
-    rate, _, _, _, ranks = trainer_loop(doc, work, checkpoints=False, background=True, steps=steps)
-    if ranks.is_coordinator:
+    tr = build_trainer(doc, work, checkpoints=False, background=True)
+    rate, _ = timed_steps(tr, steps)
+    if tr.ranks.is_coordinator:
         Path(out).write_text(json.dumps({"examplesPerSecond": rate}))
-    ranks.close()
+    tr.ranks.close()
 
 
 def main() -> None:
@@ -217,7 +233,7 @@ def main() -> None:
     p.add_argument("--only", choices=["checkpoints", "inference", "ranks"])
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--steps", type=int, default=400, help="timed steps of (a)")
+    p.add_argument("--steps", type=int, default=200, help="timed steps of each arm per round in (a)")
     p.add_argument("--validation-interval", type=int, default=200)
     p.add_argument("--validation-examples", type=int, default=100, help="validation examples per task")
     p.add_argument("--eval-batch-size", type=int, default=128)

@@ -155,10 +155,10 @@ def training_resources(run: AsyncMTLRun) -> dict[str, dict[str, Any]]:
     limits when GPUs per node are set (an extended resource: its request defaults to its limit)."""
     c = run.spec.cluster
     res = {k: dict(v) for k, v in c.resources.items()}
-    if c.gpus_per_node:
-        res.setdefault("limits", {})["nvidia.com/gpu"] = c.gpus_per_node
+    if c.gpus_per_node:  # a Quantity is a string in the API's JSON (the client refuses an int)
+        res.setdefault("limits", {})["nvidia.com/gpu"] = str(c.gpus_per_node)
         if "nvidia.com/gpu" in res.get("requests", {}):
-            res["requests"]["nvidia.com/gpu"] = c.gpus_per_node
+            res["requests"]["nvidia.com/gpu"] = str(c.gpus_per_node)
     return res
 
 

@@ -51,7 +51,7 @@ def test_two_nodes_make_an_indexed_job_whose_pods_meet_at_pod_0_through_a_headle
     pod_labels = spec["template"]["metadata"]["labels"]
     assert all(pod_labels[k] == v for k, v in svc["spec"]["selector"].items())  # the Service selects the pods
     container = pod["containers"][0]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
     assert {"name": "rendezvous", "containerPort": 29400} in container["ports"]
     launcher, trainer = _split(container["args"])
     assert container["args"][0] == "asyncmtl-launch"
@@ -80,7 +80,8 @@ def test_one_pod_with_several_gpus_runs_standalone_torchrun_and_one_gpu_the_plai
         _valid(job)
         c = job["spec"]["template"]["spec"]["containers"][0]
         assert c["args"][0] == "asyncmtl-train"
-        assert c["resources"]["limits"].get("nvidia.com/gpu") == cluster.get("gpusPerNode")
+        gpus = cluster.get("gpusPerNode")
+        assert c["resources"]["limits"].get("nvidia.com/gpu") == (str(gpus) if gpus else None)
     assert not children.multi_node(_run(gpusPerNode=8)) and children.multi_node(_run(nodes=3))
 
 
