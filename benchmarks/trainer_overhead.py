@@ -2,15 +2,19 @@
 
 Both run in this process on the same model architecture, the same initial weights and the same
 mixed-task batches (the bare loop gets them pre-collated, so batch assembly counts against the
-trainer only). The bare loop is forward, per-task heads and losses, backward, AdamW step. The
-trainer is `Trainer.step_once` (batch draw and assembly, the same losses, clipping, scheduler,
-loss bookkeeping; gradient clipping stays on, as in a real run). Rounds alternate (bare, trainer, bare, ...) so drift in machine speed hits
+trainer only). The bare loop is the same recipe written by hand: forward, per-task heads and losses,
+backward, gradient clipping at `training.maxGradNorm` (1.0, as in a real run and in Hugging Face's
+Trainer), AdamW step, linear schedule. The trainer is `Trainer.step_once` (batch draw and assembly,
+the same losses, clipping and scheduler, loss bookkeeping, the weighting method's interface). What is
+measured is the trainer's own overhead, not the recipe's arithmetic: until issue 13 the bare loop did
+not clip, and the clipping's cost (about 5 % of a MiniLM step on CPU: `torch._foreach_norm` and
+`_foreach_mul_`) was counted as overhead. Rounds alternate (bare, trainer, bare, ...) so drift in machine speed hits
 both; the ratio is trainer / bare of the median per-round throughput.
 
     python benchmarks/trainer_overhead.py                      # MiniLM, CPU, batch 16
     python benchmarks/trainer_overhead.py --precision bf16 --device cuda --batch-size 64
 
-Target: ratio >= 0.90 on CPU.
+Target: ratio >= 0.95 on CPU (issue 13; 0.97 on a GPU).
 """
 from __future__ import annotations
 
@@ -53,8 +57,12 @@ def build_trainer(args, workdir: Path) -> Trainer:
 
 def bare_loop_factory(tr: Trainer):
     """A plain PyTorch training step on a copy of the trainer's model (same weights, same optimizer settings)."""
+    from transformers import get_linear_schedule_with_warmup
+
     model = copy.deepcopy(tr.model)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-5, weight_decay=0.01)
+    sched = get_linear_schedule_with_warmup(opt, tr.spec.training.warmup, tr.spec.training.max_steps)
+    clip = tr.spec.training.max_grad_norm
     types = {n: t.type for n, t in tr.task_specs.items()}
     dtype = tr.autocast_dtype
 
@@ -64,7 +72,10 @@ def bare_loop_factory(tr: Trainer):
             pooled = model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
             loss = sum(supervised_loss(types[t], model.head(t, pooled[rows]), batch.labels[t]) for t, rows in batch.rows.items())
         loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
+        sched.step()
         opt.zero_grad(set_to_none=True)
 
     return step
@@ -116,7 +127,7 @@ def main() -> None:
         print(f"\ndevice={tr.device} precision={args.precision} batch={args.batch_size} model={args.model}")
         print(f"bare PyTorch loop : {b:8.1f} examples/s (median of {args.rounds} rounds x {args.steps} steps)")
         print(f"AsyncMTL trainer  : {t:8.1f} examples/s")
-        print(f"ratio trainer/bare: {t / b:.3f}  (target >= 0.90)")
+        print(f"ratio trainer/bare: {t / b:.3f}  (target >= 0.95)")
 
 
 if __name__ == "__main__":

@@ -250,18 +250,6 @@ class Checkpointer:
         return gone
 
 
-def _lower_thread_priority() -> None:
-    """Give the writer thread a lower CPU priority than training (Linux: a thread has its own nice value),
-    so on a machine with few cores serialising and hashing takes idle time first. Best effort."""
-    import os
-    import threading
-
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):
-        pass
-
-
 class AsyncCheckpointer:
     """Checkpoints off the training loop's critical path: `save` snapshots the state (a memory copy)
     and a background thread writes, hashes and uploads it, then applies retention; training goes on
@@ -307,7 +295,6 @@ class AsyncCheckpointer:
         snap = snapshot(model, optimizer, scheduler, rank_rngs)
 
         def job() -> None:
-            _lower_thread_priority()
             t = time.perf_counter()
             self.inner.write(step, snap, state)
             if keep is not None:
