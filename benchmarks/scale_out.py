@@ -43,14 +43,7 @@ def model_path(name: str, work: Path) -> str:
 
     out = work / "bert-base"
     if not (out / "config.json").exists():
-        save_tiny_random_encoder(out, hidden=768, layers=12, heads=12)
-        cfg = json.loads((out / "config.json").read_text())
-        cfg.update(intermediate_size=3072, max_position_embeddings=512)
-        (out / "config.json").write_text(json.dumps(cfg))
-        from transformers import BertConfig, BertModel
-
-        torch.manual_seed(0)
-        BertModel(BertConfig(**{k: v for k, v in cfg.items() if k != "architectures"}), add_pooling_layer=False).save_pretrained(out)
+        save_tiny_random_encoder(out, hidden=768, layers=12, heads=12, intermediate=3072, max_positions=512)
     return str(out)
 
 
@@ -135,7 +128,9 @@ def bench_checkpoints(args, work: Path) -> None:
 def bench_inference(args, work: Path) -> None:
     from asyncmtl.data import load_split
     from asyncmtl.spec import parse_run
-    from asyncmtl_trainer.batching import eval_batches, pad_batch, tokenize_split
+    from asyncmtl_trainer.batching import pad_batch, subset, tokenize_split
+    from asyncmtl_trainer.distributed import Ranks
+    from asyncmtl_trainer.evaluation import Evaluator
     from asyncmtl_trainer.inference import inference_autocast
     from asyncmtl_trainer.model import build_model
 
@@ -153,14 +148,12 @@ def bench_inference(args, work: Path) -> None:
     n = min(len(data), args.inference_examples)
     pad = int(tok.pad_token_id or 0)
     bs = spec.training.eval_batch_size
-    autocast = inference_autocast(device, spec.training.precision)
 
-    def ours() -> None:
-        from asyncmtl_trainer.batching import subset
+    evaluator = Evaluator(model, Ranks(device=device), bs, pad, lambda: inference_autocast(device, spec.training.precision))
+    part = subset(data, 0, n)
 
-        for _idx, ids, mask, tt in eval_batches(subset(data, 0, n), bs, pad):
-            with autocast:
-                model.head(task.name, model(ids.to(device), mask.to(device), tt.to(device))).float().cpu()
+    def ours() -> None:  # what asyncmtl-infer runs on its shard
+        evaluator.predict(task, part)
 
     def naive() -> None:
         for s in range(0, n, bs):

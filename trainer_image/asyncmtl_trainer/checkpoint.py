@@ -255,8 +255,8 @@ class AsyncCheckpointer:
     and a background thread writes, hashes and uploads it, then applies retention; training goes on
     meanwhile. At most one checkpoint is in flight: the next `save` first waits for the previous one.
 
-    Everything that reads checkpoints (`steps`, `load`, `load_weights`, `fetch`, `prune`,
-    `discard_incomplete`, `recorded_bests`) first waits for the checkpoint in flight, so a rewind or
+    Everything that reads checkpoints (`steps`, `read_state`, `load`, `load_weights`, `prune`,
+    `discard_incomplete`) first waits for the checkpoint in flight, so a rewind or
     final evaluation sees every checkpoint saved before it; the format, the state.json-last rule and
     the sha256 checks are `Checkpointer`'s. A failed background write raises its `StorageFault` from
     the next call (at the latest `wait`, which the trainer calls before its final evaluation).
@@ -348,10 +348,6 @@ class AsyncCheckpointer:
         self.wait()
         return self.inner.discard_incomplete()
 
-    def fetch(self, step: int) -> tuple[Path, CheckpointState]:
-        self.wait()
-        return self.inner.fetch(step)
-
     def read_state(self, step: int) -> CheckpointState:
         self.wait()
         return self.inner.read_state(step)
@@ -363,10 +359,6 @@ class AsyncCheckpointer:
     def load(self, step: int, model: torch.nn.Module, optimizer, scheduler, rank: int = 0, world: int = 1) -> CheckpointState:
         self.wait()
         return self.inner.load(step, model, optimizer, scheduler, rank, world)
-
-    def recorded_bests(self, step: int) -> dict[str, tuple[int | None, int | None]]:
-        self.wait()
-        return self.inner.recorded_bests(step)
 
     def prune(self, keep: set[int]) -> list[int]:
         self.wait()

@@ -88,34 +88,27 @@ def apply_generation(tasks: Mapping[str, TaskControl], signals: Iterable[Signal]
         KeyError: a signal names a task that is not in `tasks`.
     """
     out = dict(tasks)
-    fx = ControlEffects(tasks=out)
     signals = list(signals)
-    rewind: int | None = None
-    first_converged = True
-    for s in signals:
-        if s.kind != "converged":
-            continue
-        fx.converged.append((s.task, s.best_step))
-        if not distills_on_convergence:
-            out[s.task] = replace(out[s.task], decided=True)
-            fx.continual.append(s.task)
-            continue
-        out[s.task] = replace(out[s.task], phase=TaskPhase.DISTILLING, pinned_step=s.best_step)
-        if first_converged:
-            rewind, first_converged = s.rewind_to, False
+    converged = [s for s in signals if s.kind == "converged"]
+    distilled = converged if distills_on_convergence else []  # Continual MTL: marked decided, nothing rewinds
+    for s in converged:
+        out[s.task] = (replace(out[s.task], phase=TaskPhase.DISTILLING, pinned_step=s.best_step)
+                       if distills_on_convergence else replace(out[s.task], decided=True))
+    actions: list[TaskAction] = []
     for s in signals:
         if s.kind == "startTask":
             out[s.task] = replace(out[s.task], phase=TaskPhase.TRAINING)
-            fx.actions.append(TaskAction(s.kind, s.task))
+            actions.append(TaskAction(s.kind, s.task))
         elif s.kind == "softLabelsReady":
             out[s.task] = replace(out[s.task], phase=TaskPhase.KD, pinned_step=None)
-            fx.actions.append(TaskAction(s.kind, s.task, s.uri))
+            actions.append(TaskAction(s.kind, s.task, s.uri))
         elif s.kind == "skipDistillation":
             out[s.task] = replace(out[s.task], phase=TaskPhase.FROZEN, pinned_step=None)
-            fx.actions.append(TaskAction(s.kind, s.task, s.reason))
-        elif s.kind == "stop":
-            fx = replace(fx, stop=True)
-    return replace(fx, rewind_to=rewind)
+            actions.append(TaskAction(s.kind, s.task, s.reason))
+    return ControlEffects(tasks=out, rewind_to=distilled[0].rewind_to if distilled else None,
+                          converged=[(s.task, s.best_step) for s in converged],
+                          continual=[] if distilled else [s.task for s in converged], actions=actions,
+                          stop=any(s.kind == "stop" for s in signals))
 
 
 def replay(tasks: Mapping[str, TaskControl], signals: Iterable[Signal], through: int, *,

@@ -115,10 +115,6 @@ class Ranks:
         Raises:
             RuntimeError: the ranks' shares do not cover the split exactly once.
         """
-        if not self.distributed:
-            out = np.empty((n, rows.shape[1]), dtype=rows.dtype)
-            out[idx] = rows
-            return out
         parts = self.all_gather((idx, rows))
         out = np.empty((n, rows.shape[1]), dtype=rows.dtype)
         seen = np.zeros(n, dtype=bool)

@@ -24,8 +24,10 @@ from asyncmtl.data import load_split
 from asyncmtl.logs import configure, run_logger
 from asyncmtl.softlabels import shard_range, write_manifest
 from asyncmtl.storage import open_run_storage
-from asyncmtl_trainer.batching import eval_batches, subset, tokenize_split
+from asyncmtl_trainer.batching import subset, tokenize_split
 from asyncmtl_trainer.checkpoint import Checkpointer
+from asyncmtl_trainer.distributed import Ranks
+from asyncmtl_trainer.evaluation import Evaluator
 from asyncmtl_trainer.model import build_model
 from asyncmtl_trainer.softlabels import write_shard
 from asyncmtl_trainer.train import load_spec_for_entrypoint
@@ -104,16 +106,12 @@ def _run(args: argparse.Namespace) -> int:
     device = shard_device(index, spec.training.device)
     model.to(device)
     Checkpointer(storage, Path(args.workdir) / "staging").load_weights(args.step, model)
-    model.eval()
     tok = tokenize_split(task, split, tokenizer, spec.model.max_length, Path(args.workdir) / "cache")
     start, end = shard_range(len(tok), index, args.shards)
     part = subset(tok, start, end)
-    outputs = torch.empty(len(part), int(task.num_labels or 1), dtype=torch.float32)
-    pad = int(tokenizer.pad_token_id or 0)
-    with torch.no_grad(), inference_autocast(device, spec.training.precision):
-        for idx, ids, mask, tt in eval_batches(part, spec.training.eval_batch_size, pad):
-            pooled = model(ids.to(device), mask.to(device), tt.to(device))
-            outputs[idx] = model.head(task.name, pooled).float().cpu()
+    evaluator = Evaluator(model, Ranks(device=device), spec.training.eval_batch_size, int(tokenizer.pad_token_id or 0),
+                          lambda: inference_autocast(device, spec.training.precision))
+    outputs = torch.from_numpy(evaluator.predict(task, part))  # (rows, num_labels) float32, in shard order
     ids = torch.arange(start, end, dtype=torch.int64)
     key = write_shard(storage, task.name, args.step, index, args.shards, ids, outputs, total=len(tok))
     log.info("task %s step %d shard %d/%d: %d rows in %.1fs -> %s", task.name, args.step, index, args.shards,

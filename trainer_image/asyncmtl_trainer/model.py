@@ -83,11 +83,14 @@ def build_model(spec: RunSpec, base_dir: Path | None = None) -> tuple[MultiTaskM
 
 
 def save_tiny_random_encoder(out_dir: str | Path, *, hidden: int = 32, layers: int = 2, heads: int = 2,
-                             tokenizer_from: str = MINILM_PACKAGE, seed: int = 0, dropout: float = 0.1) -> Path:
-    """Write a tiny randomly initialised BERT (and the MiniLM tokenizer) to `out_dir`.
+                             tokenizer_from: str = MINILM_PACKAGE, seed: int = 0, dropout: float = 0.1,
+                             intermediate: int | None = None, max_positions: int = 128) -> Path:
+    """Write a randomly initialised BERT (and the MiniLM tokenizer) to `out_dir`: tiny by default, or any
+    shape (BERT-base: hidden 768, layers 12, heads 12, intermediate 3072, max_positions 512).
 
     For tests and benchmarks: it loads through the same `AutoModel.from_pretrained` path as a
-    real encoder. Vocabulary size is the tokenizer's (30,522 for MiniLM).
+    real encoder. Vocabulary size is the tokenizer's (30,522 for MiniLM). `intermediate` defaults to
+    2 × hidden.
     """
     from transformers import AutoTokenizer, BertConfig, BertModel
 
@@ -96,7 +99,8 @@ def save_tiny_random_encoder(out_dir: str | Path, *, hidden: int = 32, layers: i
     tok = AutoTokenizer.from_pretrained(str(resolve_pretrained(tokenizer_from)), local_files_only=True)
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                     num_attention_heads=heads, intermediate_size=hidden * 2, max_position_embeddings=128,
+                     num_attention_heads=heads, intermediate_size=intermediate or hidden * 2,
+                     max_position_embeddings=max_positions,
                      hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     BertModel(cfg, add_pooling_layer=False).save_pretrained(out)
     tok.save_pretrained(out)

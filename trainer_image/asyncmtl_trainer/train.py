@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -623,10 +624,7 @@ class Trainer:
             return make_batch(draw, self.train, self.pad_id)
         # padded as the whole batch: each rank's forward is the single-process forward's rows
         batch = make_batch(self.ranks.local_slice(draw), self.train, self.pad_id, draw_width(draw, self.train))
-        counts: dict[str, int] = {}
-        for t, _ in draw:
-            counts[t] = counts.get(t, 0) + 1
-        batch.global_rows = counts
+        batch.global_rows = dict(Counter(t for t, _ in draw))
         return batch
 
     def step_once(self) -> dict[str, torch.Tensor]:
@@ -636,7 +634,7 @@ class Trainer:
         losses = self.train_step(batch)
         self.step += 1
         self._train_time += time.perf_counter() - t0
-        self._examples_since += self.spec.training.batch_size if self.ranks.distributed else batch.size
+        self._examples_since += self.spec.training.batch_size  # the whole global batch (a rank trains a slice)
         if self.step % LOSS_EXPORT_EVERY == 0:
             self._export_losses()
         if self.step % self.spec.training.validation_interval == 0:
@@ -670,20 +668,18 @@ class Trainer:
                 due.append(name)
         return due
 
-    def _hold_for_decision(self, tick: ControlTick | None = None) -> bool:
+    def _hold_for_decision(self, tick: ControlTick) -> bool:
         """True while the decision barrier holds: no control generation since it was raised. Released
         by any new generation, or after `metrics.ackTimeoutSeconds` on rank 0's clock (a runtime that
         disagrees or is gone: training goes on, the decision then depends on timing, and a warning says so)."""
         assert self.awaiting is not None
-        generation, since, tasks = self.awaiting
+        generation, _since, tasks = self.awaiting
         if self.applied_generation > generation:
             for n in tasks:
                 self.states[n].decided = True
             self.awaiting = None
             return False
-        timed_out = tick.release_on_timeout if tick is not None else (
-            time.monotonic() - since > self.spec.metrics.ack_timeout_seconds)
-        if timed_out:
+        if tick.release_on_timeout:
             self.log.warning("no decision on %s within %.0fs of step %d: training on", ", ".join(tasks),
                              self.spec.metrics.ack_timeout_seconds, self.step)
             for n in tasks:
