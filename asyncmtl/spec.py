@@ -283,6 +283,11 @@ class TrainingSpec(_Strict):
         "fp32", description="Autocast dtype for forward passes (bf16/fp16 on GPU; bf16 also on CPU)."
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto")
+    parallelism: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="How the model is spread over ranks under torchrun (more than one process): ddp, a whole "
+                           "replica per rank (DistributedDataParallel), or fsdp, parameters, gradients and optimizer "
+                           "state sharded over the ranks (PyTorch FSDP2), for encoders that do not fit one GPU. "
+                           "Checkpoints hold the full model either way. A single process ignores it.")
     eval_batch_size: int = Field(128, ge=1, description="Examples per batch for validation, test and inference.")
     regression_loss: Literal["mse", "normalizedMse"] = Field(
         "mse", description="Loss of regression tasks (supervised and KD), on targets normalised to [0, 1]: mse, or "

@@ -2,7 +2,8 @@
 
 It builds the trainer on a tiny BERT, trains to step 10 (a validation step and its checkpoint), trains on to
 step 14, then applies one control generation whose `converged` signal rewinds to step 10, trains 3 more
-steps, and saves its parameters and optimizer state to `<out>/rank-<rank>.pt` for the test to compare.
+steps, and saves its parameters and optimizer state to `<out>/rank-<rank>.pt` for the test to compare (under
+`training.parallelism: fsdp` also the whole state right after the rewind, gathered, to `<out>/restored.pt`).
 """
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ def main(spec_path: str, out: str) -> None:
         tr.step_once()
     tr.apply_generation([ConvergedSignal(generation=1, task="sentiment", best_step=10, rewind_to=10)], 1)
     assert tr.step == 10, tr.step
+    if tr.state_io.sharded:  # FSDP: the whole state as the rewind restored it, gathered to rank 0
+        restored = {"params": tr.state_io.model_state(tr.model), "optimizer": tr.state_io.optimizer_state(tr.model, tr.optimizer)}
+        if ranks.is_coordinator:
+            torch.save(restored, Path(out) / "restored.pt")
     for _ in range(3):
         tr.step_once()
     torch.save({"params": {k: v.detach().clone() for k, v in tr.model.state_dict().items()},

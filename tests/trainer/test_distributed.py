@@ -31,16 +31,18 @@ def tiny_nodrop(tmp_path_factory) -> Path:
 
 
 def write_spec(path: Path, model: Path, name: str, *, max_steps: int, patience: tuple[int, int] = (3, 2),
-               lr: float = 5e-4, store: str = "file://./store") -> Path:
+               lr: float = 5e-4, store: str = "file://./store", parallelism: str = "ddp",
+               eval_examples: int = 40, eval_batch_size: int = 128, keep: str = "best") -> Path:
     tasks = []
     for task, p in zip(("sentiment", "sarcasm"), patience):
         t = builtin_task(task, "binary", patience=p)
-        t["data"].update({"maxTrainExamples": 200, "maxValidationExamples": 40, "maxTestExamples": 40})
+        t["data"].update({"maxTrainExamples": 200, "maxValidationExamples": eval_examples, "maxTestExamples": eval_examples})
         tasks.append(t)
     doc = run_doc(tasks, model=str(model), name=name,
                   training={"batchSize": 16, "learningRate": lr, "maxSteps": max_steps, "validationInterval": 10,
-                            "seed": 3, "maxGradNorm": None},
-                  distillation={"whilePending": "Pause", "shards": 1}, storage={"uri": store},
+                            "seed": 3, "maxGradNorm": None, "parallelism": parallelism,
+                            "evalBatchSize": eval_batch_size},
+                  distillation={"whilePending": "Pause", "shards": 1}, storage={"uri": store, "keepCheckpoints": keep},
                   metrics={"pollIntervalSeconds": 0.2})
     doc["spec"]["model"]["dropout"] = 0.0
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -130,17 +132,51 @@ def test_a_rewind_on_two_ranks_leaves_bit_identical_parameters_and_optimizer_sta
     assert sum('"event": "rewind"' in line for line in history) == 1
 
 
-def test_two_processes_make_the_decisions_of_one_with_final_parameters_within_1e_5(tmp_path, tiny_nodrop):
-    """The same spec and global batch (16) as one process and as two torchrun ranks of 8 each: the same
-    convergence, rewind and KD decisions at the same steps, and the final parameters within 1e-5."""
+def test_a_rewind_on_two_fsdp_ranks_restores_the_checkpoints_full_state_bit_for_bit(tmp_path, tiny_nodrop):
+    """FSDP2: each rank holds its shards; the rewind's checkpoint, restored on both ranks and gathered again,
+    is the checkpoint's weights and optimizer state exactly (and the group trains on after it)."""
+    spec = write_spec(tmp_path / "run.yaml", tiny_nodrop, "t", max_steps=100, store=f"file://{tmp_path}/store",
+                      parallelism="fsdp")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                        str(ROOT / "tests" / "trainer" / "rank_worker.py"), str(spec), str(tmp_path)],
+                       capture_output=True, text=True, timeout=300, env=dict(env(), OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    restored = torch.load(tmp_path / "restored.pt", weights_only=False)
+    weights, training = _checkpoint(tmp_path / "store" / "local" / "t" / "checkpoints" / "step-00000010")
+    assert restored["params"].keys() == weights.keys()
+    for k, v in weights.items():
+        assert torch.equal(restored["params"][k], v), k
+    saved, got = training["optimizer"], restored["optimizer"]
+    assert got["param_groups"] == saved["param_groups"] and got["state"].keys() == saved["state"].keys()
+    assert len(saved["state"]) > 10
+    for i, st in saved["state"].items():
+        for k, v in st.items():
+            assert torch.equal(got["state"][i][k], v), (i, k)
+    assert all(torch.load(tmp_path / f"rank-{i}.pt", weights_only=False)["step"] == 13 for i in (0, 1))
+
+
+@pytest.mark.parametrize("parallelism, eval_examples, eval_batch_size", [
+    ("ddp", 40, 128),
+    # FSDP: 41 examples over 2 ranks are shares of 21 and 20, 3 and 2 batches of 10: the ranks' forward
+    # passes (collectives under FSDP) must still line up
+    ("fsdp", 41, 10),
+])
+def test_two_processes_make_the_decisions_of_one_with_final_parameters_within_1e_5(
+        tmp_path, tiny_nodrop, parallelism, eval_examples, eval_batch_size):
+    """The same spec and global batch (16) as one process and as two torchrun ranks of 8 each (DDP replicas,
+    or FSDP2 shards): the same convergence, rewind and KD decisions at the same steps, the final parameters
+    within 1e-5, and checkpoints of one format (full weights, `Optimizer.state_dict()` numbering) whose
+    contents agree within the same tolerance."""
     runs = {}
     for name, extra in (("one", ()), ("two", ("--nproc-per-node", "2"))):
-        spec = write_spec(tmp_path / f"{name}.yaml", tiny_nodrop, name, max_steps=60)
+        spec = write_spec(tmp_path / f"{name}.yaml", tiny_nodrop, name, max_steps=60, parallelism=parallelism,
+                          eval_examples=eval_examples, eval_batch_size=eval_batch_size, keep="all")
         r = asyncmtl_run(tmp_path, spec, *extra)
         run_dir = tmp_path / "store" / "local" / name
         assert r.returncode == 0, r.stdout[-2000:] + (run_dir / "logs" / "trainer.log").read_text()[-4000:]
         runs[name] = run_dir
-    assert "rank 1 of 2" in (runs["two"] / "logs" / "trainer.log").read_text()  # it did run as two ranks
+    log = (runs["two"] / "logs" / "trainer.log").read_text()
+    assert f"rank 1 of 2 ({parallelism})" in log  # it did run as two ranks, with that parallelism
     one, two = decisions(runs["one"]), decisions(runs["two"])
     assert [d for d in one if d[0] == "rewind"], "the run must include a convergence decision and its rewind"
     assert ("kd", "sarcasm") in {d[:2] for d in one}
@@ -152,6 +188,24 @@ def test_two_processes_make_the_decisions_of_one_with_final_parameters_within_1e
     moved = max(float((p1[k].float() - v.float()).abs().max()) for k, v in final_parameters_of_initial(tiny_nodrop).items()
                 if k in p1)
     assert moved > 1e-3  # training moved the parameters far more than the tolerance
+    steps = sorted(p.name for p in (runs["one"] / "checkpoints").iterdir())
+    assert steps == sorted(p.name for p in (runs["two"] / "checkpoints").iterdir()) and len(steps) >= 3
+    for step in steps:
+        c1, c2 = (_checkpoint(runs[n] / "checkpoints" / step) for n in ("one", "two"))
+        assert c1[0].keys() == c2[0].keys()
+        assert max(float((c1[0][k] - c2[0][k]).abs().max()) for k in c1[0]) <= 1e-5, step
+        o1, o2 = c1[1]["optimizer"], c2[1]["optimizer"]
+        assert o1["param_groups"] == o2["param_groups"] and o1["state"].keys() == o2["state"].keys(), step
+        for i, st in o1["state"].items():
+            assert st.keys() == o2["state"][i].keys()
+            for k, v in st.items():
+                assert torch.allclose(v.float(), o2["state"][i][k].float(), atol=1e-6, rtol=1e-3), (step, i, k)
+
+
+def _checkpoint(d: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors.torch import load_file
+
+    return load_file(d / "model.safetensors"), torch.load(d / "training_state.pt", weights_only=False)
 
 
 def final_parameters_of_initial(model_dir: Path) -> dict[str, torch.Tensor]:

@@ -23,6 +23,7 @@ import torch
 
 from asyncmtl.artifacts import CHECKPOINT_STATE, checkpoint_file, checkpoint_key, checkpoint_steps
 from asyncmtl.storage import RunStorage, StorageError, as_storage_fault, sha256_file
+from asyncmtl_trainer.sharding import StateIO
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +77,19 @@ def _detached_copy(obj: Any, pin: bool) -> Any:
     return obj
 
 
-def snapshot(model: torch.nn.Module, optimizer, scheduler, rank_rngs: list[dict[str, Any]] | None = None) -> CheckpointSnapshot:
+def snapshot(model: torch.nn.Module, optimizer, scheduler, rank_rngs: list[dict[str, Any]] | None = None,
+             io: StateIO = StateIO()) -> CheckpointSnapshot:
     """Copy model weights, optimizer, scheduler and RNG state off the live objects.
 
     On CUDA the copies go to pinned host memory asynchronously and are synchronised once at the end.
     Args:
         rank_rngs: every rank's `rng_state()` under torchrun (rank order), stored besides this rank's.
+        io: how the state is read; sharded (FSDP): a collective that gathers the full state to rank 0
+            (the snapshot of the other ranks is empty).
     """
     from safetensors.torch import _remove_duplicate_names
 
-    state = model.state_dict()
+    state = io.model_state(model)
     metadata: dict[str, str] | None = None
     for kept, removed in _remove_duplicate_names(state).items():
         for name in removed:
@@ -94,14 +98,14 @@ def snapshot(model: torch.nn.Module, optimizer, scheduler, rank_rngs: list[dict[
             del state[name]
     pin = any(v.is_cuda for v in state.values())
     weights = {k: _detached_copy(v.contiguous(), pin) for k, v in state.items()}
-    training = {"optimizer": _detached_copy(optimizer.state_dict(), pin),
+    training = {"optimizer": _detached_copy(io.optimizer_state(model, optimizer), pin),
                 "scheduler": _detached_copy(scheduler.state_dict(), False), "rng": rng_state()}
     if rank_rngs is not None:
         training["rankRng"] = rank_rngs
     if pin:
         torch.cuda.synchronize()
     nbytes = sum(t.numel() * t.element_size() for t in weights.values())
-    nbytes += sum(t.numel() * t.element_size() for s in training["optimizer"]["state"].values()
+    nbytes += sum(t.numel() * t.element_size() for s in training["optimizer"].get("state", {}).values()
                   for t in s.values() if torch.is_tensor(t))
     return CheckpointSnapshot(weights, metadata, training, nbytes)
 
@@ -120,11 +124,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class Checkpointer:
-    """Saves, loads, lists and prunes one run's checkpoints in `storage` (via `scratch` for remote stores)."""
+    """Saves, loads, lists and prunes one run's checkpoints in `storage` (via `scratch` for remote stores).
 
-    def __init__(self, storage: RunStorage, scratch: Path) -> None:
+    `io`: how model and optimizer state are read and restored (`StateIO(sharded=True)` under FSDP:
+    `save`, `load` and `load_weights` are then collectives).
+    """
+
+    def __init__(self, storage: RunStorage, scratch: Path, io: StateIO = StateIO()) -> None:
         self.storage = storage
         self.scratch = scratch
+        self.io = io
 
     def _local_dir(self, step: int) -> Path:
         p = self.storage.local_path(checkpoint_key(step))
@@ -136,7 +145,7 @@ class Checkpointer:
         Raises:
             StorageFault: as `write`.
         """
-        self.write(step, snapshot(model, optimizer, scheduler), state)
+        self.write(step, snapshot(model, optimizer, scheduler, io=self.io), state)
 
     def write(self, step: int, snap: CheckpointSnapshot, state: CheckpointState) -> None:
         """Write checkpoint `step` from a snapshot: weights, training state, their sha256 in state.json, last.
@@ -210,10 +219,18 @@ class Checkpointer:
 
     def load_weights(self, step: int, model: torch.nn.Module) -> CheckpointState:
         """Load only the model weights of checkpoint `step` into `model`."""
-        from safetensors.torch import load_model
+        from safetensors import safe_open
+        from safetensors.torch import load_file, load_model
 
         d, state = self.fetch(step)
-        load_model(model, str(d / "model.safetensors"), device=str(next(model.parameters()).device))
+        path = str(d / "model.safetensors")
+        if not self.io.sharded:
+            load_model(model, path, device=str(next(model.parameters()).device))
+            return state
+        weights = load_file(path)
+        with safe_open(path, "pt") as f:  # tied names the file stores once (removed name -> kept name)
+            weights.update({removed: weights[kept] for removed, kept in (f.metadata() or {}).items() if kept in weights})
+        self.io.load_model_state(model, weights)
         return state
 
     def load(self, step: int, model: torch.nn.Module, optimizer, scheduler, rank: int = 0, world: int = 1) -> CheckpointState:
@@ -224,7 +241,7 @@ class Checkpointer:
         state = self.load_weights(step, model)
         d = self._local_dir(step)
         ts = torch.load(d / "training_state.pt", weights_only=False, map_location=next(model.parameters()).device)
-        optimizer.load_state_dict(ts["optimizer"])
+        self.io.load_optimizer_state(model, optimizer, ts["optimizer"])
         scheduler.load_state_dict(ts["scheduler"])
         ranks = ts.get("rankRng")
         set_rng_state(ranks[rank] if ranks is not None and len(ranks) == world else ts["rng"])
@@ -266,10 +283,10 @@ class AsyncCheckpointer:
         written_seconds: seconds the background thread spent writing.
     """
 
-    def __init__(self, storage: RunStorage, scratch: Path, *, background: bool = True) -> None:
+    def __init__(self, storage: RunStorage, scratch: Path, *, background: bool = True, io: StateIO = StateIO()) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        self.inner = Checkpointer(storage, scratch)
+        self.inner = Checkpointer(storage, scratch, io)
         self.storage = storage
         self.background = background
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint") if background else None
@@ -279,12 +296,13 @@ class AsyncCheckpointer:
 
     def save(self, step: int, model: torch.nn.Module, optimizer, scheduler, state: CheckpointState,
              keep: "Callable[[Checkpointer], set[int]] | None" = None,
-             rank_rngs: list[dict[str, Any]] | None = None) -> None:
+             rank_rngs: list[dict[str, Any]] | None = None, write: bool = True) -> None:
         """Snapshot now; write checkpoint `step` (then prune to `keep(inner)`) in the background.
 
         Args:
             keep: computes the steps retention keeps once `step` is complete (it may read checkpoints
                 through the `Checkpointer` it is given); None keeps everything.
+            write: False on the ranks that only take part in a sharded snapshot's gathering (FSDP ranks > 0).
         Raises:
             StorageFault: the previous checkpoint's write failed.
         """
@@ -292,7 +310,10 @@ class AsyncCheckpointer:
 
         t0 = time.perf_counter()
         self.wait()
-        snap = snapshot(model, optimizer, scheduler, rank_rngs)
+        snap = snapshot(model, optimizer, scheduler, rank_rngs, self.inner.io)
+        if not write:
+            self.stalled_seconds += time.perf_counter() - t0
+            return
 
         def job() -> None:
             t = time.perf_counter()

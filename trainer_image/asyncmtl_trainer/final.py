@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Mapping
 
+import torch
+
 from asyncmtl.artifacts import MODEL, CheckpointScore, FinalReport, TaskFinal, model_file
 from asyncmtl.lifecycle import TaskPhase
 from asyncmtl.spec import RunSpec, TaskSpec
@@ -36,15 +38,17 @@ def final_report(run: str, step: int, stopped: bool, generation: int, phases: Ma
     return report
 
 
-def export_model(storage: RunStorage, model: MultiTaskModel, tokenizer, spec: RunSpec, staging: Path) -> None:
+def export_model(storage: RunStorage, model: MultiTaskModel, tokenizer, spec: RunSpec, staging: Path,
+                 weights: dict[str, torch.Tensor] | None = None) -> None:
     """Save the final model for serving into the run's `model/` (directly into a local store, else via
-    `staging` and an upload per file).
+    `staging` and an upload per file). `weights`: the model's full state by name when `model` itself is
+    sharded (FSDP; `sharding.StateIO.model_state`), else None.
 
     Raises:
         StorageFault: a write or upload failed.
     """
     target = storage.local_path(MODEL)
-    save_multitask_model(model, tokenizer, spec, target or staging)
+    save_multitask_model(model, tokenizer, spec, target or staging, weights)
     if target is None:
         for p in staging.rglob("*"):
             if p.is_file():

@@ -107,15 +107,22 @@ def save_tiny_random_encoder(out_dir: str | Path, *, hidden: int = 32, layers: i
     return out
 
 
-def save_multitask_model(model: MultiTaskModel, tokenizer, spec: RunSpec, out_dir: Path) -> None:
+def save_multitask_model(model: MultiTaskModel, tokenizer, spec: RunSpec, out_dir: Path,
+                         weights: dict[str, torch.Tensor] | None = None) -> None:
     """Save the final model for serving: `encoder/` (HF format), `heads.safetensors`, `asyncmtl.json`
-    (tasks, types, label counts, pooling, maxLength)."""
+    (tasks, types, label counts, pooling, maxLength). `weights`: the full state by name (`encoder.*`,
+    `heads.*`) to save instead of `model`'s own (a sharded model's, gathered)."""
     from safetensors.torch import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.encoder.save_pretrained(out_dir / "encoder")
+    if weights is None:
+        encoder_state, heads = None, model.heads.state_dict()
+    else:
+        encoder_state = {k.removeprefix("encoder."): v for k, v in weights.items() if k.startswith("encoder.")}
+        heads = {k.removeprefix("heads."): v for k, v in weights.items() if k.startswith("heads.")}
+    model.encoder.save_pretrained(out_dir / "encoder", state_dict=encoder_state)
     tokenizer.save_pretrained(out_dir / "encoder")
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.heads.state_dict().items()}, str(out_dir / "heads.safetensors"))
+    save_file({k: v.detach().contiguous().cpu() for k, v in heads.items()}, str(out_dir / "heads.safetensors"))
     meta = {
         "pooling": spec.model.pooling,
         "maxLength": spec.model.max_length,

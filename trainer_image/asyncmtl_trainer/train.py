@@ -43,6 +43,7 @@ from asyncmtl_trainer.history import HistoryLog
 from asyncmtl_trainer.losses import bam_loss, kd_loss, supervised_loss
 from asyncmtl_trainer.metrics import chance_scores
 from asyncmtl_trainer.model import TaskForward, build_model
+from asyncmtl_trainer.sharding import StateIO, shard_model
 from asyncmtl_trainer.softlabels import read_soft_labels
 
 LOSS_EXPORT_EVERY = 10  # steps between loss/throughput exports
@@ -157,7 +158,9 @@ class Trainer:
         self.stop_requested = False
         self.exporter = TrainerExporter(opts.run, list(self.task_specs))
         staging = opts.workdir / ("staging" if self.ranks.is_coordinator else f"staging-rank{self.ranks.rank}")
-        self.checkpointer = AsyncCheckpointer(storage, staging, background=opts.async_checkpoints)
+        # FSDP2 shards the model over the ranks (a single process ignores training.parallelism)
+        self.state_io = StateIO(sharded=self.ranks.distributed and spec.training.parallelism == "fsdp")
+        self.checkpointer = AsyncCheckpointer(storage, staging, background=opts.async_checkpoints, io=self.state_io)
         self._control_sig: tuple | None = None
         self._loss_sums: dict[tuple[str, str], list] = {}
         self._examples_since = 0
@@ -174,8 +177,8 @@ class Trainer:
         return torch.device("cpu")
 
     def setup(self) -> None:
-        """Load data (validated), tokenizer and model; build optimizer and scheduler; wrap the model in DDP
-        under torchrun."""
+        """Load data (validated), tokenizer and model; build optimizer and scheduler; under torchrun wrap the
+        model in DDP, or shard it with FSDP2 (`training.parallelism: fsdp`)."""
         from transformers import get_linear_schedule_with_warmup
 
         tr = self.spec.training
@@ -190,7 +193,9 @@ class Trainer:
         if self.ranks.distributed:  # the same initial weights everywhere; each rank its own dropout stream
             torch.manual_seed(tr.seed + self.ranks.rank)
         self.forward = TaskForward(self.model)
-        if self.ranks.distributed:
+        if self.state_io.sharded:
+            shard_model(self.model)
+        elif self.ranks.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
             # a rank's slice may hold no row of some task: its head is unused there (find_unused_parameters)
@@ -199,7 +204,8 @@ class Trainer:
                 find_unused_parameters=True)
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tr.precision)
-        self.evaluator = Evaluator(self.model, self.ranks, tr.eval_batch_size, self.pad_id, self._autocast)
+        self.evaluator = Evaluator(self.model, self.ranks, tr.eval_batch_size, self.pad_id, self._autocast,
+                                   lockstep=self.state_io.sharded)
         cache = self.opts.workdir / "cache"
         self.train: dict[str, TokenizedSplit] = {}
         self.val: dict[str, TokenizedSplit] = {}
@@ -239,9 +245,10 @@ class Trainer:
             if t.type is TaskType.regression and tr.regression_loss == "normalizedMse":
                 # MSE / Var(training targets): the training mean costs 1 (floor: a constant training split)
                 self.loss_scale[name] = max(float(self.train[name].labels.float().var(unbiased=False)), 1e-6)
-        self.log.info("setup done in %.1fs: %d tasks, train sizes %s, chance scores %s, device %s, rank %d of %d",
+        self.log.info("setup done in %.1fs: %d tasks, train sizes %s, chance scores %s, device %s, rank %d of %d (%s)",
                       time.perf_counter() - t0, len(self.train), {n: len(s) for n, s in self.train.items()},
-                      {n: round(v, 2) for n, v in self.chance.items()}, self.device, self.ranks.rank, self.ranks.world)
+                      {n: round(v, 2) for n, v in self.chance.items()}, self.device, self.ranks.rank, self.ranks.world,
+                      "fsdp" if self.state_io.sharded else "ddp" if self.ranks.distributed else "one process")
 
     def serve_metrics(self) -> int:
         """Serve the metrics and write `trainer.json` (rank 0 only: the one Prometheus target). Returns the port."""
@@ -404,7 +411,9 @@ class Trainer:
             out = logits[task] if logits is not None else self.model.head(task, pooled[rows])
             ttype = self.task_specs[task].type
             scale = self.loss_scale.get(task, 1.0)
-            if mode == TaskPhase.TRAINING:
+            if rows.numel() == 0:  # FSDP: a head of the global batch this rank's slice lacks runs on no row
+                loss = out.sum() * 0.0  # (a zero gradient, so every rank reduce-scatters the same parameters)
+            elif mode == TaskPhase.TRAINING:
                 loss = supervised_loss(ttype, out, batch.labels[task], scale)
             elif mode == TaskPhase.KD:
                 teacher = self.soft[task][batch.example_ids[task].to(self.device)]
@@ -526,8 +535,8 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """Checkpoint this validation step (rank 0 writes, in the background), then apply retention."""
         rank_rngs = self.ranks.all_gather(rng_state()) if self.ranks.distributed else None
-        if not self.opts.checkpoints or not self.ranks.is_coordinator:
-            return
+        if not self.opts.checkpoints or not (self.ranks.is_coordinator or self.state_io.sharded):
+            return  # (a sharded model's state is gathered to rank 0 by every rank)
         state = CheckpointState(
             step=self.step, applied_generation=self.applied_generation,
             trackers={n: s.to_json() for n, s in self.states.items()},
@@ -547,7 +556,7 @@ class Trainer:
             return retained_steps(step, bests, needing, recorded=written.recorded_bests) | pinned
 
         self.checkpointer.save(self.step, self.model, self.optimizer, self.scheduler, state, keep=keep,
-                               rank_rngs=rank_rngs)
+                               rank_rngs=rank_rngs, write=self.ranks.is_coordinator)
 
     # ---- resume ------------------------------------------------------------------------------
     def resume(self) -> None:
@@ -625,6 +634,12 @@ class Trainer:
         # padded as the whole batch: each rank's forward is the single-process forward's rows
         batch = make_batch(self.ranks.local_slice(draw), self.train, self.pad_id, draw_width(draw, self.train))
         batch.global_rows = dict(Counter(t for t, _ in draw))
+        if self.state_io.sharded:  # every rank runs every head of the global batch, in one order (`shard_model`)
+            empty = torch.zeros(0, dtype=torch.long)
+            order = [t for t in self.task_specs if t in batch.global_rows]
+            batch.rows = {t: batch.rows.get(t, empty) for t in order}
+            batch.example_ids = {t: batch.example_ids.get(t, empty) for t in order}
+            batch.labels = {t: batch.labels[t] if t in batch.labels else self.train[t].labels[empty] for t in order}
         return batch
 
     def step_once(self) -> dict[str, torch.Tensor]:
@@ -702,8 +717,10 @@ class Trainer:
                               {n: s.mode for n, s in self.states.items()}, self.task_specs, self.best_scores,
                               lambda n: self.evaluate(n, self.val[n]),
                               lambda n: self.evaluate(n, self.test[n]) if n in self.test else None)
+        weights = self.state_io.model_state(self.model) if self.state_io.sharded else None  # gathered to rank 0
         if self.ranks.is_coordinator:
-            export_model(self.storage, self.model, self.tokenizer, self.spec, self.opts.workdir / "staging" / "model")
+            export_model(self.storage, self.model, self.tokenizer, self.spec, self.opts.workdir / "staging" / "model",
+                         weights)
             write_final(self.storage, report)
             self.log.info("finished: report at %s", self.storage.uri(FINAL))
         self.checkpointer.close()
