@@ -9,7 +9,8 @@
     bf16 autocast on CUDA) against a naive loop that pads every batch to `maxLength` in split order.
     Target: >= 1.5x.
 (c) data parallelism: training examples/s of 2 torchrun processes (gloo, half the global batch each, one
-    thread each) against 1 process (two threads), same global batch. Reported, no target.
+    thread each; DDP replicas, then FSDP2 shards) against 1 process (two threads), same global batch.
+    Reported, no target.
 
     python benchmarks/scale_out.py --tweeteval-dir ../shared/data/tweeteval   # all three, MiniLM on CPU
     python benchmarks/scale_out.py --only inference --device cuda --model bert-base
@@ -186,16 +187,17 @@ def bench_inference(args, work: Path) -> None:
 
 
 def bench_ranks(args, work: Path) -> None:
-    """(c): the same global batch on 1 process (all threads) and on 2 torchrun processes (1 thread each)."""
-    doc = spec_doc(args, work, max_steps=10**6, batch_size=args.batch_size)
-    doc["spec"]["training"]["validationInterval"] = 10**6
-    spec_file = work / "ranks.json"
-    spec_file.write_text(json.dumps(doc))
+    """(c): the same global batch on 1 process (all threads) and on 2 torchrun processes (1 thread each),
+    as DDP replicas and as FSDP2 shards (`training.parallelism`)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "trainer_image"), os.environ.get("PYTHONPATH", "")]))
     rates = {}
     threads = os.cpu_count() or 2
-    for n in (1, 2):
-        out = work / f"ranks-{n}.json"
+    for n, parallelism in ((1, "ddp"), (2, "ddp"), (2, "fsdp")):
+        doc = spec_doc(args, work, max_steps=10**6, batch_size=args.batch_size)
+        doc["spec"]["training"].update(validationInterval=10**6, parallelism=parallelism)
+        spec_file = work / f"ranks-{parallelism}.json"
+        spec_file.write_text(json.dumps(doc))
+        out = work / f"ranks-{n}-{parallelism}.json"
         worker = [str(Path(__file__).resolve()), "--worker", str(spec_file), str(out), "--steps", str(args.rank_steps)]
         cmd = ([sys.executable, *worker] if n == 1 else
                [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", *worker])
@@ -203,10 +205,13 @@ def bench_ranks(args, work: Path) -> None:
         r = subprocess.run(cmd, env=run_env, capture_output=True, text=True)
         if r.returncode != 0:
             raise SystemExit(f"{n}-process run failed:\n{r.stderr[-3000:]}")
-        rates[n] = json.loads(out.read_text())["examplesPerSecond"]
-        print(f"  {n} process{'es' if n > 1 else ''} ({max(1, threads // n)} thread{'s' if threads // n > 1 else ''} each): "
-              f"{rates[n]:8.2f} examples/s")
-    print(f"(c) 2 processes / 1 process on CPU: {rates[2] / rates[1]:.2f}  (reported; no target)")
+        rates[n, parallelism] = json.loads(out.read_text())["examplesPerSecond"]
+        label = "1 process" if n == 1 else f"{n} processes, {parallelism}"
+        print(f"  {label} ({max(1, threads // n)} thread{'s' if threads // n > 1 else ''} each): "
+              f"{rates[n, parallelism]:8.2f} examples/s")
+    one = rates[1, "ddp"]
+    print(f"(c) 2 processes / 1 process on CPU: DDP {rates[2, 'ddp'] / one:.2f}, FSDP {rates[2, 'fsdp'] / one:.2f}"
+          "  (reported; no target)")
 
 
 def worker(spec_file: str, out: str, steps: int) -> None:
