@@ -15,8 +15,16 @@
     python benchmarks/scale_out.py --tweeteval-dir ../shared/data/tweeteval   # all three, MiniLM on CPU
     python benchmarks/scale_out.py --only inference --device cuda --model bert-base
     python benchmarks/scale_out.py --only checkpoints --rounds 5 --steps 200 --validation-interval 200
+    python benchmarks/scale_out.py --only checkpoints --device cuda --model bert-base --precision bf16 \
+        --batch-size 64 --sequence-length 128          # the GPU run the issue asks for (MFU printed)
 
 `--model bert-base` is a randomly initialised BERT-base config (with the MiniLM tokenizer).
+`--sequence-length N` trains on generated texts of at least N tokens, truncated to `maxLength` N, so every
+batch is (batch, N); without it the built-in benchmark's short texts are used.
+(a) also prints the model FLOP/s of the trainer with checkpoints: the FLOPs of a training step (forward and
+backward; counted by `torch.utils.flop_counter.FlopCounterMode`, the mean over `--flop-steps` steps)
+times its steps/s, and the model FLOPs utilisation (MFU) against `--peak-tflops` (the device's dense peak
+at the run's precision, e.g. 989 for an H100 SXM in bf16, NVIDIA's datasheet; printed only when given).
 """
 from __future__ import annotations
 
@@ -48,13 +56,51 @@ def model_path(name: str, work: Path) -> str:
     return str(out)
 
 
+WORDS = ("the quick brown fox jumps over a lazy dog while seven old men watch from the river bank and talk "
+         "about rain markets music football weather bread trains history").split()
+
+
+def long_text_split(work: Path, task: str, type_: str, extra: dict, split: str, rows: int, words: int) -> str:
+    """Write `rows` examples of task `task` whose text fields (`extra["textFields"]`, default `text`) hold
+    `words` common English words in all (one token each or more), with random labels of the task's type, as
+    JSON lines under `work`; returns the file's path."""
+    import random
+
+    path = work / "long-texts" / f"{task}-{split}.jsonl"
+    if path.exists():
+        return str(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(f"{task}/{split}")
+    with path.open("w") as f:
+        for _ in range(rows):
+            if type_ == "binary":
+                label: float | int = rng.randrange(2)
+            elif type_ == "multiclass":
+                label = rng.randrange(extra["numLabels"])
+            else:
+                lo, hi = extra["labelRange"]
+                label = rng.uniform(lo, hi)
+            fields = extra.get("textFields", ["text"])
+            row = {f: " ".join(rng.choice(WORDS) for _ in range(words // len(fields))) for f in fields}
+            f.write(json.dumps({**row, "label": label}) + "\n")
+    return str(path)
+
+
 def spec_doc(args, work: Path, *, max_steps: int, batch_size: int) -> dict:
-    tasks = [{"name": n, "type": t, **extra,
-              "data": {"train": f"builtin://quickstart/{n}/train", "validation": f"builtin://quickstart/{n}/validation",
-                       "maxValidationExamples": args.validation_examples}}
-             for n, t, extra in TASKS]
+    """The benchmark's run spec: the built-in benchmark's four tasks, or (`--sequence-length`) generated
+    texts as long as `maxLength`."""
+    seq = args.sequence_length
+    tasks = []
+    for n, t, extra in TASKS:
+        if seq:
+            data = {"train": long_text_split(work, n, t, extra, "train", 2000, seq),
+                    "validation": long_text_split(work, n, t, extra, "validation", args.validation_examples, seq)}
+        else:
+            data = {"train": f"builtin://quickstart/{n}/train", "validation": f"builtin://quickstart/{n}/validation"}
+        tasks.append({"name": n, "type": t, **extra, "data": {**data, "maxValidationExamples": args.validation_examples}})
     return {"apiVersion": "asyncmtl.dev/v1alpha1", "kind": "AsyncMTLRun", "metadata": {"name": "bench"},
-            "spec": {"model": {"pretrained": model_path(args.model, work), "maxLength": args.max_length}, "tasks": tasks,
+            "spec": {"model": {"pretrained": model_path(args.model, work), "maxLength": seq or args.max_length},
+                     "tasks": tasks,
                      "training": {"batchSize": batch_size, "learningRate": 2e-5, "maxSteps": max_steps,
                                   "validationInterval": args.validation_interval, "precision": args.precision,
                                   "device": args.device, "evalBatchSize": args.eval_batch_size},
@@ -93,6 +139,20 @@ def timed_steps(tr, steps: int) -> tuple[float, float]:
     return tr.spec.training.batch_size * steps / wall, wall
 
 
+def step_flops(tr, steps: int) -> float:
+    """Model FLOPs of one training step of `tr` (every matmul and attention of the forward and backward
+    passes, at the batches' real shapes), the mean over `steps` steps counted with PyTorch's
+    `torch.utils.flop_counter.FlopCounterMode`. The steps train (the model changes) but run no validation."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        for _ in range(steps):
+            tr.train_step(tr.next_batch())
+            tr.step += 1  # the next draw, without the step's validation
+    return counter.get_total_flops() / steps
+
+
 def bench_checkpoints(args, work: Path) -> None:
     """Rounds alternate the arms (none, background, [inside the step]); each round is `steps` steps of each,
     so each holds the same validations and checkpoints, and drift in machine speed hits every arm."""
@@ -124,6 +184,12 @@ def bench_checkpoints(args, work: Path) -> None:
     print(f"(a) trainer with checkpoints / without: {med['async checkpoints'] / base:.3f}  (target >= 0.95)")
     if "sync checkpoints" in med:
         print(f"    the same, checkpoints written inside the step (before): {med['sync checkpoints'] / base:.3f}")
+    flops = step_flops(trainers["no checkpoints"], args.flop_steps)
+    achieved = flops * med["async checkpoints"] / args.batch_size  # FLOP/s of the trainer with checkpoints
+    print(f"    model FLOPs per step {flops / 1e9:.1f} GFLOP (FlopCounterMode, mean of {args.flop_steps} steps); "
+          f"with checkpoints {achieved / 1e12:.3f} TFLOP/s"
+          + (f"; MFU {100 * achieved / (args.peak_tflops * 1e12):.1f}% of {args.peak_tflops:g} TFLOP/s (target >= 40% on GPU)"
+             if args.peak_tflops else "; MFU: pass --peak-tflops"))
 
 
 def bench_inference(args, work: Path) -> None:
@@ -231,6 +297,9 @@ def main() -> None:
     p.add_argument("--only", choices=["checkpoints", "inference", "ranks"])
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--sequence-length", type=int, help="train on generated texts of this many tokens (maxLength)")
+    p.add_argument("--flop-steps", type=int, default=3, help="training steps whose FLOPs (a) counts")
+    p.add_argument("--peak-tflops", type=float, help="the device's dense peak TFLOP/s at --precision, for MFU")
     p.add_argument("--steps", type=int, default=200, help="timed steps of each arm per round in (a)")
     p.add_argument("--validation-interval", type=int, default=200)
     p.add_argument("--validation-examples", type=int, default=100, help="validation examples per task")
@@ -250,7 +319,8 @@ def main() -> None:
         return
     work = Path(tempfile.mkdtemp(prefix="asyncmtl-scale-"))
     print(f"model={args.model} device={args.device} precision={args.precision} batch={args.batch_size} "
-          f"maxLength={args.max_length} cpus={os.cpu_count()}")
+          f"maxLength={args.sequence_length or args.max_length}"
+          f"{' (generated texts of that length)' if args.sequence_length else ''} cpus={os.cpu_count()}")
     if args.only in (None, "inference"):
         bench_inference(args, work)
     if args.only in (None, "ranks"):
