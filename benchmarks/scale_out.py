@@ -86,18 +86,24 @@ def long_text_split(work: Path, task: str, type_: str, extra: dict, split: str, 
     return str(path)
 
 
+def task_data(work: Path, task: str, type_: str, extra: dict, sequence_length: int | None,
+              validation_rows: int) -> dict[str, str]:
+    """A benchmark task's `data` (train and validation URIs): the built-in benchmark's split, or with
+    `sequence_length` generated texts of that many words (2,000 training rows, `validation_rows` validation rows)."""
+    if not sequence_length:
+        return {"train": f"builtin://quickstart/{task}/train", "validation": f"builtin://quickstart/{task}/validation"}
+    return {"train": long_text_split(work, task, type_, extra, "train", 2000, sequence_length),
+            "validation": long_text_split(work, task, type_, extra, "validation", validation_rows, sequence_length)}
+
+
 def spec_doc(args, work: Path, *, max_steps: int, batch_size: int) -> dict:
     """The benchmark's run spec: the built-in benchmark's four tasks, or (`--sequence-length`) generated
     texts as long as `maxLength`."""
     seq = args.sequence_length
-    tasks = []
-    for n, t, extra in TASKS:
-        if seq:
-            data = {"train": long_text_split(work, n, t, extra, "train", 2000, seq),
-                    "validation": long_text_split(work, n, t, extra, "validation", args.validation_examples, seq)}
-        else:
-            data = {"train": f"builtin://quickstart/{n}/train", "validation": f"builtin://quickstart/{n}/validation"}
-        tasks.append({"name": n, "type": t, **extra, "data": {**data, "maxValidationExamples": args.validation_examples}})
+    tasks = [{"name": n, "type": t, **extra,
+              "data": {**task_data(work, n, t, extra, seq, args.validation_examples),
+                       "maxValidationExamples": args.validation_examples}}
+             for n, t, extra in TASKS]
     return {"apiVersion": "asyncmtl.dev/v1alpha1", "kind": "AsyncMTLRun", "metadata": {"name": "bench"},
             "spec": {"model": {"pretrained": model_path(args.model, work), "maxLength": seq or args.max_length},
                      "tasks": tasks,

@@ -44,15 +44,11 @@ TASKS = [("sentiment", "binary", {}), ("topic", "multiclass", {"numLabels": 4}),
 
 
 def build_trainer(args, workdir: Path) -> Trainer:
-    from scale_out import long_text_split, model_path  # this folder's scale-out benchmark
+    from scale_out import model_path, task_data  # this folder's scale-out benchmark
 
     seq = args.sequence_length
-    tasks = []
-    for name, typ, extra in TASKS:
-        data = ({"train": long_text_split(workdir, name, typ, extra, "train", 2000, seq),
-                 "validation": long_text_split(workdir, name, typ, extra, "validation", 16, seq)} if seq else
-                {"train": f"builtin://quickstart/{name}/train", "validation": f"builtin://quickstart/{name}/validation"})
-        tasks.append({"name": name, "type": typ, **extra, "data": data})
+    tasks = [{"name": name, "type": typ, **extra, "data": task_data(workdir, name, typ, extra, seq, 16)}
+             for name, typ, extra in TASKS]
     doc = {"apiVersion": "asyncmtl.dev/v1alpha1", "kind": "AsyncMTLRun", "metadata": {"name": "bench"},
            "spec": {"model": {"pretrained": model_path(args.model, workdir), "maxLength": seq or args.max_length},
                     "tasks": tasks,
