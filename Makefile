@@ -7,7 +7,7 @@ export TWEETEVAL_DIR
 
 PROMETHEUS := .tools/prometheus/usr/bin/prometheus
 
-.PHONY: setup tools demo test test-fast bench tweeteval spec-doc crd install-manifests images clean
+.PHONY: setup tools demo test test-fast bench tweeteval spec-doc crd install-manifests image-locks images clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,9 @@ crd: setup ## regenerate crds/asyncmtlrun.yaml (and the chart's copy) from the s
 
 install-manifests: setup ## regenerate manifests/install/ from the chart (for users without Helm)
 	$(BIN)/python helm/render_install.py
+
+image-locks: setup ## regenerate the images' dependency lists (operator/, trainer_image/requirements.txt) from pyproject's extras
+	$(BIN)/python hack/image_locks.py
 
 IMAGE_TAG ?= 0.1.0
 images: ## build the operator and trainer images (needs a Docker engine)

@@ -35,6 +35,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from asyncmtl.local.lifeline import RunLocked
     from asyncmtl.local.runtime import LocalOptions, LocalRuntime
     from asyncmtl.pretrained import ModelLoadError
+    from asyncmtl.spec import SpecError
     from asyncmtl.storage import StorageError
 
     resource = _load(args.spec)
@@ -45,8 +46,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     rt = LocalRuntime(resource, Path(args.spec), opts)
     try:
         return rt.run()
-    except (DataError, ModelLoadError, RunLocked, StorageError, FileNotFoundError) as exc:
-        # FileNotFoundError: spec.orderFromRun or spec.teacherRun names no finished run (the message says which)
+    except (DataError, ModelLoadError, RunLocked, StorageError, SpecError) as exc:
+        # SpecError: spec.orderFromRun or spec.teacherRun names no usable finished run (the message says which)
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -118,7 +118,7 @@ def spec_doc(args, work: Path, *, max_steps: int, batch_size: int) -> dict:
 def build_trainer(doc: dict, work: Path, *, checkpoints: bool, background: bool):
     """A set-up trainer for `doc` writing under `work` (checkpoints as asked), warmed up by one step."""
     from asyncmtl.spec import parse_run
-    from asyncmtl.storage import open_run_storage
+    from asyncmtl.storage_factory import open_run_storage
     from asyncmtl_trainer.distributed import init_ranks
     from asyncmtl_trainer.train import Trainer, TrainerOptions
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from asyncmtl.spec import parse_run
-from asyncmtl.storage import open_run_storage
+from asyncmtl.storage_factory import open_run_storage
 from asyncmtl_trainer.losses import supervised_loss
 from asyncmtl_trainer.train import Trainer, TrainerOptions
 

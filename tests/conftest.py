@@ -137,3 +137,15 @@ def wait_for_lock_free(run_dir: Path, run: str, timeout: float) -> None:
             assert time.monotonic() < deadline, f"a process of run {run} still holds its lock"
             time.sleep(0.2)
     lock.release()
+
+
+def write_shards(storage, task: str, step: int, rows: list[int], total: int) -> None:
+    """Soft-label shards of `rows` rows each, as inference pods write them, made for a split of `total`."""
+    import torch
+
+    from asyncmtl_trainer.softlabels import write_shard
+
+    start = 0
+    for i, n in enumerate(rows):
+        write_shard(storage, task, step, i, len(rows), torch.arange(start, start + n), torch.zeros(n, 2), total=total)
+        start += n

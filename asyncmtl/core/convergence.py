@@ -28,6 +28,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from asyncmtl.spec import RunSpec, TaskSpec
+
 
 class ValidationPoint(BaseModel):
     """One validation result: training step (steps) and metric value (metric points, 0-100)."""
@@ -304,3 +306,16 @@ class BestTracker(BaseModel):
             self.best_step, self.best_value = step, self.smoothed
             return True
         return False
+
+
+def rule_for(spec: RunSpec, task: TaskSpec) -> ConvergenceRule:
+    """The convergence rule of `task` under `spec` (all AsyncMTL metrics are higher-is-better)."""
+    return ConvergenceRule(
+        patience=task.patience,
+        min_delta=task.min_delta,
+        validation_interval=spec.training.validation_interval,
+        min_steps=task.min_steps,
+        direction="max",
+        smoothing=task.smoothing,
+        min_gain_over_chance=task.min_gain_over_chance,
+    )

@@ -47,24 +47,11 @@ from asyncmtl.control import (
     StopSignal,
 )
 from asyncmtl.core.actions import Action, Complete, EmitEvent, Fail, LaunchInference, WriteControl
-from asyncmtl.core.convergence import ConvergenceRule, has_converged, observe, retained_steps, thin
+from asyncmtl.core.convergence import has_converged, observe, retained_steps, rule_for, thin
 from asyncmtl.core.observations import Observations
 from asyncmtl.core.status import HISTORY_LIMIT, TRACK_POINTS, Condition, ConditionType, HistoryEntry, RunStatus, TaskStatus
 from asyncmtl.lifecycle import TaskPhase
-from asyncmtl.spec import RunSpec, TaskSpec
-
-
-def rule_for(spec: RunSpec, task: TaskSpec) -> ConvergenceRule:
-    """The convergence rule of `task` under `spec` (all AsyncMTL metrics are higher-is-better)."""
-    return ConvergenceRule(
-        patience=task.patience,
-        min_delta=task.min_delta,
-        validation_interval=spec.training.validation_interval,
-        min_steps=task.min_steps,
-        direction="max",
-        smoothing=task.smoothing,
-        min_gain_over_chance=task.min_gain_over_chance,
-    )
+from asyncmtl.spec import RunSpec
 
 
 class _Ctx:

@@ -26,7 +26,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from asyncmtl.data.examples import DataError
+from asyncmtl.data.errors import DataError
 
 POS = ["good", "great", "excellent", "wonderful", "lovely", "superb", "pleasant", "fantastic", "delightful", "brilliant"]
 NEG = ["bad", "awful", "terrible", "horrible", "poor", "dreadful", "boring", "disappointing", "nasty", "mediocre"]

@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from asyncmtl.data.errors import DataError
 from asyncmtl.spec import DataFormat, TaskSpec, TaskType
+
+__all__ = ["DataError", "Example", "Split", "load_split", "load_task_splits"]
 
 Label = int | float | list[int]
 MAX_REPORTED_ERRORS = 20
@@ -39,14 +42,6 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.examples)
-
-
-class DataError(ValueError):
-    """Bad data. `problems` are `file:line: reason` strings (at most 20 are collected)."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(problems))
 
 
 def resolve_path(uri: str, base_dir: Path | None) -> Path:

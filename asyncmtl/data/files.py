@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Iterator
 
-from asyncmtl.data.examples import DataError
+from asyncmtl.data.errors import DataError
 
 
 def read_utf8(path: Path) -> str:

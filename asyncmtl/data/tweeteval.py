@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from asyncmtl.data.examples import DataError
+from asyncmtl.data.errors import DataError
 
 STANCE_TARGETS = ("abortion", "atheism", "climate", "feminist", "hillary")
 ENV_VAR = "TWEETEVAL_DIR"

@@ -5,10 +5,11 @@ Three mechanisms, all POSIX (Linux, macOS):
 - **Termination signals** (`terminate_on_signals`): SIGTERM and SIGHUP (`timeout`, a closed terminal,
   a batch scheduler's cancel) are turned into `Terminated`, handled where Ctrl-C is: the runtime stops
   its children in order and saves its status (exit status 128 + signal number, as a shell reports).
-- **Parent watch** (`watch_parent`): the trainer and inference shards run in their own process
-  sessions (so Ctrl-C reaches the runtime alone). When the runtime dies without cleaning up (SIGKILL,
-  the OOM killer), a child notices that its parent changed and terminates itself (SIGTERM to itself:
-  the default action, nothing half-written survives the manifest-last checkpoint rule).
+- **Parent watch** (`asyncmtl_trainer.parent_watch.watch_parent`, the children's side): the trainer and
+  inference shards run in their own process sessions (so Ctrl-C reaches the runtime alone). When the
+  runtime dies without cleaning up (SIGKILL, the OOM killer), a child notices that its parent changed
+  and terminates itself (SIGTERM to itself: the default action, nothing half-written survives the
+  manifest-last checkpoint rule).
 - **Run lock** (`RunLock`): an exclusive `flock` on `<workdir>/run.lock`, taken by the runtime before it
   touches anything and inherited by its children (`pass_fds`), so it is held until the last process of
   the run has exited, however the runtime ended. `asyncmtl run --resume` on a run still held fails
@@ -72,49 +73,6 @@ def shielded(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, signal.S
     return _handlers(signals, signal.SIG_IGN)
 
 
-def _parent_of(pid: int) -> int | None:
-    """The parent pid of `pid` (Linux /proc), or None when it cannot be read."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])  # after "(comm)": state, ppid, ...
-
-
-def _descends_from(ancestor: int, depth: int) -> bool:
-    """Whether `ancestor` is this process's parent, or (depth > 1) the parent of a parent up to `depth` levels
-    (a launcher in between: torchrun's agent starts the trainer's ranks)."""
-    pid = os.getppid()
-    for _ in range(depth):
-        if pid == ancestor:
-            return True
-        nxt = _parent_of(pid) if pid else None
-        if nxt is None:
-            return False
-        pid = nxt
-    return False
-
-
-def watch_parent(parent_pid: int, interval: float = 1.0, depth: int = 1) -> threading.Thread | None:
-    """Start a daemon thread that sends SIGTERM to this process once `parent_pid` is no longer its parent
-    (the parent died and the process was re-parented), or, with `depth` 2, its parent's parent either
-    (a rank under torchrun: the runtime started the launcher, which started the rank). Checks every
-    `interval` seconds. Returns the thread, or None when the parent is already gone (then SIGTERM is
-    sent at once)."""
-    if not _descends_from(parent_pid, depth):
-        os.kill(os.getpid(), signal.SIGTERM)
-        return None
-
-    def _watch() -> None:
-        while _descends_from(parent_pid, depth):
-            time.sleep(interval)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    t = threading.Thread(target=_watch, name="parent-watch", daemon=True)
-    t.start()
-    return t
-
-
 def _owner_dead(holder: str) -> bool:
     """Whether the lock file's "PID on HOST, ..." names a process of this host that no longer exists."""
     parts = holder.split()
@@ -149,7 +107,7 @@ class RunLock:
 
         When the lock is held but the runtime that took it (the pid in the file, on this host) is dead,
         what holds it are its orphaned children, which stop on their own once they see their parent
-        gone (`watch_parent`): wait up to `wait_for_orphans` seconds for them before refusing.
+        gone (`asyncmtl_trainer.parent_watch`): wait up to `wait_for_orphans` seconds for them before refusing.
 
         Raises:
             RunLocked: the lock is held (by a live runtime, or by orphans past the wait); the message

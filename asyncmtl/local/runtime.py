@@ -1,9 +1,9 @@
 """`asyncmtl run SPEC.yaml`: the method on one machine, with processes instead of pods.
 
 The trainer runs as a child process (`python -m asyncmtl_trainer.train`); the runtime reads its
-/metrics over HTTP, calls the shared `reconcile`, writes the control file atomically (in place
-of the ConfigMap), and runs soft-label inference shards as parallel child processes (in place of
-the Indexed Job). Status is saved to `<workdir>/status.json` after every poll, so `--resume`
+/metrics over HTTP, polls the run policy (`asyncmtl.driver.RunDriver`, the operator's too), writes
+the control file atomically (in place of the ConfigMap), and runs soft-label inference shards as
+parallel child processes (in place of the Indexed Job). Status is saved to `<workdir>/status.json` after every poll, so `--resume`
 continues an interrupted run. Ctrl-C stops the children cleanly.
 """
 from __future__ import annotations
@@ -18,24 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asyncmtl import termination
-from asyncmtl.control import write_control_file
-from asyncmtl.core.actions import Complete, EmitEvent, Fail, LaunchInference, WriteControl
-from asyncmtl.core.observations import InferenceObservation, Observations, TrainerObservation
-from asyncmtl.core.reconcile import reconcile
+from asyncmtl.control import ControlDocument, write_control_file
+from asyncmtl.core.actions import LaunchInference
+from asyncmtl.core.observations import Observations, TrainerObservation
 from asyncmtl.core.status import RunStatus
+from asyncmtl.driver import EventType, InferenceAttempt, RunDriver
 from asyncmtl.failpoints import Failpoints
 from asyncmtl.local.lifeline import RunLock, Terminated, shielded, terminate_on_signals
 from asyncmtl.local.scrape import scrape
 from asyncmtl.logs import run_logger
 from asyncmtl.pretrained import resolve_pretrained
-from asyncmtl.artifacts import (CHECKPOINT_STATE, FINAL, RUN_PREFIXES, checkpoint_file, convergence_order, read_final, read_history,
-                                teacher_steps)
-from asyncmtl.report import write_report
-from asyncmtl.retention import retain_after_run
-from asyncmtl.softlabels import manifest_key, write_manifest
+from asyncmtl.artifacts import RUN_PREFIXES, read_final
 from asyncmtl.spec import AsyncMTLRun
-from asyncmtl.storage import (LOCAL_NAMESPACE, FileRunStorage, StorageError, StorageFault, as_storage_fault, atomic_write,
-                              ensure_writable, open_run_storage)
+from asyncmtl.storage import (LOCAL_NAMESPACE, FileRunStorage, RunStorage, StorageFault, as_storage_fault, atomic_write, ensure_writable)
+from asyncmtl.storage_factory import open_run_storage
 
 
 @dataclass
@@ -87,9 +83,7 @@ class InferenceRun:
     procs: list[subprocess.Popen] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
     state: str = "Running"
-    uri: str | None = None
     message: str = ""
-    storage: object | None = None  # where the checkpoint and the soft labels live (BAM: the teacher run's)
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -101,7 +95,12 @@ def tail(path: Path, lines: int = 15) -> str:
 
 
 class LocalRuntime:
-    """Runs one AsyncMTLRun locally. `run()` returns the process exit code (0 = Succeeded)."""
+    """Runs one AsyncMTLRun locally. `run()` returns the process exit code (0 = Succeeded).
+
+    A process supervisor and the driver's `RuntimePort` (asyncmtl.driver): the run policy is the
+    driver's; this class starts and watches the trainer and inference processes, scrapes the
+    trainer's /metrics, writes the control file and status.json, and shows progress.
+    """
 
     def __init__(self, resource: AsyncMTLRun, spec_path: Path, opts: LocalOptions) -> None:
         self.resource = resource
@@ -121,10 +120,9 @@ class LocalRuntime:
         self.inference: dict[str, InferenceRun] = {}
         self.status = RunStatus()
         self.poll_interval = opts.poll_interval or self.spec.metrics.poll_interval_seconds
-        self.train_sizes: dict[str, int] = {}
         self.events: list[str] = []
-        self._teacher_steps: dict[str, int] = {}  # BAM: read once at start (teacher_steps)
-        self._reference_order: list[str] | None = None  # easiest-first: resolved once at start (resolve_order)
+        self.driver = RunDriver(spec=self.spec, name=self.name, storage=self.storage, storage_of=self.run_storage,
+                                where=str(self.spec_path), log=self.log)
         self.lock = RunLock(self.workdir / "run.lock")
         self.failpoints = Failpoints.from_env()  # injected write faults (tests); none by default
         self.trainer_restarts = 0  # trainer processes restarted after a failure (cluster.backoffLimit)
@@ -186,8 +184,7 @@ class LocalRuntime:
         if old is not None:
             self._stop_procs(old.procs)
         threads = max(1, (os.cpu_count() or 2) // a.shards)
-        run = InferenceRun(task=a.task, step=a.checkpoint_step, attempt=a.attempt, shards=a.shards,
-                           storage=self.run_storage(a.source_run))
+        run = InferenceRun(task=a.task, step=a.checkpoint_step, attempt=a.attempt, shards=a.shards)
         for i in range(a.shards):
             log = self.logs / f"infer-{a.task}-{a.checkpoint_step}-a{a.attempt}-{i}.log"
             args = self._common_args() + ["--task", a.task, "--step", str(a.checkpoint_step), "--shard", str(i),
@@ -214,11 +211,7 @@ class LocalRuntime:
             said = termination.read_message(run.logs[bad[0]].with_suffix(".termination-log"))
             run.message = f"shard {bad[0]} exited {codes[bad[0]]}: {said or tail(run.logs[bad[0]], 3)}"
             return
-        try:
-            run.uri = write_manifest(run.storage or self.storage, run.task, run.step, run.shards, self.train_sizes[run.task])
-            run.state = "Succeeded"
-        except StorageError as exc:
-            run.state, run.message = "Failed", str(exc)
+        run.state = "Succeeded"  # every shard exited 0; the driver verifies what they wrote
 
     @staticmethod
     def _stop_procs(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
@@ -242,9 +235,10 @@ class LocalRuntime:
             procs.append(self.trainer)
         self._stop_procs(procs)
 
-    # ---- observation -------------------------------------------------------------------------
-    def observe(self) -> Observations:
-        obs = Observations(time=time.time(), teacher_steps=self._teacher_steps, reference_order=self._reference_order)
+    # ---- the driver's port (asyncmtl.driver.RuntimePort) -------------------------------------------
+    def observe_trainer(self, obs: Observations) -> None:
+        """The trainer process's state (restarted from its latest checkpoint after a failure, up to
+        cluster.backoffLimit) and its /metrics."""
         if self.trainer is not None:
             code = self.trainer.poll()
             if code == 0:
@@ -277,11 +271,29 @@ class LocalRuntime:
                 obs.metrics_error = f"scrape failed: {exc}"
         else:
             obs.metrics_error = "trainer metrics not up yet"
-        for task, run in self.inference.items():
-            self._poll_inference(run)
-            obs.inference[task] = InferenceObservation(checkpoint_step=run.step, state=run.state, uri=run.uri,
-                                                       message=run.message)
-        return obs
+
+    def inference_attempt(self, task: str, step: int, attempt: int) -> InferenceAttempt | None:
+        """The shard processes of that attempt, polled (None: not started by this runtime, e.g. before a resume)."""
+        run = self.inference.get(task)
+        if run is None or (run.step, run.attempt) != (step, attempt):
+            return None
+        self._poll_inference(run)
+        return InferenceAttempt(state=run.state, shards=run.shards, message=run.message)  # type: ignore[arg-type]
+
+    def write_control(self, document: ControlDocument) -> None:
+        """Write control.json atomically.
+
+        Raises:
+            StorageFault: naming the control file.
+        """
+        try:
+            write_control_file(self.control_path, document)
+        except OSError as exc:
+            raise as_storage_fault(exc, self.control_path) from None
+
+    def post_event(self, type_: EventType, reason: str, message: str) -> None:
+        """Shown under the progress table (the driver has logged it)."""
+        self.events.append(f"{reason}: {message}")
 
     # ---- main loop ---------------------------------------------------------------------------
     def save_status(self) -> None:
@@ -330,67 +342,27 @@ class LocalRuntime:
                 s = load_split(t, split, base_dir=self.spec_path.parent, tweeteval_dir=self.opts.tweeteval_dir,
                                endpoint_url=self.spec.storage.endpoint_url)
                 if split == "train" and s is not None:
-                    self.train_sizes[t.name] = len(s)
+                    self.driver.train_sizes[t.name] = len(s)  # what its soft labels must add up to
         model_dir = resolve_pretrained(self.spec.model.pretrained, self.spec_path.parent)
         self.check_storage(model_dir)  # only now, with spec and data accepted, is anything created
 
-    def resolve_order(self) -> None:
-        """easiest-first: the order in which the tasks converged in the run named by `orderFromRun`
-        (a local run folder, or a run name under this run's storage). Tasks that never converged go last.
-
-        Raises:
-            FileNotFoundError: that run has no status.json.
-        """
-        if self.spec.order != "easiest-first":
-            return
-        ref = Path(self.spec.order_from_run or "")
-        if not (ref / "status.json").is_file():
-            runs = self.storage.local_path("")
-            ref = (runs.parent if runs is not None else Path("runs/local")) / str(self.spec.order_from_run)
-        if not (ref / "status.json").is_file():
-            raise FileNotFoundError(f"spec.orderFromRun: no finished run at {self.spec.order_from_run!r} (looked in {ref})")
-        self._reference_order = convergence_order(read_history(FileRunStorage(ref)), [t.name for t in self.spec.tasks])
-        self.log.info("easiest-first order from %s: %s", ref, ", ".join(self._reference_order))
-
-    def run_storage(self, run: str | None):
-        """Storage of `run` (another run under the same storage, e.g. BAM's teacher), or this run's."""
-        if not run or run == self.name:
+    def run_storage(self, run: str) -> RunStorage:
+        """The storage of another run (the driver's `StorageOf`): a local run folder given as a path
+        (`orderFromRun: runs/local/joint`), else the run of that name under this run's storage."""
+        if run == self.name:
             return self.storage
+        if (Path(run) / "status.json").is_file():
+            return FileRunStorage(Path(run))
         return open_run_storage(self.spec.storage.uri, namespace=LOCAL_NAMESPACE, run=run, base_dir=os.getcwd(),
                                 endpoint_url=self.spec.storage.endpoint_url)
 
-    def teacher_steps(self) -> dict[str, int]:
-        """BAM: each task's best checkpoint step in the teacher run (from its final evaluation).
-
-        Raises:
-            FileNotFoundError: naming spec.teacherRun when that run has no final evaluation or checkpoint.
-        """
-        if not self.spec.resolved_strategy.teacher:
-            return {}
-        teacher = self.run_storage(self.spec.teacher_run)
-        if not teacher.exists(FINAL):
-            raise FileNotFoundError(f"spec.teacherRun: {teacher.uri()} has no finished run ({FINAL})")
-        steps = teacher_steps(teacher, [t.name for t in self.spec.tasks])
-        for t in self.spec.tasks:
-            if t.name not in steps or not teacher.exists(checkpoint_file(steps[t.name], CHECKPOINT_STATE)):
-                raise FileNotFoundError(f"spec.teacherRun: no best checkpoint of task {t.name} in {teacher.uri()}")
-        return steps
-
     def _resume_state(self) -> bool:
+        """Load status.json (False when there is none). Inference attempts that were running are
+        the driver's to find again (their manifest) or launch again."""
         if not self.status_path.is_file():
             self.log.info("nothing to resume in %s: starting a new run", self.workdir)
             return False
         self.status = RunStatus.model_validate_json(self.status_path.read_text())
-        for name, ts in self.status.tasks.items():
-            if ts.phase == "Distilling" and ts.best_step is not None:
-                if self.storage.exists(manifest_key(name, ts.best_step)):
-                    run = InferenceRun(task=name, step=ts.best_step, attempt=ts.inference_attempts, shards=0,
-                                       state="Succeeded", uri=self.storage.uri(manifest_key(name, ts.best_step)))
-                    self.inference[name] = run
-                else:
-                    self.launch_inference(LaunchInference(task=name, checkpoint_step=ts.best_step,
-                                                          shards=self.spec.distillation.shards,
-                                                          attempt=max(1, ts.inference_attempts)))
         return True
 
     def run(self) -> int:
@@ -399,6 +371,7 @@ class LocalRuntime:
 
         Raises:
             RunLocked: another runtime, or a process one started, still holds this run.
+            SpecError: spec.orderFromRun or spec.teacherRun names no usable finished run.
         """
         self.preflight()  # bad data or encoder: an error before anything is created
         self.lock.acquire(self.name, wait_for_orphans=30.0)  # orphans of a killed runtime stop within seconds
@@ -408,9 +381,8 @@ class LocalRuntime:
             self.lock.release()
 
     def _run(self) -> int:
-        self.resolve_order()  # the run folder exists: taking the lock created it
-        self._teacher_steps = self.teacher_steps()
         resumed = self.opts.resume and self._resume_state()
+        self.driver.prepare(self.status)  # the reference and teacher runs, before any child starts
         if resumed and self.status.phase == "Succeeded":
             self.log.info("run already Succeeded")
             return 0
@@ -431,23 +403,18 @@ class LocalRuntime:
             self.control_path.unlink(missing_ok=True)
         progress = Progress(self.spec, self.name, live=self.opts.live)
         if not resumed:
-            self.status, actions = reconcile(self.spec, self.status, Observations(
-                time=time.time(), metrics_error="starting", teacher_steps=self._teacher_steps,
-                reference_order=self._reference_order), run=self.name)
-            self._apply(actions)
+            self.status = self.driver.start(self, time.time())
         self.save_status()
         self.start_trainer(resume=resumed)
         try:
             with terminate_on_signals(), progress:
                 while True:
                     time.sleep(self.poll_interval)
-                    obs = self.observe()
-                    self.status, actions = reconcile(self.spec, self.status, obs, run=self.name,
-                                                     ack_timeout_seconds=self.spec.metrics.ack_timeout_seconds)
+                    result = self.driver.step(self, self.status, time.time())
+                    self.status = result.status
                     self.save_status()
-                    done = self._apply(actions)
                     progress.update(self.status, self.events)
-                    if done is not None:
+                    if result.outcome is not None:
                         break
         except (KeyboardInterrupt, Terminated) as exc:
             why = f"terminated ({exc})" if isinstance(exc, Terminated) else "interrupted"
@@ -456,7 +423,7 @@ class LocalRuntime:
                 self.stop_children()
                 self.save_status()
             return exc.exit_status if isinstance(exc, Terminated) else 130
-        return self._finish(done)
+        return self._finish(result.outcome)
 
     def _stop_on_storage_fault(self, fault: StorageFault) -> int:
         """A write of the runtime's own failed (status, control file, report): stop the children,
@@ -477,40 +444,20 @@ class LocalRuntime:
         """The command that continues this run, as a user would type it."""
         return f"`asyncmtl run {_shown('file://' + str(self.spec_path))} --resume`"
 
-    def _apply(self, actions) -> str | None:
-        result = None
-        for a in actions:
-            if isinstance(a, WriteControl):
-                try:
-                    write_control_file(self.control_path, a.document)
-                except OSError as exc:
-                    raise as_storage_fault(exc, self.control_path) from None
-            elif isinstance(a, LaunchInference):
-                self.launch_inference(a)
-            elif isinstance(a, EmitEvent):
-                msg = f"{a.reason}: {a.message}"
-                self.events.append(msg)
-                (self.log.warning if a.type == "Warning" else self.log.info)("%s", msg)
-            elif isinstance(a, Complete):
-                result = "Succeeded"
-            elif isinstance(a, Fail):
-                result = "Failed"
-        return result
-
     def _finish(self, outcome: str) -> int:
         self.stop_children()
-        paths = write_report(self.name, self.status, self.storage, self.workdir / "staging")
-        kept = None
-        if self.status.phase == "Succeeded":
-            kept = retain_after_run(self.storage, [t.name for t in self.spec.tasks], self.spec.storage.keep_checkpoints)
+        done = self.driver.finish(self, self.status)
         print(f"\nRun {self.name}: {self.status.phase} — {self.status.message}")
-        for n, uri in paths.items():
+        for n, uri in done.report.items():
             print(f"  {n:12s} {_shown(uri)}")
         if self.storage.exists("model/asyncmtl.json"):
             print(f"  {'model':12s} {_shown(self.storage.uri('model'))}")
+        kept = done.retained
         if kept is not None and kept.kept:
             print(f"  {'checkpoints':12s} {_shown(self.storage.uri('checkpoints'))} (steps "
                   f"{', '.join(map(str, kept.kept))}: storage.keepCheckpoints {self.spec.storage.keep_checkpoints})")
+        elif self.status.phase == "Succeeded" and kept is None:
+            print(f"  {'checkpoints':12s} kept as they were: retention failed (see the RetentionFailed warning)")
         root = self.storage.local_path("")
         if root is not None:
             used = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())

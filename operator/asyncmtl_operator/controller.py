@@ -1,9 +1,10 @@
-"""One run on a cluster: create its children, then on every timer tick observe, reconcile, act.
+"""One run on a cluster: create its children, then on every timer tick poll the run policy.
 
-Observations come from Prometheus (the trainer's series), the Kubernetes API (the training Job
-and its pods, inference Jobs) and storage (soft-label shards, verified before the manifest is
-written). Decisions come from `asyncmtl.core.reconcile`. Actions: patch the control ConfigMap,
-create an Indexed inference Job, post an Event, set the phase. The status patch is returned to
+The policy (observations, soft-label checks, decisions, actions, report and retention) is the
+driver's (`asyncmtl.driver.RunDriver`, shared with the local runtime); what it sees and does on a
+cluster goes through `run_port.KubeRunPort` (Prometheus, the Kubernetes API). This module parses
+runs with the operator's defaults, opens their storage, creates their children, keeps per-run
+memory and turns the run status into the resource's status. The status patch is returned to
 kopf, which applies it after the handler; actions are idempotent (deterministic names, the
 control document's generations), so a tick that fails half-way is simply repeated.
 """
@@ -18,27 +19,22 @@ from typing import Any, Callable
 
 import yaml
 
-from asyncmtl.control import ConvergedSignal
-from asyncmtl.core.actions import Complete, EmitEvent, Fail, LaunchInference, WriteControl
-from asyncmtl.core.observations import InferenceObservation, Observations
-from asyncmtl.core.reconcile import reconcile
-from asyncmtl.core.status import RunStatus
-from asyncmtl.artifacts import convergence_order, read_history, teacher_steps
-from asyncmtl.softlabels import write_manifest
 from pydantic import ValidationError
 
-from asyncmtl.retention import retain_after_run
+from asyncmtl.control import ConvergedSignal
+from asyncmtl.core.status import RunStatus
+from asyncmtl.driver import RunDriver
 from asyncmtl.spec import AsyncMTLRun, ClusterSpec, SpecError, SpecIssue, issues_from_validation_error, parse_run
-from asyncmtl.storage import RunStorage, StorageError, open_run_storage
+from asyncmtl.storage import RunStorage
+from asyncmtl.storage_factory import open_run_storage
 from asyncmtl_operator import children
 from asyncmtl_operator.kube import InvalidManifest, Kube
 from asyncmtl_operator.operator_metrics import OperatorMetrics
 from asyncmtl_operator.pod_template import merge_under
-from asyncmtl_operator.prometheus import PrometheusClient, PrometheusError
+from asyncmtl_operator.prometheus import PrometheusClient
+from asyncmtl_operator.run_port import KubeRunPort
 
 STATUS_KEY = "asyncmtl"  # the full RunStatus, under status.asyncmtl
-WAITING_REASONS = {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
-                   "CreateContainerError", "CrashLoopBackOff"}
 
 
 @dataclass
@@ -83,12 +79,12 @@ class OperatorConfig:
 
 @dataclass
 class RunMemory:
-    """Per-run, in-memory only: when it was last polled (bounds the Prometheus window)."""
+    """Per-run, in-memory only: when it was last polled (bounds the Prometheus window), its driver."""
 
     last_poll: float | None = None
     warned_generation: int | None = None  # the spec edit already reported as not applied
     started_spec: dict[str, Any] | None = None  # the spec the pods read (from the control ConfigMap), once edited
-    reference_order: list[str] | None = None  # easiest-first: the reference run's convergence order, read once
+    driver: RunDriver | None = None  # the run policy (asyncmtl.driver), with what it has read of other runs
 
 
 TICK_SLACK = 0.05  # seconds: a timer firing this early still counts as on time
@@ -138,22 +134,6 @@ class Controller:
             st.credentials_secret = st.credentials_secret or self.config.default_storage_secret
         return run
 
-    def reference_order(self, run: AsyncMTLRun, namespace: str) -> list[str] | None:
-        """Sequential easiest-first: the order the tasks of `spec.orderFromRun` (a finished run in the same
-        namespace and storage) converged in, from its history (None for other orders).
-
-        Raises:
-            SpecError: that run has no history in storage (path spec.orderFromRun).
-        """
-        if run.spec.order != "easiest-first":
-            return None
-        ref = self.storage(run, namespace, name=run.spec.order_from_run)
-        history = read_history(ref)
-        if not history:
-            raise SpecError([SpecIssue(path="spec.orderFromRun", file=f"{namespace}/{run.name}",
-                                       message=f"no finished run {run.spec.order_from_run!r} in {ref.uri()}")])
-        return convergence_order(history, [t.name for t in run.spec.tasks])
-
     def storage(self, run: AsyncMTLRun, namespace: str, name: str | None = None) -> RunStorage:
         """The storage of run `name` (default: this run) under this run's storage settings, with the
         credentials of `spec.storage.credentialsSecret` when given. Built once per run and settings (the
@@ -188,6 +168,12 @@ class Controller:
                                 endpoint_url=st.endpoint_url, client=client)
         return open_run_storage(st.uri, namespace=namespace, run=name, endpoint_url=st.endpoint_url)
 
+    def _driver(self, run: AsyncMTLRun, namespace: str) -> RunDriver:
+        """The run policy of one run, its storage and other runs' under its settings (`Controller.storage`)."""
+        return RunDriver(spec=run.spec, name=run.name, storage=self.storage(run, namespace),
+                         storage_of=lambda other: self.storage(run, namespace, name=other),
+                         where=f"{namespace}/{run.name}", log=logging.getLogger("asyncmtl.operator"))
+
     # ---- create ------------------------------------------------------------------------------
     def create(self, body: dict[str, Any], namespace: str, adopt: Callable[[dict], None],
                logger: logging.Logger) -> dict[str, Any]:
@@ -199,7 +185,8 @@ class Controller:
         name = body["metadata"]["name"]
         try:
             run = self.parse(body)
-            reference_order = self.reference_order(run, namespace)  # refused before any child when missing
+            driver = self._driver(run, namespace)
+            driver.prepare(RunStatus())  # easiest-first's reference, BAM's teacher: refused before any child
             # the pods as the API server would store them (pod template overlay merged): refused before any child
             training_job = children.training_job(run, namespace)
             self.kube.dry_run_job(training_job, namespace)
@@ -208,31 +195,32 @@ class Controller:
                    else f"spec.cluster.podTemplate: the training Job is invalid: {exc}")
             logger.error("[run=%s] invalid spec: %s", name, msg)
             self.post_event(body, "Warning", "InvalidSpec", msg)
-            return {"phase": "Failed", "message": f"invalid spec: {msg}", "conditions": [
-                {"type": "Ready", "status": "False", "reason": "InvalidSpec", "message": msg,
-                 "lastTransitionTime": _iso(time.time())}]}
-        storage = self.storage(run, namespace)
-        check = getattr(storage, "check", None)
+            now = _iso(time.time())
+            observed = (body.get("metadata") or {}).get("generation")
+            # terminal, as the core's own failures: `kubectl wait --for=condition=Failed` returns
+            return {"phase": "Failed", "message": f"invalid spec: {msg}", "observedGeneration": observed, "conditions": [
+                {"type": t, "status": v, "reason": "InvalidSpec", "message": msg, "lastTransitionTime": now,
+                 "observedGeneration": observed} for t, v in (("Ready", "False"), ("Failed", "True"))]}
+        check = getattr(driver.storage, "check", None)
         if check is not None:
             check()  # before any GPU is requested
-        self.memory.setdefault((namespace, name), RunMemory()).reference_order = reference_order
-        status, actions = reconcile(run.spec, RunStatus(), Observations(time=time.time(), metrics_error="starting",
-                                                                        reference_order=reference_order), run=name)
+        self.memory.setdefault((namespace, name), RunMemory()).driver = driver
+        port = KubeRunPort(self, body, run, namespace, adopt, logger, creating=True)
+        status = driver.start(port, time.time())
         status.observed_generation = (body.get("metadata") or {}).get("generation")  # what the pods are made of
-        doc = next(a.document for a in actions if isinstance(a, WriteControl))
+        assert port.control_document is not None  # generation 0, always written by a new run's first decision
         # the effective spec (default storage filled in) is what the pods read
         spec_yaml = yaml.safe_dump({"apiVersion": body["apiVersion"], "kind": body["kind"],
                                     "metadata": {"name": name, "namespace": namespace},
                                     "spec": run.spec.model_dump(mode="json", by_alias=True, exclude_none=True)},
                                    sort_keys=False)
         rendezvous = [children.rendezvous_service(run)] if children.multi_node(run) else []
-        for child in (children.control_configmap(run, doc, spec_yaml), children.metrics_service(run), *rendezvous,
-                      training_job):
+        for child in (children.control_configmap(run, port.control_document, spec_yaml), children.metrics_service(run),
+                      *rendezvous, training_job):
             adopt(child)
             created = self.kube.create(child, namespace)
             logger.info("[run=%s] %s %s %s", name, child["kind"], child["metadata"]["name"],
                         "created" if created else "already exists")
-        self._apply_events(body, actions)
         return self.status_patch(body, status)
 
     # ---- tick --------------------------------------------------------------------------------
@@ -251,38 +239,17 @@ class Controller:
         if mem.last_poll is not None and now - mem.last_poll < self.config.timer_interval - TICK_SLACK:
             return None  # kopf's timer fires every TIMER_TICK seconds; a run is polled every timerInterval
         run = self._effective_run(body, namespace, status, mem, logger)
-        window = (now - mem.last_poll + 2 * self.config.timer_interval) if mem.last_poll else 600.0
-        obs = Observations(time=now)
-        if status.task_order is None and run.spec.order == "easiest-first":  # read once per run, not every tick
-            if mem.reference_order is None:
-                mem.reference_order = self.reference_order(run, namespace)
-            obs.reference_order = mem.reference_order
-        point_times: dict[str, dict[int, float]] = {}
-        try:
-            snap = self.prometheus.snapshot(name, namespace, window)
-            if snap is None:
-                obs.metrics_error = "no trainer series in Prometheus yet"
-            elif now - snap.newest_sample > self.config.stale_after:
-                obs.metrics_error = (f"stale: the newest trainer sample is {now - snap.newest_sample:.0f}s old "
-                                     f"(limit {self.config.stale_after:.0f}s); no decision on stale data")
-            else:
-                obs.metrics = snap.trainer
-                point_times = snap.point_times
-        except PrometheusError as exc:
-            obs.metrics_error = f"Prometheus unreachable: {exc}"
-        self._observe_trainer(run, namespace, obs)
-        storage = self.storage(run, namespace)
-        if run.spec.resolved_strategy.teacher:  # the teacher's checkpoints and soft labels live in its own folder
-            storage = self.storage(run, namespace, name=run.spec.teacher_run)
-            if not status.tasks or any(ts.phase == "Distilling" and not ts.inference_attempts
-                                       for ts in status.tasks.values()):
-                # only until every teacher inference is launched: not one S3 read per timer tick
-                obs.teacher_steps = teacher_steps(storage, [t.name for t in run.spec.tasks])
-        self._observe_inference(run, namespace, status, storage, obs, logger)
-        new, actions = reconcile(run.spec, status, obs, run=name, ack_timeout_seconds=run.spec.metrics.ack_timeout_seconds)
+        if mem.driver is None:  # after an operator restart: references are read again, once
+            mem.driver = self._driver(run, namespace)
+        port = KubeRunPort(self, body, run, namespace, adopt, logger,
+                           window=(now - mem.last_poll + 2 * self.config.timer_interval) if mem.last_poll else 600.0)
+        result = mem.driver.step(port, status, now)
+        new, obs = result.status, result.observations
         mem.last_poll = now
-        self._measure(status, new, point_times, now, logger, name)
-        self._apply(body, run, namespace, new, actions, adopt, logger)
+        self._measure(status, new, port.point_times, now, logger, name)
+        if result.outcome is not None:
+            logger.info("[run=%s] %s: %s", run.name, new.phase, new.message)
+            mem.driver.finish(port, new)  # the report; checkpoints kept as storage.keepCheckpoints says
         if new.phase in ("Succeeded", "Failed", "Queued"):
             # no series of a finished run (stale gauges keep alerts firing), none while queued (nothing is stale)
             self.metrics.forget_run(namespace, name)
@@ -294,87 +261,10 @@ class Controller:
             self.metrics.signal_pending.labels(namespace, name).set(
                 now - new.signal_sent_at if waiting and new.signal_sent_at else 0.0)
         self.metrics.reconciles.labels("ok").inc()
-        return self.status_patch(body, new)
-
-    def _observe_trainer(self, run: AsyncMTLRun, namespace: str, obs: Observations) -> None:
-        job = self.kube.get_job(children.train_name(run.name), namespace)
-        if job is None:
-            obs.trainer_state, obs.trainer_message = "Failed", "the training Job is gone"
-            return
-        st = job.get("status") or {}
-        if (job.get("spec") or {}).get("suspend") and not st.get("succeeded"):
-            obs.trainer_state = "Queued"  # Kueue (or anyone) suspended it: no pod, no metrics, nothing wrong
-            return
-        for c in st.get("conditions") or []:
-            if c.get("status") == "True" and c.get("type") in ("Complete", "SuccessCriteriaMet"):
-                obs.trainer_state = "Finished"
-                return
-            if c.get("status") == "True" and c.get("type") in ("Failed", "FailureTarget"):
-                obs.trainer_state = "Failed"
-                obs.trainer_message = f"training Job failed: {c.get('reason')}: {c.get('message')}"
-                return
-        if (st.get("succeeded") or 0) >= 1:
-            obs.trainer_state = "Finished"
-            return
-        pods = self.kube.list_pods(namespace, {children.RUN_LABEL: run.name, children.ROLE_LABEL: "train"})
-        for pod in pods:
-            reason, message = pod_problem(pod)
-            if reason:
-                obs.trainer_blocked_reason, obs.trainer_blocked_message = reason, message
-                return
-        if not pods:  # the Job controller could not create the pod: quota, admission, limits
-            failed = [e for e in self.kube.events_for("Job", children.train_name(run.name), namespace)
-                      if e.get("reason") == "FailedCreate"]
-            if failed:
-                msg = failed[-1].get("message") or ""
-                obs.trainer_blocked_reason = "QuotaExceeded" if "exceeded quota" in msg else "FailedCreate"
-                obs.trainer_blocked_message = msg
-
-    def _observe_inference(self, run: AsyncMTLRun, namespace: str, status: RunStatus, storage: RunStorage,
-                           obs: Observations, logger: logging.Logger) -> None:
-        for task, ts in status.tasks.items():
-            if ts.phase != "Distilling" or ts.best_step is None:
-                continue
-            job = self.kube.get_job(children.inference_name(run.name, task, ts.best_step, ts.inference_attempts),
-                                    namespace)
-            if job is None:
-                continue
-            st = job.get("status") or {}
-            completions = (job.get("spec") or {}).get("completions") or run.spec.distillation.shards
-            self.metrics.set_inference(namespace, run.name, task, completions, st)
-            failed = next((c for c in st.get("conditions") or []
-                           if c.get("type") == "Failed" and c.get("status") == "True"), None)
-            if failed is not None:
-                obs.inference[task] = InferenceObservation(checkpoint_step=ts.best_step, state="Failed",
-                                                           message=f"{failed.get('reason')}: {failed.get('message')}")
-            elif self._inference_stuck(job, run, time.time()):
-                obs.inference[task] = InferenceObservation(
-                    checkpoint_step=ts.best_step, state="Failed",
-                    message=(f"Pending: no inference pod ran within distillation.pendingTimeoutSeconds "
-                             f"({run.spec.distillation.pending_timeout_seconds:.0f} s): queued, suspended, "
-                             f"unschedulable or over quota (a paused trainer may hold the GPUs it needs)"))
-            elif (st.get("succeeded") or 0) >= completions:
-                try:
-                    uri = write_manifest(storage, task, ts.best_step, completions)
-                    obs.inference[task] = InferenceObservation(checkpoint_step=ts.best_step, state="Succeeded", uri=uri)
-                except StorageError as exc:
-                    logger.warning("[run=%s] task %s: inference Job done but shards do not check out: %s", run.name, task, exc)
-                    obs.inference[task] = InferenceObservation(checkpoint_step=ts.best_step, state="Failed", message=str(exc))
-            else:
-                obs.inference[task] = InferenceObservation(checkpoint_step=ts.best_step, state="Running")
-
-    @staticmethod
-    def _inference_stuck(job: dict[str, Any], run: AsyncMTLRun, now: float) -> bool:
-        """No pod of the inference Job has run (none active, ready, succeeded or failed) for longer than
-        `distillation.pendingTimeoutSeconds` since the Job was created."""
-        st = job.get("status") or {}
-        if any(st.get(k) for k in ("active", "ready", "succeeded", "failed")):
-            return False
-        created = (job.get("metadata") or {}).get("creationTimestamp")
-        if not created:
-            return False
-        age = now - _parse_time(created)
-        return age > run.spec.distillation.pending_timeout_seconds
+        patch = self.status_patch(body, new)
+        if _merged(patch) == _merged({k: (body.get("status") or {}).get(k) for k in patch}):
+            return None  # nothing changed: no PATCH (an idle run costs no write per poll)
+        return patch
 
     def _measure(self, old: RunStatus, new: RunStatus, point_times: dict[str, dict[int, float]], now: float,
                  logger: logging.Logger, name: str) -> None:
@@ -391,38 +281,6 @@ class Controller:
                 logger.info("[run=%s] task %s converged: decided %.1fs after its deciding point (step %s) became "
                             "visible in Prometheus (timer interval %.1fs)", name, sig.task, now - seen, step,
                             self.config.timer_interval)
-
-    # ---- actions -----------------------------------------------------------------------------
-    def _apply(self, body: dict[str, Any], run: AsyncMTLRun, namespace: str, status: RunStatus, actions: list,
-               adopt: Callable[[dict], None], logger: logging.Logger) -> None:
-        for a in actions:
-            if isinstance(a, WriteControl):
-                self.kube.patch_configmap_data(children.control_name(run.name), namespace,
-                                               {"control.json": a.document.to_json()})
-                logger.info("[run=%s] control generation %d written", run.name, a.document.generation)
-            elif isinstance(a, LaunchInference):
-                job = children.inference_job(run, namespace, a.task, a.checkpoint_step, a.shards, a.attempt, a.source_run)
-                adopt(job)
-                created = self.kube.create(job, namespace)
-                logger.info("[run=%s] inference Job %s %s", run.name, job["metadata"]["name"],
-                            "created" if created else "already exists")
-            elif isinstance(a, EmitEvent):
-                self.post_event(body, a.type, a.reason, a.message)
-                logger.info("[run=%s] %s: %s", run.name, a.reason, a.message)
-            elif isinstance(a, (Complete, Fail)):
-                logger.info("[run=%s] %s: %s", run.name, status.phase, status.message)
-                if isinstance(a, Complete):  # spec.storage.keepCheckpoints (asyncmtl.retention)
-                    try:
-                        kept = retain_after_run(self.storage(run, namespace), [t.name for t in run.spec.tasks],
-                                                run.spec.storage.keep_checkpoints)
-                        logger.info("[run=%s] checkpoints kept: %s; deleted: %s", run.name, kept.kept, kept.deleted)
-                    except StorageError as exc:  # the run has Succeeded; its checkpoints just stay
-                        logger.warning("[run=%s] checkpoint retention failed: %s", run.name, exc)
-
-    def _apply_events(self, body: dict[str, Any], actions: list) -> None:
-        for a in actions:
-            if isinstance(a, EmitEvent):
-                self.post_event(body, a.type, a.reason, a.message)
 
     def _effective_run(self, body: dict[str, Any], namespace: str, status: RunStatus, mem: RunMemory,
                        logger: logging.Logger) -> AsyncMTLRun:
@@ -500,25 +358,14 @@ def _with_defaults(cluster: ClusterSpec, defaults: dict[str, Any]) -> ClusterSpe
         raise SpecError(issues_from_validation_error(exc, ("ASYNCMTL_TRAINER_DEFAULTS",))) from None
 
 
-def pod_problem(pod: dict[str, Any]) -> tuple[str, str]:
-    """(reason, message) when a pod cannot run: image pull errors, unschedulable (e.g. no GPU fits)."""
-    st = pod.get("status") or {}
-    for cs in (st.get("containerStatuses") or []) + (st.get("initContainerStatuses") or []):
-        waiting = (cs.get("state") or {}).get("waiting") or {}
-        if waiting.get("reason") in WAITING_REASONS:
-            return waiting["reason"], waiting.get("message") or ""
-    for c in st.get("conditions") or []:
-        if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
-            return "Unschedulable", c.get("message") or "no node fits the pod"
-    return "", ""
-
-
-def _parse_time(text: str) -> float:
-    """Seconds since the epoch of a Kubernetes (RFC 3339) timestamp, e.g. `2026-11-22T04:38:27Z`."""
-    import datetime
-
-    t = datetime.datetime.fromisoformat(text)
-    return (t if t.tzinfo else t.replace(tzinfo=datetime.timezone.utc)).timestamp()
+def _merged(value: Any) -> Any:
+    """`value` as the API server stores it after a JSON merge patch (RFC 7386): None removes a key, so
+    keys whose value is None are left out, at every level."""
+    if isinstance(value, dict):
+        return {k: _merged(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_merged(v) for v in value]
+    return value
 
 
 def _iso(t: float) -> str:

@@ -36,6 +36,12 @@ KOPF_PERMISSIONS: dict[tuple[str, str], set[str]] = {
     (GROUP, f"{PLURAL}/status"): {"get", "patch"},
     ("", "events"): {"create"},
 }
+# Children are adopted (kopf.adopt) with `blockOwnerDeletion: true`; where the API server enforces owner
+# references (the OwnerReferencesPermissionEnforcement admission plugin, as on OpenShift), setting it needs
+# `update` on the owner's finalizers subresource, else every child is refused with 403.
+OWNER_REFERENCE_PERMISSIONS: dict[tuple[str, str], set[str]] = {
+    (GROUP, f"{PLURAL}/finalizers"): {"update"},
+}
 # With --peering (an opt-in standby), kopf also reads and updates its peering objects.
 KOPF_PEERING_PERMISSIONS: dict[tuple[str, str], set[str]] = {
     ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},

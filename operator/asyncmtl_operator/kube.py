@@ -102,6 +102,14 @@ class Kube:
                 return None
             raise
 
+    def delete_job(self, name: str, namespace: str) -> None:
+        """Delete a Job and, in the background, its pods (absent already: nothing to do)."""
+        try:
+            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
     def list_pods(self, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
         """Pods with all `labels` (filtered here too, so a server ignoring selectors cannot mislead)."""
         selector = ",".join(f"{k}={v}" for k, v in labels.items())

@@ -83,7 +83,7 @@ def write_soft_labels(endpoint: str, run: str, task: str, step: int, shards: int
     """What an inference Job's pods would write for `run`'s checkpoint: one shard per completion index."""
     import torch
 
-    from asyncmtl.storage import open_run_storage
+    from asyncmtl.storage_factory import open_run_storage
     from asyncmtl_trainer.softlabels import write_shard
 
     storage = open_run_storage("s3://runs/exp", namespace=NS, run=run, endpoint_url=endpoint)

@@ -7,8 +7,8 @@ import json
 import pytest
 from kopf.testing import KopfRunner
 
-from asyncmtl.artifacts import FINAL
-from asyncmtl.storage import open_run_storage
+from asyncmtl.artifacts import CHECKPOINT_STATE, FINAL, checkpoint_file
+from asyncmtl.storage_factory import open_run_storage
 from tests.operator.conftest import wait_until
 from tests.operator.helpers import (NS, apply_run, complete_job, get_obj, get_run, make_run, operator_args, signals,
                                     write_soft_labels)
@@ -23,6 +23,8 @@ def test_bam_distills_from_the_teacher_runs_best_checkpoints(cluster, kube, s3, 
     teacher = open_run_storage("s3://runs/exp", namespace=NS, run="uniform", endpoint_url=endpoint)
     teacher.put_bytes(FINAL, json.dumps({"step": 900, "tasks": {"a": {"bestCheckpoint": {"step": 300}},
                                                        "b": {"bestCheckpoint": {"step": 500}}}}).encode())
+    for step in (300, 500):  # the teacher kept its best checkpoints (storage.keepCheckpoints: best)
+        teacher.put_bytes(checkpoint_file(step, CHECKPOINT_STATE), b"{}")
     with KopfRunner(operator_args(), timeout=60) as runner:
         apply_run(kube, make_run("bam", endpoint=endpoint, strategy="bam", teacherRun="uniform"))
         jobs = {t: wait_until(lambda t=t, s=s: get_obj(kube, "Job", f"bam-infer-{t}-{s}"), what=f"inference Job {t}")

@@ -50,6 +50,9 @@ def test_invalid_spec_fails_with_the_path_and_starts_nothing(cluster, kube, s3, 
     (ready,) = [c for c in st["conditions"] if c["type"] == "Ready"]
     assert ready["status"] == "False" and ready["reason"] == "InvalidSpec"
     assert "spec.weighting.weights: unknown task(s) ['zz']" in ready["message"]
+    # terminal, so `kubectl wait --for=condition=Failed` returns (before: no Failed condition, the wait hung)
+    (failed,) = [c for c in st["conditions"] if c["type"] == "Failed"]
+    assert failed["status"] == "True" and failed["reason"] == "InvalidSpec" and failed["observedGeneration"] == 1
     assert not exists(kube, "Job", "bad-train") and not exists(kube, "ConfigMap", "bad-control")
     assert "InvalidSpec" in [e["reason"] for e in events(kube, "bad")]
 
@@ -193,7 +196,7 @@ def test_unreachable_storage_starts_no_pod(cluster, kube, s3, monkeypatch):
 
 
 def test_delete_keeps_artifacts_unless_cleanup_is_asked(cluster, kube, s3, monkeypatch):
-    from asyncmtl.storage import open_run_storage
+    from asyncmtl.storage_factory import open_run_storage
 
     endpoint, _ = s3
     monkeypatch.setenv("PROMETHEUS_URL", "http://127.0.0.1:9")
@@ -287,7 +290,8 @@ def test_an_inference_job_that_never_gets_a_pod_cannot_deadlock_the_run(setup):
         st = wait_until(lambda: get_run(kube, "f")["status"]["tasks"]["a"]["phase"] == "Frozen"
                         and get_run(kube, "f")["status"], what="Frozen", timeout=60)
     assert runner.exit_code == 0, runner.output
-    assert exists(kube, "Job", "f-infer-a-200-r2")  # retried once
+    assert [e["reason"] for e in events(kube, "f")].count("InferenceRetried") == 1  # retried once
+    assert not exists(kube, "Job", "f-infer-a-200") and not exists(kube, "Job", "f-infer-a-200-r2")  # stuck: deleted
     deg = next(c for c in st["conditions"] if c["type"] == "Degraded")
     assert deg["status"] == "True" and "pendingTimeoutSeconds" in deg["message"]
     assert st["phase"] == "Running"  # b keeps training
@@ -315,3 +319,33 @@ def test_a_pod_template_the_kubernetes_schema_refuses_fails_the_run_before_any_c
     assert ready["reason"] == "InvalidSpec" and "spec.cluster.podTemplate" in ready["message"]
     assert "runtimeClass" in ready["message"] and "InvalidSpec" in [e["reason"] for e in events(kube, "typo")]
     assert job["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
+
+
+def test_inference_pods_that_stay_pending_cannot_deadlock_the_run(setup):
+    """The Job controller counts Pending pods as `active`: unschedulable inference pods (a paused trainer holds the
+    only GPU) or pods that cannot pull their image made a Job that looked alive forever. After
+    distillation.pendingTimeoutSeconds with no pod run, the attempt fails, its Job is deleted, and it is retried."""
+    kube, endpoint, trainer, prom = setup
+    core = kubernetes.client.CoreV1Api(kube)
+    with KopfRunner(operator_args(), timeout=90) as runner:
+        apply_run(kube, make_run("f", endpoint=endpoint,
+                                 distillation={"shards": 1, "maxAttempts": 2, "pendingTimeoutSeconds": 3}))
+        wait_until(lambda: get_run(kube, "f").get("status", {}).get("phase") == "Running", what="Running")
+        plateau_a(trainer, prom)
+        wait_until(lambda: exists(kube, "Job", "f-infer-a-200"), what="first inference Job")
+        trainer.rewind(200, {"a": 60.0, "b": 20.0})
+        trainer.ack(1, 200)
+        # what the Job controller and the scheduler report: one pod, Pending, Unschedulable; the Job active
+        core.create_namespaced_pod(NS, {"apiVersion": "v1", "kind": "Pod", "metadata": {
+            "name": "f-infer-a-200-0-x1", "labels": {"batch.kubernetes.io/job-name": "f-infer-a-200",
+                                                     "asyncmtl.dev/run": "f", "asyncmtl.dev/role": "infer"}},
+            "spec": {"containers": [{"name": "infer", "image": "asyncmtl/trainer:0.1.0"}]}})
+        core.patch_namespaced_pod_status("f-infer-a-200-0-x1", NS, {"status": {"phase": "Pending", "conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."}]}})
+        kubernetes.client.BatchV1Api(kube).patch_namespaced_job_status("f-infer-a-200", NS, {"status": {"active": 1}})
+        wait_until(lambda: exists(kube, "Job", "f-infer-a-200-r2"), what="the retry's Job", timeout=30)
+        wait_until(lambda: not exists(kube, "Job", "f-infer-a-200"), what="the stuck Job deleted", timeout=10)
+    assert runner.exit_code == 0, runner.output
+    retried = [e["message"] for e in events(kube, "f") if e["reason"] == "InferenceRetried"]
+    assert retried and "pendingTimeoutSeconds" in retried[0]

@@ -118,7 +118,7 @@ def test_easiest_first_takes_its_order_from_the_named_runs_history_in_storage(cl
     import yaml
 
     from asyncmtl.artifacts import HISTORY
-    from asyncmtl.storage import open_run_storage
+    from asyncmtl.storage_factory import open_run_storage
     from tests.operator.conftest import FakeTrainer, start_prometheus
     from tests.operator.helpers import NS, get_run
 

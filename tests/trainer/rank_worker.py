@@ -15,7 +15,7 @@ import yaml
 
 from asyncmtl.control import ConvergedSignal
 from asyncmtl.spec import parse_run
-from asyncmtl.storage import open_run_storage
+from asyncmtl.storage_factory import open_run_storage
 from asyncmtl_trainer.distributed import init_ranks
 from asyncmtl_trainer.train import Trainer, TrainerOptions
 

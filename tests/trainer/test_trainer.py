@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from asyncmtl.control import ConvergedSignal, SoftLabelsReadySignal
 from asyncmtl.softlabels import write_manifest
 from asyncmtl.spec import parse_run
-from asyncmtl.storage import open_run_storage
+from asyncmtl.storage_factory import open_run_storage
 from asyncmtl_trainer.exporter import TrainerExporter
 from asyncmtl_trainer.losses import kd_loss, supervised_loss
 from asyncmtl_trainer.softlabels import write_shard

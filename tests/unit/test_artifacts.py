@@ -9,6 +9,7 @@ import pytest
 from asyncmtl.artifacts import (FINAL, HISTORY, CheckpointScore, EventRecord, FinalReport, TaskFinal, ValidationRecord,
                                 checkpoint_file, checkpoint_key, convergence_order, history_key, parse_record,
                                 read_final, read_history, record_json, softlabel_key, teacher_steps, write_final)
+from asyncmtl.core.status import RunStatus
 from asyncmtl.lifecycle import TaskPhase
 from asyncmtl.storage import FileRunStorage
 
@@ -93,7 +94,7 @@ def test_the_local_runtime_orders_easiest_first_from_the_reference_runs_history(
                             storage={"uri": "file://runs"}))
     (tmp_path / "seq.yaml").write_text("")
     rt = LocalRuntime(run, tmp_path / "seq.yaml", LocalOptions())
-    rt.resolve_order()
-    assert rt.observe().reference_order == ["c", "a", "b"]
+    rt.driver.prepare(RunStatus())
+    assert rt.driver.observations(RunStatus(), 0.0).reference_order == ["c", "a", "b"]
     assert run.spec.task_order is None  # the spec is never changed
     assert read_history(FileRunStorage(ref))[0] == EventRecord(event="converged", task="c", step=300)

@@ -215,3 +215,11 @@ def test_users_get_edit_and_view_roles_aggregated_into_the_default_ones():
         "get", "list", "watch"}  # status is the operator's to write
     assert all(set(r["verbs"]) == {"get", "list", "watch"} for r in view["rules"])
     assert not [o for o in render({"rbac": {"aggregateToDefaultRoles": False}}) if o["metadata"]["name"] == "asyncmtl-edit"]
+
+
+@pytest.mark.parametrize("level, flags", [("info", set()), ("debug", {"--debug"})])
+def test_the_operator_logs_at_info_unless_debug_is_asked(level, flags):
+    """kopf's --verbose is DEBUG (every request and status body logged); the default must be kopf's INFO."""
+    (dep,) = [o for o in render({"operator": {"logLevel": level}}) if o["kind"] == "Deployment"]
+    args = set(dep["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert args & {"--verbose", "-v", "--debug", "-d", "--quiet", "-q"} == flags

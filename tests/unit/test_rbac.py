@@ -19,7 +19,7 @@ PLURALS = {"config_map": "configmaps", "service": "services", "job": "jobs", "po
 
 
 def derived_permissions(peering: bool = False) -> dict[tuple[str, str], set[str]]:
-    from asyncmtl_operator.handlers import KOPF_PEERING_PERMISSIONS, KOPF_PERMISSIONS
+    from asyncmtl_operator.handlers import KOPF_PEERING_PERMISSIONS, KOPF_PERMISSIONS, OWNER_REFERENCE_PERMISSIONS
 
     tree = ast.parse((REPO / "operator" / "asyncmtl_operator" / "kube.py").read_text())
     perms: dict[tuple[str, str], set[str]] = {}
@@ -30,7 +30,7 @@ def derived_permissions(peering: bool = False) -> dict[tuple[str, str], set[str]
             assert m, f"unrecognised API call {node.value.attr}.{node.attr}"
             resource = PLURALS[m.group(2)] + ("/status" if m.group(3) else "")
             perms.setdefault((GROUPS[node.value.attr], resource), set()).add(VERBS[m.group(1)])
-    for extra in (KOPF_PERMISSIONS, KOPF_PEERING_PERMISSIONS if peering else {}):
+    for extra in (KOPF_PERMISSIONS, OWNER_REFERENCE_PERMISSIONS, KOPF_PEERING_PERMISSIONS if peering else {}):
         for key, verbs in extra.items():
             perms.setdefault(key, set()).update(verbs)
     return perms
@@ -64,7 +64,7 @@ def granted(values: dict, kind: str) -> list[dict[tuple[str, str], set[str]]]:
 
 def test_the_derivation_sees_the_calls():
     perms = derived_permissions()
-    assert perms[("batch", "jobs")] == {"create", "get"} and perms[("", "configmaps")] == {"create", "get", "patch"}
+    assert perms[("batch", "jobs")] == {"create", "delete", "get"} and perms[("", "configmaps")] == {"create", "get", "patch"}
 
 
 @pytest.mark.parametrize("values,kind,peering", [
@@ -81,3 +81,17 @@ def test_chart_grants_exactly_what_the_code_uses(values, kind, peering):
         extra = {k: v - want.get(k, set()) for k, v in perms.items() if v - want.get(k, set())}
         assert not missing, f"missing grants: {missing}"
         assert not extra, f"grants the code does not use: {extra}"
+
+
+def test_owner_references_that_block_deletion_are_allowed_where_the_api_server_enforces_them():
+    """Children carry `blockOwnerDeletion: true` (kopf.adopt); OwnerReferencesPermissionEnforcement then asks
+    for `update` on asyncmtlruns/finalizers, else every child is refused with 403 (OpenShift, hardened clusters)."""
+    import kopf
+
+    child: dict = {"metadata": {}}
+    kopf.adopt(child, owner={"apiVersion": "asyncmtl.dev/v1alpha1", "kind": "AsyncMTLRun",
+                             "metadata": {"name": "r", "namespace": "ns", "uid": "u1"}})
+    assert child["metadata"]["ownerReferences"][0]["blockOwnerDeletion"] is True
+    for values, kind in (({}, "ClusterRole"), ({"watchNamespaces": ["a"]}, "Role")):
+        for perms in granted(values, kind):
+            assert "update" in perms.get(("asyncmtl.dev", "asyncmtlruns/finalizers"), set())

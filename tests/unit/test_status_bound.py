@@ -15,7 +15,8 @@ from asyncmtl.core import reconcile as reconcile_module
 from asyncmtl.core.actions import LaunchInference, WriteControl
 from asyncmtl.core.convergence import BestTracker, TaskObservation
 from asyncmtl.core.observations import InferenceObservation, Observations, TrainerObservation
-from asyncmtl.core.reconcile import reconcile, rule_for
+from asyncmtl.core.convergence import rule_for
+from asyncmtl.core.reconcile import reconcile
 from asyncmtl.core.status import RunStatus
 from asyncmtl.spec import parse_run
 from tests.conftest import builtin_task, run_doc

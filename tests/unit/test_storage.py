@@ -6,7 +6,8 @@ import json
 import pytest
 
 from asyncmtl.softlabels import manifest_key, shard_key, write_manifest
-from asyncmtl.storage import FileRunStorage, StorageError, open_run_storage, open_uri, sha256_bytes
+from asyncmtl.storage import FileRunStorage, StorageError, sha256_bytes
+from asyncmtl.storage_factory import open_run_storage, open_uri
 from tests.conftest import moto_server
 
 

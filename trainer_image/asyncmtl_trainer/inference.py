@@ -23,7 +23,7 @@ from asyncmtl import termination
 from asyncmtl.data import load_split
 from asyncmtl.logs import configure, run_logger
 from asyncmtl.softlabels import shard_range, write_manifest
-from asyncmtl.storage import open_run_storage
+from asyncmtl.storage_factory import open_run_storage
 from asyncmtl_trainer.batching import subset, tokenize_split
 from asyncmtl_trainer.checkpoint import Checkpointer
 from asyncmtl_trainer.distributed import Ranks
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.parent_pid:
-        from asyncmtl.local.lifeline import watch_parent
+        from asyncmtl_trainer.parent_watch import watch_parent
 
         watch_parent(args.parent_pid)
     if args.threads:

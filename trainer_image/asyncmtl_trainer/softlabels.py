@@ -6,7 +6,8 @@ import json
 import torch
 
 from asyncmtl.softlabels import MANIFEST, shard_key
-from asyncmtl.storage import RunStorage, StorageError, open_uri, sha256_bytes
+from asyncmtl.storage import RunStorage, StorageError, sha256_bytes
+from asyncmtl.storage_factory import open_uri
 
 
 def write_shard(storage: RunStorage, task: str, step: int, index: int, count: int,

@@ -26,12 +26,13 @@ from asyncmtl.artifacts import (FINAL, CheckpointScore, FinalReport, ValidationR
                                 write_best_scores, write_final)
 from asyncmtl.control import ControlDocument, read_control_file
 from asyncmtl.core.convergence import BestTracker, Track, has_converged
-from asyncmtl.core.reconcile import rule_for
+from asyncmtl.core.convergence import rule_for
 from asyncmtl.data import load_task_splits
 from asyncmtl.logs import configure, run_logger
 from asyncmtl.lifecycle import LEARNING, TaskPhase
 from asyncmtl.spec import RunSpec, TaskType
-from asyncmtl.storage import RunStorage, open_run_storage
+from asyncmtl.storage import RunStorage
+from asyncmtl.storage_factory import open_run_storage
 from asyncmtl_trainer.batching import TaskSampler, TokenizedSplit, draw_width, make_batch, tokenize_split
 from asyncmtl_trainer.checkpoint import AsyncCheckpointer, Checkpointer, CheckpointState, retained_steps, rng_state
 from asyncmtl_trainer.control_protocol import TaskControl, apply_generation, replay
@@ -793,8 +794,8 @@ def main(argv: list[str] | None = None) -> int:
 
     configure()
     args = build_arg_parser().parse_args(argv)
-    if args.parent_pid:  # a local run: never outlive the runtime that started us (asyncmtl.local.lifeline)
-        from asyncmtl.local.lifeline import watch_parent
+    if args.parent_pid:  # a local run: never outlive the runtime that started us (asyncmtl_trainer.parent_watch)
+        from asyncmtl_trainer.parent_watch import watch_parent
 
         watch_parent(args.parent_pid, depth=2 if under_torchrun() else 1)  # under torchrun: via its agent
     if args.threads:

@@ -63,6 +63,9 @@ capabilities:
 - apiGroups: ["asyncmtl.dev"]
   resources: ["asyncmtlruns/status"]
   verbs: ["get", "patch"]
+- apiGroups: ["asyncmtl.dev"]
+  resources: ["asyncmtlruns/finalizers"]
+  verbs: ["update"]
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["create", "get", "patch"]
@@ -80,7 +83,7 @@ capabilities:
   verbs: ["create", "list"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["create", "get"]
+  verbs: ["create", "delete", "get"]
 {{- if .Values.peering.enabled }}
 - apiGroups: ["kopf.dev"]
   resources: ["kopfpeerings", "clusterkopfpeerings"]
