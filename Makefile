@@ -7,7 +7,7 @@ export TWEETEVAL_DIR
 
 PROMETHEUS := .tools/prometheus/usr/bin/prometheus
 
-.PHONY: setup tools demo test test-fast bench tweeteval spec-doc crd install-manifests image-locks images clean
+.PHONY: setup tools controlplane demo test test-fast bench tweeteval spec-doc crd install-manifests image-locks images clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,10 +29,14 @@ $(PROMETHEUS):
 
 tools: $(PROMETHEUS) ## test tools that are not Python packages (Prometheus)
 
+controlplane: ## a real Kubernetes control plane for tests/cluster (etcd, kube-apiserver, -controller-manager, -scheduler, kubectl), built from Go modules into .tools/controlplane/bin (first build about 9 min on 2 cores; then a no-op)
+	@if command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ]; then hack/controlplane/build.sh; \
+	else echo "controlplane: no Go toolchain: tests/cluster will skip (and fail under CI)"; fi
+
 demo: setup ## the main job: the quickstart run on the built-in benchmark (a few minutes on 2 idle CPU cores: README)
 	$(BIN)/asyncmtl run manifests/examples/quickstart.yaml
 
-test: setup tools ## the whole test suite (CI runs this)
+test: setup tools controlplane ## the whole test suite (CI runs this)
 	$(BIN)/python -m pytest -q -ra
 
 test-fast: setup ## the fast tests only (no processes, servers or training; about a minute)

@@ -12,6 +12,7 @@ Docs: kopf.readthedocs.io (handlers, timers, settings, kopf.adopt, kopf.event).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import kopf
@@ -20,7 +21,7 @@ from asyncmtl.artifacts import RUN_PREFIXES
 from asyncmtl.crd import GROUP, PLURAL, VERSION
 from asyncmtl.storage import StorageError
 from asyncmtl_operator.controller import Controller, OperatorConfig
-from asyncmtl_operator.kube import Kube
+from asyncmtl_operator.kube import Kube, Refused
 from asyncmtl_operator.operator_metrics import OperatorMetrics
 
 # kopf fixes a timer's interval when this module is imported, before any setting is read: the timer
@@ -83,6 +84,16 @@ def cleanup(memo: kopf.Memo, **_: Any) -> None:
         controller.metrics.close()
 
 
+def _not_yet(body: kopf.Body, patch: kopf.Patch, reason: str, message: str) -> None:
+    """What a run that cannot start yet shows: phase Pending, Ready=False with the reason, a Warning Event
+    (kopf applies the handler's patch even when the handler asks to be retried)."""
+    patch.status["phase"] = "Pending"
+    patch.status["message"] = message
+    patch.status["conditions"] = [{"type": "Ready", "status": "False", "reason": reason, "message": message[:1024],
+                                   "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]
+    _post_event(dict(body), "Warning", reason, message)
+
+
 @kopf.on.create(GROUP, VERSION, PLURAL)
 def on_create(body: kopf.Body, namespace: str, memo: kopf.Memo, patch: kopf.Patch, logger: logging.Logger,
               **_: Any) -> None:
@@ -90,10 +101,13 @@ def on_create(body: kopf.Body, namespace: str, memo: kopf.Memo, patch: kopf.Patc
     try:
         status = controller.create(dict(body), namespace, lambda child: kopf.adopt(child, owner=body), logger)
     except StorageError as exc:
-        patch.status["conditions"] = [{"type": "Ready", "status": "False", "reason": "StorageUnavailable",
-                                       "message": str(exc)}]
+        _not_yet(body, patch, "StorageUnavailable", f"storage not usable, no pod started: {exc}")
         controller.metrics.errors.labels("storage").inc()
         raise kopf.TemporaryError(f"storage not usable, no pod started: {exc}", delay=30) from exc
+    except Refused as exc:  # RBAC, admission, quota: retried until an admin fixes it
+        _not_yet(body, patch, exc.reason or "Forbidden", f"the API server refused a child of this run: {exc}")
+        controller.metrics.errors.labels("refused").inc()
+        raise kopf.TemporaryError(f"refused: {exc}", delay=30) from exc
     patch.status.update(status)
 
 
@@ -106,6 +120,10 @@ def on_timer(body: kopf.Body, namespace: str, memo: kopf.Memo, patch: kopf.Patch
     except StorageError as exc:
         controller.metrics.errors.labels("storage").inc()
         raise kopf.TemporaryError(f"storage: {exc}", delay=controller.config.timer_interval) from exc
+    except Refused as exc:  # e.g. an inference Job over quota or forbidden: said once per retry, retried
+        controller.metrics.errors.labels("refused").inc()
+        _post_event(dict(body), "Warning", exc.reason or "Forbidden", f"the API server refused a child of this run: {exc}")
+        raise kopf.TemporaryError(f"refused: {exc}", delay=max(10.0, controller.config.timer_interval)) from exc
     except Exception:
         controller.metrics.errors.labels("unexpected").inc()
         raise

@@ -23,6 +23,26 @@ class InvalidManifest(ValueError):
     """The API server (or the client's own model check) refused a manifest: the message names the field."""
 
 
+class Refused(RuntimeError):
+    """The API server refused a write: forbidden by RBAC or admission (403: a missing permission, a quota,
+    OwnerReferencesPermissionEnforcement), or invalid (422). `status` is the HTTP status, `reason` the
+    API's reason (Forbidden, Invalid), the message the API server's own words."""
+
+    def __init__(self, status: int, reason: str, message: str, what: str) -> None:
+        self.status, self.reason = status, reason
+        super().__init__(f"{what}: {message}")
+
+
+def _refused(exc: ApiException, what: str) -> Refused:
+    import json
+
+    try:
+        body = json.loads(exc.body or "{}")
+    except ValueError:
+        body = {}
+    return Refused(exc.status, body.get("reason") or str(exc.reason), body.get("message") or str(exc.body), what)
+
+
 class Kube:
     """Thin wrapper over the core/v1 and batch/v1 APIs, returning plain dicts."""
 
@@ -44,7 +64,11 @@ class Kube:
         return self.api.sanitize_for_serialization(obj)
 
     def create(self, obj: dict[str, Any], namespace: str) -> bool:
-        """Create a ConfigMap, Service or Job. Returns False if it already existed."""
+        """Create a ConfigMap, Service or Job. Returns False if it already existed.
+
+        Raises:
+            Refused: forbidden (403) or invalid (422), in the API server's words.
+        """
         kind = obj["kind"]
         fn = {"ConfigMap": self.core.create_namespaced_config_map, "Service": self.core.create_namespaced_service,
               "Job": self.batch.create_namespaced_job}[kind]
@@ -54,6 +78,8 @@ class Kube:
         except ApiException as exc:
             if exc.status == 409:
                 return False
+            if exc.status in (403, 422):
+                raise _refused(exc, f"creating {kind} {namespace}/{obj['metadata']['name']}") from None
             raise
 
     def dry_run_job(self, obj: dict[str, Any], namespace: str) -> None:
@@ -125,6 +151,21 @@ class Kube:
         return sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
 
     def read_secret(self, name: str, namespace: str) -> dict[str, str]:
-        """The decoded data of a Secret."""
-        data = self._plain(self.core.read_namespaced_secret(name, namespace)).get("data") or {}
+        """The decoded data of a Secret.
+
+        Raises:
+            asyncmtl.storage.StorageError: there is no such Secret (the run's storage credentials are missing).
+            Refused: reading it is forbidden.
+        """
+        from asyncmtl.storage import StorageError
+
+        try:
+            raw = self.core.read_namespaced_secret(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise StorageError(f"spec.storage.credentialsSecret: no Secret {name!r} in namespace {namespace}") from None
+            if exc.status == 403:
+                raise _refused(exc, f"reading Secret {namespace}/{name}") from None
+            raise
+        data = self._plain(raw).get("data") or {}
         return {k: base64.b64decode(v).decode() for k, v in data.items()}

@@ -51,7 +51,7 @@ def test_duplicate_task_names_are_refused_and_integer_gpus_stored(real):
     doc["spec"]["tasks"][1]["name"] = doc["spec"]["tasks"][0]["name"]
     with pytest.raises(kubernetes.client.ApiException) as info:
         custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, doc)
-    assert info.value.status == 422 and "spec.tasks[1].name: duplicate task name" in info.value.body
+    assert info.value.status == 422 and "spec.tasks[1]: Duplicate value" in info.value.body
     custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL,
                                            _run("gpu", ns, cluster={"resources": {"limits": {"nvidia.com/gpu": 1}}}))
     stored = custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "gpu")
