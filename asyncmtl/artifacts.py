@@ -40,6 +40,7 @@ CURVES = f"{REPORTS}/curves.png"
 MODEL = "model"
 CHECKPOINT_STATE = "state.json"  # written last: a checkpoint folder without it is incomplete
 RUN_PREFIXES = (CHECKPOINTS, SOFTLABELS, REPORTS, MODEL)  # everything a run stores (what cleanupOnDelete deletes)
+RUN_OWNER = "run.json"  # which instance of a run (its Kubernetes UID) the artifacts belong to
 
 
 def checkpoint_key(step: int) -> str:
@@ -238,3 +239,22 @@ def convergence_order(history: list[HistoryRecord], tasks: list[str]) -> list[st
         if r.event == kind and r.task in tasks and r.task not in seen:
             seen.append(r.task)
     return seen + [t for t in tasks if t not in seen]
+
+
+class RunOwner(_Record):
+    """`run.json`: the run instance whose artifacts a run's storage holds. On a cluster `uid` is the
+    AsyncMTLRun's `metadata.uid`, so a run deleted and applied again under the same name (a new UID) is
+    told from the same run's operator restarting."""
+
+    uid: str
+
+
+def read_run_owner(storage: "RunStorage") -> RunOwner | None:
+    """The owner record of a run's storage (None when there is none: a new run, or one from before it existed)."""
+    if not storage.exists(RUN_OWNER):
+        return None
+    return RunOwner.model_validate_json(storage.get_bytes(RUN_OWNER))
+
+
+def write_run_owner(storage: "RunStorage", owner: RunOwner) -> None:
+    storage.put_bytes(RUN_OWNER, owner.model_dump_json(by_alias=True).encode())

@@ -21,6 +21,7 @@ import yaml
 
 from pydantic import ValidationError
 
+from asyncmtl.artifacts import RUN_PREFIXES, RunOwner, checkpoint_steps, read_run_owner, write_run_owner
 from asyncmtl.control import ConvergedSignal
 from asyncmtl.core.status import RunStatus
 from asyncmtl.driver import RunDriver
@@ -204,24 +205,55 @@ class Controller:
         check = getattr(driver.storage, "check", None)
         if check is not None:
             check()  # before any GPU is requested
+        self._claim_storage(body, driver.storage, logger)
         self.memory.setdefault((namespace, name), RunMemory()).driver = driver
         port = KubeRunPort(self, body, run, namespace, adopt, logger, creating=True)
         status = driver.start(port, time.time())
         status.observed_generation = (body.get("metadata") or {}).get("generation")  # what the pods are made of
         assert port.control_document is not None  # generation 0, always written by a new run's first decision
-        # the effective spec (default storage filled in) is what the pods read
-        spec_yaml = yaml.safe_dump({"apiVersion": body["apiVersion"], "kind": body["kind"],
-                                    "metadata": {"name": name, "namespace": namespace},
-                                    "spec": run.spec.model_dump(mode="json", by_alias=True, exclude_none=True)},
-                                   sort_keys=False)
         rendezvous = [children.rendezvous_service(run)] if children.multi_node(run) else []
-        for child in (children.control_configmap(run, port.control_document, spec_yaml), children.metrics_service(run),
+        for child in (self.control_configmap(body, run, namespace, port.control_document), children.metrics_service(run),
                       *rendezvous, training_job):
             adopt(child)
             created = self.kube.create(child, namespace)
             logger.info("[run=%s] %s %s %s", name, child["kind"], child["metadata"]["name"],
                         "created" if created else "already exists")
         return self.status_patch(body, status)
+
+    @staticmethod
+    def control_configmap(body: dict[str, Any], run: AsyncMTLRun, namespace: str, document) -> dict[str, Any]:
+        """The control ConfigMap of `run`: the control document and the effective spec (the operator's
+        default storage filled in), which is what the pods read."""
+        spec_yaml = yaml.safe_dump({"apiVersion": body["apiVersion"], "kind": body["kind"],
+                                    "metadata": {"name": run.name, "namespace": namespace},
+                                    "spec": run.spec.model_dump(mode="json", by_alias=True, exclude_none=True)},
+                                   sort_keys=False)
+        return children.control_configmap(run, document, spec_yaml)
+
+    def _claim_storage(self, body: dict[str, Any], storage: RunStorage, logger: logging.Logger) -> None:
+        """Make the run's storage this run instance's (`run.json` holds its UID). A run deleted and applied
+        again under the same name is a new run: its predecessor's artifacts (checkpoints, soft labels,
+        reports, model) are removed, so its trainer, which always starts with --resume, starts anew instead
+        of continuing the deleted run. The same UID (kopf retrying create) keeps everything.
+
+        Raises:
+            StorageError: the storage could not be read or written.
+        """
+        uid = (body.get("metadata") or {}).get("uid")
+        if not uid:
+            return
+        owner = read_run_owner(storage)
+        if owner is not None and owner.uid == uid:
+            return
+        stale = owner is not None or bool(checkpoint_steps(storage, complete=False))
+        for prefix in RUN_PREFIXES:
+            storage.delete_prefix(prefix)
+        write_run_owner(storage, RunOwner(uid=uid))
+        if stale:
+            msg = (f"{storage.uri()} held the artifacts of an earlier run named {body['metadata']['name']}"
+                   f"{f' (uid {owner.uid})' if owner else ''}: removed, this run starts anew")
+            logger.info("[run=%s] %s", body["metadata"]["name"], msg)
+            self.post_event(body, "Normal", "PreviousRunReplaced", msg)
 
     # ---- tick --------------------------------------------------------------------------------
     def tick(self, body: dict[str, Any], namespace: str, adopt: Callable[[dict], None],

@@ -77,10 +77,39 @@ class Kube:
             return True
         except ApiException as exc:
             if exc.status == 409:
+                self._check_owner(obj, namespace)
                 return False
             if exc.status in (403, 422):
                 raise _refused(exc, f"creating {kind} {namespace}/{obj['metadata']['name']}") from None
             raise
+
+    def _check_owner(self, obj: dict[str, Any], namespace: str) -> None:
+        """An object of `obj`'s name exists: it counts as created only when it has `obj`'s owner (the same
+        run instance, by UID). Otherwise it is a deleted run's child the garbage collector has not removed
+        yet, or somebody else's.
+
+        Raises:
+            Refused: (409, AlreadyExists) naming the existing object's owner; the caller retries later.
+        """
+        owners = {o.get("uid") for o in (obj.get("metadata") or {}).get("ownerReferences") or []}
+        if not owners:
+            return
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        read = {"ConfigMap": self.core.read_namespaced_config_map, "Service": self.core.read_namespaced_service,
+                "Job": self.batch.read_namespaced_job}[kind]
+        try:
+            existing = self._plain(read(name, namespace))
+        except ApiException as exc:
+            if exc.status == 404:  # gone in between (garbage-collected): the next try creates it
+                raise Refused(409, "AlreadyExists", "it existed and was then deleted; creating it again",
+                              f"creating {kind} {namespace}/{name}") from None
+            raise
+        theirs = (existing.get("metadata") or {}).get("ownerReferences") or []
+        if not owners & {o.get("uid") for o in theirs}:
+            held_by = ", ".join(f"{o.get('kind')} {o.get('name')} (uid {o.get('uid')})" for o in theirs) or "no owner"
+            deleting = " and is being deleted" if (existing.get("metadata") or {}).get("deletionTimestamp") else ""
+            raise Refused(409, "AlreadyExists", f"it exists{deleting}, owned by {held_by}, not by this run",
+                          f"creating {kind} {namespace}/{name}")
 
     def dry_run_job(self, obj: dict[str, Any], namespace: str) -> None:
         """A server-side dry run of creating the Job `obj` (`dryRun=All`: admitted and validated against
@@ -108,8 +137,15 @@ class Kube:
                 raise InvalidManifest(message) from None
             raise
 
-    def patch_configmap_data(self, name: str, namespace: str, data: dict[str, str]) -> None:
-        self.core.patch_namespaced_config_map(name, namespace, {"data": data})
+    def patch_configmap_data(self, name: str, namespace: str, data: dict[str, str]) -> bool:
+        """Merge `data` into a ConfigMap. Returns False when there is no such ConfigMap."""
+        try:
+            self.core.patch_namespaced_config_map(name, namespace, {"data": data})
+            return True
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
 
     def read_configmap_data(self, name: str, namespace: str) -> dict[str, str] | None:
         """A ConfigMap's `data` (None if there is no such ConfigMap)."""

@@ -75,7 +75,14 @@ class KubeRunPort:
         kube, run, namespace = self.controller.kube, self.run, self.namespace
         job = kube.get_job(children.train_name(run.name), namespace)
         if job is None:
-            obs.trainer_state, obs.trainer_message = "Failed", "the training Job is gone"
+            # deleted (by hand, or a cluster cleanup): made again, and its trainer resumes from the latest
+            # checkpoint and the last control generation it applied (it always starts with --resume)
+            job = children.training_job(run, namespace)
+            self.adopt(job)
+            kube.create(job, namespace)
+            self.post_event("Warning", "TrainingJobRecreated", f"the training Job {job['metadata']['name']} was missing: "
+                                                               f"created again; the trainer resumes from its latest checkpoint")
+            obs.trainer_state = "Starting"
             return
         st = job.get("status") or {}
         if (job.get("spec") or {}).get("suspend") and not st.get("succeeded"):
@@ -139,8 +146,15 @@ class KubeRunPort:
         if self.creating:
             self.control_document = document
             return
-        self.controller.kube.patch_configmap_data(children.control_name(self.run.name), self.namespace,
-                                                  {"control.json": document.to_json()})
+        kube = self.controller.kube
+        if not kube.patch_configmap_data(children.control_name(self.run.name), self.namespace,
+                                         {"control.json": document.to_json()}):
+            # deleted: made again (level-triggered); the trainer's volume sees it at the kubelet's next sync
+            cm = self.controller.control_configmap(self.body, self.run, self.namespace, document)
+            self.adopt(cm)
+            kube.create(cm, self.namespace)
+            self.post_event("Warning", "ControlRecreated", f"the control ConfigMap {cm['metadata']['name']} was "
+                                                           f"missing: created again with generation {document.generation}")
         self.logger.info("[run=%s] control generation %d written", self.run.name, document.generation)
 
     def launch_inference(self, action: LaunchInference) -> None:

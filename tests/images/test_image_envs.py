@@ -4,6 +4,7 @@ with a torchjd weighting method. Before: the operator's pins could not be instal
 (ResolutionImpossible), it lacked tenacity, and the trainer's lacked torchjd."""
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 
@@ -79,5 +80,8 @@ def test_the_trainer_image_trains_with_famo(trainer_env, tmp_path, tiny_model):
                        env=trainer_env.environ(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "Run famo: Succeeded" in r.stdout
-    log = (tmp_path / "store" / "local" / "famo" / "logs" / "trainer.log").read_text()
-    assert str(trainer_env.venv) in (tmp_path / "store" / "local" / "famo" / "logs" / "trainer.log").read_text() or log
+    final = json.loads((tmp_path / "store" / "local" / "famo" / "reports" / "final.json").read_text())
+    assert final["step"] == 6 and set(final["tasks"]) == {"sentiment", "topic"}
+    r = subprocess.run([str(trainer_env.bin("python")), "-c", "import torchjd, quadprog, boto3, asyncmtl_trainer.train"],
+                       env=trainer_env.environ(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -71,7 +71,7 @@ capabilities:
   verbs: ["create", "get", "patch"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["create"]
+  verbs: ["create", "get"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
