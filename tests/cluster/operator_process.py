@@ -94,6 +94,7 @@ class OperatorProcess:
         Raises:
             RuntimeError: it exited or did not start in time (the log's tail in the message).
         """
+        self.workdir.mkdir(parents=True, exist_ok=True)
         spec = self.deployment["spec"]["template"]["spec"]
         sa = spec["serviceAccountName"]
         kubeconfig = self.control_plane.serviceaccount_kubeconfig(sa, RELEASE_NAMESPACE,
