@@ -421,8 +421,73 @@ _OWNED_POD_FIELDS = {"restartPolicy": "the operator's (Jobs retry via cluster.ba
                      "serviceAccountName": "set cluster.serviceAccountName",
                      "serviceAccount": "set cluster.serviceAccountName"}
 _OWNED_CONTAINER_FIELDS = {"image": "set cluster.image", "command": "the operator's", "args": "the operator's"}
-RESERVED_VOLUMES = ("control", "work", "tmp")  # the pods' own volumes (the operator's children.py names them so)
+RESERVED_VOLUMES = ("control", "work", "tmp", "dshm")  # the pods' own volumes (the operator's children.py names them so)
 MAIN_CONTAINER = "trainer"  # the overlay's name for the operator's container (training and inference)
+
+
+# Pod Security Standards, "restricted" (kubernetes.io/docs/concepts/security/pod-security-standards): what an
+# overlay may not add to pods the operator creates with its own rights (the confused deputy: someone allowed
+# to create AsyncMTLRuns but not privileged Pods). Checked whatever the namespace's Pod Security admission.
+RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                           "projected", "secret"}
+_ALLOWED_ADDED_CAPABILITIES = {"NET_BIND_SERVICE"}
+
+
+def restricted_violations(spec: dict[str, Any]) -> list[str]:
+    """What in a partial PodSpec the Pod Security Standards' `restricted` profile refuses, each as
+    `path: reason` (paths relative to the PodSpec). Fields left unset are fine: the operator sets the
+    restricted values for its own container and, for sidecars and init containers, where they are unset."""
+    out: list[str] = []
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(key):
+            out.append(f"spec.{key}: host namespaces are not allowed")
+    if spec.get("hostUsers") is True:
+        out.append("spec.hostUsers: must not be true")
+    out += _security_context_violations(spec.get("securityContext"), "spec.securityContext", pod=True)
+    for i, v in enumerate(spec.get("volumes") or []):
+        kinds = [k for k in v if k != "name"]
+        bad = [k for k in kinds if k not in RESTRICTED_VOLUME_TYPES]
+        if bad:
+            out.append(f"spec.volumes[{i}].{bad[0]}: volume type not allowed (allowed: "
+                       f"{', '.join(sorted(RESTRICTED_VOLUME_TYPES))})")
+    for group in ("containers", "initContainers", "ephemeralContainers"):
+        for i, c in enumerate(spec.get(group) or []):
+            where = f"spec.{group}[{i}]"
+            out += _security_context_violations(c.get("securityContext"), f"{where}.securityContext", pod=False)
+            for j, port in enumerate(c.get("ports") or []):
+                if isinstance(port, dict) and port.get("hostPort"):
+                    out.append(f"{where}.ports[{j}].hostPort: host ports are not allowed")
+    return out
+
+
+def _security_context_violations(sc: Any, where: str, *, pod: bool) -> list[str]:
+    if not isinstance(sc, dict):
+        return []
+    out = []
+    if not pod:  # the pod's runAsNonRoot, runAsUser and seccompProfile are the operator's (its values win)
+        if sc.get("runAsNonRoot") is False:
+            out.append(f"{where}.runAsNonRoot: must not be false")
+        if sc.get("runAsUser") == 0:
+            out.append(f"{where}.runAsUser: must not be 0 (root)")
+        if (sc.get("seccompProfile") or {}).get("type") == "Unconfined":
+            out.append(f"{where}.seccompProfile.type: Unconfined is not allowed")
+    if (sc.get("appArmorProfile") or {}).get("type") == "Unconfined":
+        out.append(f"{where}.appArmorProfile.type: Unconfined is not allowed")
+    if any(k in (sc.get("seLinuxOptions") or {}) for k in ("user", "role")):
+        out.append(f"{where}.seLinuxOptions: user and role may not be set")
+    if pod and sc.get("sysctls"):
+        out.append(f"{where}.sysctls: not allowed")
+    if not pod:
+        if sc.get("privileged"):
+            out.append(f"{where}.privileged: privileged containers are not allowed")
+        if sc.get("allowPrivilegeEscalation") is True:
+            out.append(f"{where}.allowPrivilegeEscalation: must be false")
+        if sc.get("procMount") not in (None, "Default"):
+            out.append(f"{where}.procMount: must be Default")
+        added = set((sc.get("capabilities") or {}).get("add") or []) - _ALLOWED_ADDED_CAPABILITIES
+        if added:
+            out.append(f"{where}.capabilities.add: {', '.join(sorted(added))} not allowed (only NET_BIND_SERVICE)")
+    return out
 
 
 class PodTemplateMetadata(_Strict):
@@ -447,7 +512,10 @@ class PodTemplateOverlay(_Strict):
 
     Raises (validation):
         ValueError: a field the operator owns (restartPolicy, serviceAccountName; the trainer
-            container's image, command, args) or a volume named like the pods' own.
+            container's image, command, args), a volume named like the pods' own, or anything the Pod
+            Security Standards' restricted profile refuses (`restricted_violations`: host namespaces,
+            hostPath and other volume types, privileged or escalating containers, added capabilities,
+            root, Unconfined seccomp, host ports), whatever the namespace enforces.
     """
 
     metadata: PodTemplateMetadata = Field(default_factory=PodTemplateMetadata)
@@ -475,6 +543,9 @@ class PodTemplateOverlay(_Strict):
             if v["name"] in RESERVED_VOLUMES:
                 raise ValueError(f"spec.volumes[{i}].name {v['name']!r} is one of the pods' own volumes "
                                  f"({', '.join(RESERVED_VOLUMES)})")
+        refused = restricted_violations(spec)
+        if refused:
+            raise ValueError("the pods would not meet the Pod Security Standards' restricted profile: " + "; ".join(refused))
         return spec
 
 

@@ -139,12 +139,14 @@ class S3RunStorage(RunStorage):
                 raise self._err(exc, prefix) from exc
 
     def check(self) -> None:
-        """Fail fast if the bucket is unreachable or the credentials do not work (HeadBucket).
+        """Fail fast if the bucket is unreachable or the credentials cannot list the run's own prefix
+        (ListObjectsV2 on `<root>/`, one key: what credentials scoped to a prefix allow, where HeadBucket,
+        a bucket-wide call, is refused).
 
         Raises:
-            StorageError: naming the bucket and the reason.
+            StorageError: naming the bucket, the prefix and the reason.
         """
         try:
-            self.s3.head_bucket(Bucket=self.bucket)
+            self.s3.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.root}/" if self.root else "", MaxKeys=1)
         except Exception as exc:
-            raise StorageError(f"s3://{self.bucket}: not reachable with these credentials: {exc}") from exc
+            raise StorageError(f"{self.uri()}: not reachable with these credentials: {exc}") from exc

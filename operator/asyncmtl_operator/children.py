@@ -15,7 +15,7 @@ from asyncmtl.spec import RESERVED_VOLUMES, AsyncMTLRun
 from asyncmtl_operator.pod_template import apply_overlay
 
 CONTROL_MOUNT = "/etc/asyncmtl/control"
-CONTROL_VOLUME, WORK_VOLUME, TMP_VOLUME = RESERVED_VOLUMES  # every pod's own volumes (a pod template may not reuse them)
+CONTROL_VOLUME, WORK_VOLUME, TMP_VOLUME, SHM_VOLUME = RESERVED_VOLUMES  # every pod's own volumes (a pod template may not reuse them)
 SPEC_KEY = "run.yaml"
 WORKDIR = "/var/lib/asyncmtl"
 RUN_LABEL = f"{GROUP}/run"
@@ -174,11 +174,16 @@ def _trainer_args(run: AsyncMTLRun, namespace: str) -> list[str]:
     if not distributed(run):
         return ["asyncmtl-train", *train]
     if multi_node(run):
-        endpoint = f"{train_name(run.name)}-0.{rendezvous_service_name(run.name)}:{RENDEZVOUS_PORT}"
+        # pod 0's DNS name in the headless Service, qualified with the namespace (resolves from any search path;
+        # published before the pod is ready: publishNotReadyAddresses); torchrun retries the rendezvous until
+        # its join timeout, so pods starting before the record exists still meet
+        endpoint = f"{train_name(run.name)}-0.{rendezvous_service_name(run.name)}.{namespace}.svc:{RENDEZVOUS_PORT}"
         where = [f"--nnodes={c.nodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", f"--rdzv-id={run.name}"]
     else:
         where = ["--standalone"]
-    return ["asyncmtl-launch", *where, f"--nproc-per-node={ranks_per_pod(run)}", f"--max-restarts={c.backoff_limit}",
+    # torchrun restarts nothing: the Job alone counts retries (cluster.backoffLimit), so a failure is not
+    # retried (backoffLimit + 1)^2 times, once by each
+    return ["asyncmtl-launch", *where, f"--nproc-per-node={ranks_per_pod(run)}", "--max-restarts=0",
             "-m", "asyncmtl_trainer.train", *train]
 
 
@@ -196,6 +201,9 @@ def training_job(run: AsyncMTLRun, namespace: str) -> dict[str, Any]:
         ports.append({"name": "rendezvous", "containerPort": RENDEZVOUS_PORT})
     lab = labels(run.name, "train", c.labels)
     pod = _pod_spec(run, _container(run, "trainer", _trainer_args(run, namespace), training_resources(run), ports), "Never")
+    if distributed(run):  # NCCL and DataLoader workers share memory through /dev/shm (64 MiB by default): as KubeRay
+        pod["volumes"].append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}})
+        pod["containers"][0]["volumeMounts"].append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})
     spec: dict[str, Any] = {
         "backoffLimit": c.backoff_limit,
         "podFailurePolicy": {"rules": [

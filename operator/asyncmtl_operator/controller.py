@@ -50,7 +50,9 @@ class OperatorConfig:
     the S3 storage that replaces a run's `file://` storage (a pod's files are not shared with
     the inference pods), so a spec written for `asyncmtl run` applies unchanged;
     ASYNCMTL_TRAINER_DEFAULTS: JSON in the shape of `spec.cluster` (camelCase), used for every
-    field a run does not set (image, resources, nodeSelector, tolerations, priorityClassName, labels).
+    field a run does not set (image, resources, nodeSelector, tolerations, priorityClassName, labels);
+    ASYNCMTL_ALLOWED_SERVICE_ACCOUNTS: comma-separated ServiceAccounts a run may name in
+    spec.cluster.serviceAccountName, besides the defaults' own.
     """
 
     prometheus_url: str = "http://prometheus-operated.monitoring:9090"
@@ -63,6 +65,7 @@ class OperatorConfig:
     default_storage_endpoint: str | None = None
     default_storage_secret: str | None = None
     trainer_defaults: dict[str, Any] = field(default_factory=dict)
+    allowed_service_accounts: list[str] = field(default_factory=list)
 
     @classmethod
     def from_env(cls) -> "OperatorConfig":
@@ -75,7 +78,9 @@ class OperatorConfig:
                    default_storage_uri=os.environ.get("ASYNCMTL_DEFAULT_STORAGE_URI") or None,
                    default_storage_endpoint=os.environ.get("ASYNCMTL_DEFAULT_STORAGE_ENDPOINT") or None,
                    default_storage_secret=os.environ.get("ASYNCMTL_DEFAULT_STORAGE_SECRET") or None,
-                   trainer_defaults=json.loads(os.environ.get("ASYNCMTL_TRAINER_DEFAULTS") or "{}"))
+                   trainer_defaults=json.loads(os.environ.get("ASYNCMTL_TRAINER_DEFAULTS") or "{}"),
+                   allowed_service_accounts=[n.strip() for n in os.environ.get(
+                       "ASYNCMTL_ALLOWED_SERVICE_ACCOUNTS", "").split(",") if n.strip()])
 
 
 @dataclass
@@ -122,8 +127,12 @@ class Controller:
                            if k in ("name", "namespace", "labels")}
         where = f"{doc['metadata'].get('namespace')}/{doc['metadata'].get('name')}"
         run = parse_run(doc, file=where)
+        self._check_service_account(run, where)
         if self.config.trainer_defaults:
-            run.spec.cluster = _with_defaults(run.spec.cluster, self.config.trainer_defaults)
+            defaults = self.config.trainer_defaults
+            if run.spec.training.device == "cpu":  # a CPU run asks for no GPU unless it says so itself
+                defaults = _without_gpus(defaults)
+            run.spec.cluster = _with_defaults(run.spec.cluster, defaults)
         st = run.spec.storage
         if st.uri.startswith("file://"):
             if not self.config.default_storage_uri:
@@ -135,6 +144,23 @@ class Controller:
             st.credentials_secret = st.credentials_secret or self.config.default_storage_secret
         return run
 
+    def _check_service_account(self, run: AsyncMTLRun, where: str) -> None:
+        """`spec.cluster.serviceAccountName` may name only the chart's workload ServiceAccount or one the operator
+        allows (ASYNCMTL_ALLOWED_SERVICE_ACCOUNTS): the operator creates the pods with its own rights, so
+        otherwise whoever may create a run could run pods as any ServiceAccount of the namespace.
+
+        Raises:
+            SpecError: at spec.cluster.serviceAccountName.
+        """
+        name = run.spec.cluster.service_account_name
+        allowed = set(self.config.allowed_service_accounts)
+        if self.config.trainer_defaults.get("serviceAccountName"):
+            allowed.add(self.config.trainer_defaults["serviceAccountName"])
+        if name and name not in allowed:
+            raise SpecError([SpecIssue(path="spec.cluster.serviceAccountName", file=where, message=(
+                f"{name!r} is not a ServiceAccount this operator runs pods as (allowed: "
+                f"{', '.join(sorted(allowed)) or 'none'}; an admin adds more with the chart's trainer.allowedServiceAccounts)"))])
+
     def storage(self, run: AsyncMTLRun, namespace: str, name: str | None = None) -> RunStorage:
         """The storage of run `name` (default: this run) under this run's storage settings, with the
         credentials of `spec.storage.credentialsSecret` when given. Built once per run and settings (the
@@ -145,6 +171,15 @@ class Controller:
         if key not in self.storages:
             self.storages[key] = self._open_storage(run, namespace, name)
         return self.storages[key]
+
+    def storage_failed(self, namespace: str, name: str) -> None:
+        """A storage call of run `namespace/name` failed: drop its storages (and its driver, which holds them),
+        so the next attempt reads the credentials Secret again and makes a new client (a Secret fixed after a
+        failure is used without restarting the operator)."""
+        self.storages = {k: v for k, v in self.storages.items() if k[:2] != (namespace, name)}
+        mem = self.memory.get((namespace, name))
+        if mem is not None:
+            mem.driver = None
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop what the operator keeps of a deleted run: its memory, storages and operator series."""
@@ -398,6 +433,15 @@ def _merged(value: Any) -> Any:
     if isinstance(value, list):
         return [_merged(v) for v in value]
     return value
+
+
+def _without_gpus(defaults: dict[str, Any]) -> dict[str, Any]:
+    """The trainer defaults less any `nvidia.com/gpu` in their resources (for a run with training.device: cpu)."""
+    res = defaults.get("resources")
+    if not isinstance(res, dict):
+        return defaults
+    return {**defaults, "resources": {k: {r: q for r, q in (v or {}).items() if r != "nvidia.com/gpu"}
+                                      for k, v in res.items()}}
 
 
 def _iso(t: float) -> str:

@@ -101,6 +101,7 @@ def on_create(body: kopf.Body, namespace: str, memo: kopf.Memo, patch: kopf.Patc
     try:
         status = controller.create(dict(body), namespace, lambda child: kopf.adopt(child, owner=body), logger)
     except StorageError as exc:
+        controller.storage_failed(namespace, body["metadata"]["name"])
         _not_yet(body, patch, "StorageUnavailable", f"storage not usable, no pod started: {exc}")
         controller.metrics.errors.labels("storage").inc()
         raise kopf.TemporaryError(f"storage not usable, no pod started: {exc}", delay=30) from exc
@@ -118,6 +119,7 @@ def on_timer(body: kopf.Body, namespace: str, memo: kopf.Memo, patch: kopf.Patch
     try:
         status = controller.tick(dict(body), namespace, lambda child: kopf.adopt(child, owner=body), logger)
     except StorageError as exc:
+        controller.storage_failed(namespace, body["metadata"]["name"])
         controller.metrics.errors.labels("storage").inc()
         raise kopf.TemporaryError(f"storage: {exc}", delay=controller.config.timer_interval) from exc
     except Refused as exc:  # e.g. an inference Job over quota or forbidden: said once per retry, retried

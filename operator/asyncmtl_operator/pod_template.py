@@ -60,4 +60,10 @@ def apply_overlay(template: dict[str, Any], overlay: PodTemplateOverlay | None) 
         if c["name"] == MAIN_CONTAINER:
             c["name"] = own_name
     meta = {k: v for k, v in (("labels", overlay.metadata.labels), ("annotations", overlay.metadata.annotations)) if v}
-    return {"metadata": merge_under(meta, template.get("metadata") or {}), "spec": merge_under(spec, template["spec"])}
+    merged = merge_under(spec, template["spec"])
+    for group in ("containers", "initContainers"):  # sidecars too run as the restricted profile asks, unless they say
+        for c in merged.get(group) or []:           # otherwise within it (PodTemplateOverlay refuses what it refuses)
+            sc = c.setdefault("securityContext", {})
+            sc.setdefault("allowPrivilegeEscalation", False)
+            sc.setdefault("capabilities", {}).setdefault("drop", ["ALL"])
+    return {"metadata": merge_under(meta, template.get("metadata") or {}), "spec": merged}

@@ -130,3 +130,119 @@ def _trainer_log(agent, cp: ControlPlane, run: str) -> str:
             out.append(f"--- {p['metadata']['name']}: {exc}")
     return "\n".join(out)
 
+
+
+def test_inference_that_cannot_be_scheduled_while_the_paused_trainer_holds_the_only_gpu_does_not_deadlock(
+        control_plane, world, trainer_image, tiny_model, node_agent):
+    """One GPU node; the trainer takes its GPU and pauses while soft labels are computed (whilePending: Pause, the
+    paper's); the inference pod needs a GPU too, so the real scheduler leaves it Unschedulable. The Job controller
+    counts that Pending pod as active. After pendingTimeoutSeconds the attempt fails, the task is frozen, the
+    trainer goes on and the run completes, Degraded."""
+    cp = control_plane
+    agent = node_agent({chart_trainer_image(): trainer_image}, gpus=1)
+    gpu = {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"nvidia.com/gpu": "1"}}
+    doc = small_run("onegpu", world["endpoint"], tiny_model, cluster={"resources": gpu, "inferenceResources": gpu},
+                    distillation={"shards": 1, "maxAttempts": 1, "pendingTimeoutSeconds": 8, "whilePending": "Pause"})
+    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+    done = cp.kubectl("wait", "--for=condition=Complete", "asyncmtlrun/onegpu", "-n", NS, "--timeout=420s",
+                      check=False, timeout=450)
+    st = status_of(cp, "onegpu")
+    diagnosis = (f"\nstatus: {json.dumps(st)[:3000]}\noperator:\n{world['operator'].tail(40)}\n"
+                 f"trainer:\n{_trainer_log(agent, cp, 'onegpu')}")
+    assert done.returncode == 0, done.stderr + diagnosis
+    assert st["phase"] == "Succeeded" and st["tasks"]["sentiment"]["phase"] == "Frozen", diagnosis
+    degraded = next(c for c in st["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True" and "pendingTimeoutSeconds" in degraded["message"]
+    unschedulable = [e for e in cp.get(f"/api/v1/namespaces/{NS}/events")["items"]
+                     if e["reason"] == "FailedScheduling" and e["involvedObject"]["name"].startswith("onegpu-infer-")]
+    assert unschedulable and "nvidia.com/gpu" in unschedulable[0]["message"]  # the real scheduler's words
+
+
+def test_an_invalid_spec_fails_and_kubectl_wait_for_failed_returns(control_plane, world):
+    doc = small_run("bad", world["endpoint"], "unused", weighting={"weights": {"nope": 2.0}})
+    control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+    r = control_plane.kubectl("wait", "--for=condition=Failed", "asyncmtlrun/bad", "-n", NS, "--timeout=60s", check=False)
+    assert r.returncode == 0, r.stderr + world["operator"].tail(20)
+    st = status_of(control_plane, "bad")
+    assert st["phase"] == "Failed" and "spec.weighting.weights" in st["message"]
+    assert not control_plane.get(f"/apis/batch/v1/namespaces/{NS}/jobs/bad-train", missing_ok=True)
+
+
+def test_a_resource_quota_refusal_is_named_in_the_runs_status(control_plane, world, namespace):
+    """The ResourceQuota admission plugin refuses the trainer pod; the Job controller records FailedCreate; the run
+    says why it is not running (Ready=False, QuotaExceeded, the API server's words)."""
+    cp = control_plane
+    cp.kubectl("create", "quota", "no-gpus", "-n", namespace, "--hard=requests.nvidia.com/gpu=0")
+    cp.kubectl("create", "secret", "generic", "s3", "-n", namespace, "--from-literal=AWS_ACCESS_KEY_ID=k",
+               "--from-literal=AWS_SECRET_ACCESS_KEY=s")
+    doc = small_run("quota", world["endpoint"], "unused", cluster={"resources": {"limits": {"nvidia.com/gpu": "1"}}})
+    doc["metadata"]["namespace"] = namespace
+    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+    runs = f"/apis/asyncmtl.dev/v1alpha1/namespaces/{namespace}/asyncmtlruns/quota"
+    cond = wait_for("Ready=False QuotaExceeded", lambda: next(
+        (c for c in (cp.get(runs).get("status") or {}).get("conditions", [])
+         if c["type"] == "Ready" and c["reason"] == "QuotaExceeded"), None), 90,
+        on_timeout=lambda: "\n" + world["operator"].tail(30))
+    assert "exceeded quota: no-gpus" in cond["message"]
+
+
+def test_a_two_node_run_gets_an_indexed_job_whose_pods_have_stable_dns_names(control_plane, world, namespace):
+    cp = control_plane
+    for i in range(2):
+        cp.add_fake_node(f"gpu-{namespace}-{i}", gpus=1)
+    try:
+        cp.kubectl("create", "secret", "generic", "s3", "-n", namespace, "--from-literal=AWS_ACCESS_KEY_ID=k",
+                   "--from-literal=AWS_SECRET_ACCESS_KEY=s")
+        doc = small_run("multi", world["endpoint"], "unused",
+                        cluster={"nodes": 2, "gpusPerNode": 1, "resources": {"requests": {"cpu": "1"}},
+                                 "image": "registry.invalid/not-here:0"})
+        doc["metadata"]["namespace"] = namespace
+        cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+        pods = wait_for("both trainer pods, scheduled", lambda: (lambda items: len(items) == 2 and all(
+            p["spec"].get("nodeName") for p in items) and items)(cp.get(
+                f"/api/v1/namespaces/{namespace}/pods?labelSelector=asyncmtl.dev%2Frole%3Dtrain")["items"]), 90,
+            on_timeout=lambda: "\n" + world["operator"].tail(30))
+        svc = cp.get(f"/api/v1/namespaces/{namespace}/services/multi-ranks")
+        assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+        by_index = {p["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"]: p for p in pods}
+        assert sorted(by_index) == ["0", "1"]
+        for index, pod in by_index.items():
+            # the Job controller names each pod's host after its index; the subdomain is the headless Service
+            assert pod["spec"]["hostname"] == f"multi-train-{index}" and pod["spec"]["subdomain"] == "multi-ranks"
+            args = pod["spec"]["containers"][0]["args"]
+            assert f"--rdzv-endpoint=multi-train-0.multi-ranks.{namespace}.svc:29400" in args
+            assert {"name": "dshm", "mountPath": "/dev/shm"} in pod["spec"]["containers"][0]["volumeMounts"]
+        assert len({p["spec"]["nodeName"] for p in pods}) == 2  # one GPU each: one pod per node
+    finally:
+        for i in range(2):
+            cp.remove_fake_node(f"gpu-{namespace}-{i}")
+
+
+def test_a_run_deleted_and_applied_again_on_a_real_cluster_completes_as_a_new_run(
+        control_plane, world, trainer_image, tiny_model, node_agent):
+    """The garbage collector deletes the old run's children in the background while the new run creates its own:
+    the operator must neither adopt them (409) nor resume the old run's checkpoints."""
+    cp = control_plane
+    agent = node_agent({chart_trainer_image(): trainer_image})
+    doc = small_run("again", world["endpoint"], tiny_model)
+    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+    wait_for("the first trainer running", lambda: any(
+        (p.get("status") or {}).get("phase") == "Running" for p in cp.get(
+            f"/api/v1/namespaces/{NS}/pods?labelSelector=asyncmtl.dev%2Frun%3Dagain")["items"]), 120)
+    first = cp.get(f"{RUNS}/again")["metadata"]["uid"]
+    cp.kubectl("delete", "asyncmtlrun", "again", "-n", NS, "--wait=true", "--timeout=60s")
+    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+    done = cp.kubectl("wait", "--for=condition=Complete", "asyncmtlrun/again", "-n", NS, "--timeout=420s",
+                      check=False, timeout=450)
+    st = status_of(cp, "again")
+    assert done.returncode == 0, done.stderr + f"\n{json.dumps(st)[:2000]}\n{world['operator'].tail(40)}\n" + \
+        _trainer_log(agent, cp, "again")
+    second = cp.get(f"{RUNS}/again")["metadata"]["uid"]
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=world["endpoint"], aws_access_key_id="k", aws_secret_access_key="s",
+                      region_name="us-east-1")
+    owner = json.loads(s3.get_object(Bucket="runs", Key=f"exp/{NS}/again/run.json")["Body"].read())
+    assert first != second and owner["uid"] == second
+    job = cp.get(f"/apis/batch/v1/namespaces/{NS}/jobs/again-train")
+    assert job["metadata"]["ownerReferences"][0]["uid"] == second

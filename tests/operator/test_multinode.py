@@ -29,7 +29,7 @@ def test_a_two_node_run_gets_an_indexed_job_and_a_headless_service_whose_dns_nam
     pod = spec["template"]["spec"]
     assert pod["subdomain"] == "mn-ranks" and svc["spec"]["clusterIP"] == "None"
     args = pod["containers"][0]["args"]
-    assert args[0] == "asyncmtl-launch" and "--rdzv-endpoint=mn-train-0.mn-ranks:29400" in args
+    assert args[0] == "asyncmtl-launch" and "--rdzv-endpoint=mn-train-0.mn-ranks.default.svc:29400" in args
     assert "--nnodes=2" in args and "--nproc-per-node=2" in args
     assert str(pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]) == "2"
     assert metrics["spec"]["selector"]["batch.kubernetes.io/job-completion-index"] == "0"

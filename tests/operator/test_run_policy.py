@@ -70,7 +70,7 @@ def test_a_bam_teacher_without_its_best_checkpoints_is_refused_before_any_child(
     with KopfRunner(operator_args(), timeout=60) as runner:
         apply_run(kube, make_run("bam", endpoint=endpoint, strategy="bam", teacherRun="uniform"))
         st = wait_until(lambda: get_run(kube, "bam").get("status", {}).get("phase") == "Failed"
-                        and get_run(kube, "bam")["status"], what="Failed")
+                        and get_run(kube, "bam")["status"], what="Failed", timeout=90)
     assert runner.exit_code == 0, runner.output
     assert st["message"].startswith("invalid spec: spec.teacherRun: no best checkpoint of task a in s3://runs/exp/default/uniform")
     assert not exists(kube, "Job", "bam-train") and not exists(kube, "Job", "bam-infer-a-300")

@@ -75,3 +75,58 @@ def test_a_resource_quantity_that_is_not_one_is_refused_with_its_path():
         doc["spec"]["cluster"] = {"resources": {"limits": {"nvidia.com/gpu": bad}}}
         with pytest.raises(SpecError, match=r"spec\.cluster\.resources\.limits\.nvidia\.com/gpu"):
             parse_run(doc)
+
+
+def _chart_trainer_defaults() -> dict:
+    """ASYNCMTL_TRAINER_DEFAULTS as the chart renders it with its default values."""
+    import json
+
+    from tests.cluster.operator_process import render_chart
+
+    dep = next(o for o in render_chart() if o["kind"] == "Deployment")
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    return json.loads(env["ASYNCMTL_TRAINER_DEFAULTS"])
+
+
+def _controller(**config):
+    from asyncmtl_operator.controller import Controller, OperatorConfig
+    from asyncmtl_operator.operator_metrics import OperatorMetrics
+
+    return Controller(config=OperatorConfig(metrics_port=0, **config), kube=None, metrics=OperatorMetrics(),
+                      post_event=lambda *a: None, prometheus=object())
+
+
+def test_the_cpu_quickstart_asks_for_no_gpu_under_the_charts_defaults():
+    """Before: the chart's default trainer resources (a GPU) went to the CPU quickstart, which then waited for a GPU."""
+    from asyncmtl_operator import children
+
+    defaults = _chart_trainer_defaults()
+    assert defaults["resources"]["limits"].get("nvidia.com/gpu")  # the chart's default is for GPU runs
+    doc = _stored(_quickstart())
+    doc["metadata"]["namespace"] = "ns"
+    doc["spec"]["storage"] = {"uri": "s3://runs/x"}
+    run = _controller(trainer_defaults=defaults).parse(doc)
+    limits = children.training_job(run, "ns")["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert "nvidia.com/gpu" not in limits and limits["memory"] == defaults["resources"]["limits"]["memory"]
+    doc["spec"]["training"]["device"] = "auto"  # a run that may use a GPU still gets the chart's
+    run = _controller(trainer_defaults=defaults).parse(doc)
+    assert children.training_job(run, "ns")["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"][
+        "nvidia.com/gpu"] == "1"
+
+
+def test_a_run_may_name_only_the_service_accounts_the_operator_allows():
+    """The operator creates pods with its own rights: a run naming any ServiceAccount of its namespace would run
+    its pods with that account's rights (the confused deputy)."""
+    import pytest
+
+    from asyncmtl.spec import SpecError
+
+    doc = _stored(_quickstart())
+    doc["metadata"]["namespace"] = "ns"
+    doc["spec"]["storage"] = {"uri": "s3://runs/x"}
+    doc["spec"]["cluster"] = {"serviceAccountName": "deployer"}
+    with pytest.raises(SpecError, match="spec.cluster.serviceAccountName: 'deployer' is not a ServiceAccount"):
+        _controller(trainer_defaults={"serviceAccountName": "asyncmtl-workload"}).parse(doc)
+    assert _controller(allowed_service_accounts=["deployer"]).parse(doc).spec.cluster.service_account_name == "deployer"
+    doc["spec"]["cluster"] = {"serviceAccountName": "asyncmtl-workload"}
+    _controller(trainer_defaults={"serviceAccountName": "asyncmtl-workload"}).parse(doc)

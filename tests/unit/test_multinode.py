@@ -57,8 +57,14 @@ def test_two_nodes_make_an_indexed_job_whose_pods_meet_at_pod_0_through_a_headle
     assert container["args"][0] == "asyncmtl-launch"
     # torchrun's own parser reads the launcher's arguments; the trainer's reads the rest
     t = get_args_parser().parse_args([*launcher, "asyncmtl_trainer.train", *trainer])
-    assert (t.nnodes, t.nproc_per_node, t.rdzv_backend, t.max_restarts) == ("2", "4", "c10d", 2)
-    assert t.rdzv_endpoint == "mtl-train-0.mtl-ranks:29400"  # pod 0's hostname in the headless Service's domain
+    # torchrun restarts nothing: the Job alone counts retries (before: both did, up to (backoffLimit + 1)^2 tries)
+    assert (t.nnodes, t.nproc_per_node, t.rdzv_backend, t.max_restarts) == ("2", "4", "c10d", 0)
+    assert spec["backoffLimit"] == 2
+    # pod 0's hostname in the headless Service's domain, namespace-qualified (a short name may not resolve)
+    assert t.rdzv_endpoint == "mtl-train-0.mtl-ranks.team-x.svc:29400"
+    # NCCL needs more than the container runtime's 64 MiB /dev/shm: a memory-backed emptyDir, as KubeRay mounts
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
     a = build_arg_parser().parse_args(trainer)
     assert a.run == "mtl" and a.namespace == "team-x" and a.resume
     # the metrics Service (and the PodMonitor) target rank 0 only: pod 0
@@ -75,6 +81,7 @@ def test_one_pod_with_several_gpus_runs_standalone_torchrun_and_one_gpu_the_plai
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[:2] == ["asyncmtl-launch", "--standalone"] and "--nproc-per-node=8" in args
     assert "completionMode" not in job["spec"] and "subdomain" not in job["spec"]["template"]["spec"]
+    assert any(v["name"] == "dshm" for v in job["spec"]["template"]["spec"]["volumes"])  # several ranks in one pod
     for cluster in ({"gpusPerNode": 1}, {}):
         job = children.training_job(_run(**cluster), "ns")
         _valid(job)

@@ -82,3 +82,34 @@ def test_the_trainer_series_become_one_observation():
     assert a.chance is None and a.points == [ValidationPoint(step=300, value=61.5)]
     assert (obs.global_step, obs.applied_generation, obs.applied_at_step, obs.validation_complete_step) == (310, 2, None, 300)
     assert obs.train_sizes == {"a": 1000}
+
+
+def test_a_storage_failure_makes_the_next_attempt_read_the_credentials_again():
+    """Before: the client was cached per run, so credentials fixed after a failure were never read again."""
+    pytest.importorskip("boto3")
+    kube = CountingKube()
+    c = _controller(kube)
+    run = _run()
+    first = c.storage(run, "team-a")
+    assert c.storage(run, "team-a") is first and kube.secret_reads == 1
+    c.storage_failed("team-a", "r")
+    assert c.storage(run, "team-a") is not first and kube.secret_reads == 2
+
+
+def test_the_storage_check_lists_the_runs_prefix_which_prefix_scoped_credentials_allow():
+    """HeadBucket is bucket-wide, and credentials scoped to a prefix are refused it (403) though they work."""
+    import boto3
+    from botocore.stub import Stubber
+
+    from asyncmtl.storage import StorageError
+    from asyncmtl.storage_s3 import S3RunStorage
+
+    client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="k", aws_secret_access_key="s")
+    storage = S3RunStorage("runs", "exp/team-a/r", client=client)
+    with Stubber(client) as stub:
+        stub.add_response("list_objects_v2", {"KeyCount": 0}, {"Bucket": "runs", "Prefix": "exp/team-a/r/", "MaxKeys": 1})
+        storage.check()
+        stub.assert_no_pending_responses()
+        stub.add_client_error("list_objects_v2", service_error_code="NoSuchBucket", http_status_code=404)
+        with pytest.raises(StorageError, match="s3://runs/exp/team-a/r: not reachable"):
+            storage.check()

@@ -108,3 +108,43 @@ def test_the_charts_overlay_and_the_runs_merge_the_runs_winning():
     spec = cluster.pod_template.spec
     assert spec["runtimeClassName"] == "nvidia-cdi" and spec["priorityClassName"] == "x"
     assert spec["containers"][0]["env"] == [{"name": "A", "value": "run"}, {"name": "B", "value": "chart"}]
+
+
+@pytest.mark.parametrize("spec, path", [
+    ({"hostNetwork": True}, "spec.hostNetwork"),
+    ({"hostPID": True}, "spec.hostPID"),
+    ({"volumes": [{"name": "root", "hostPath": {"path": "/"}}]}, "spec.volumes[0].hostPath"),
+    ({"containers": [{"name": "side", "image": "busybox", "securityContext": {"privileged": True}}]},
+     "spec.containers[0].securityContext.privileged"),
+    ({"initContainers": [{"name": "init", "image": "busybox", "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}]},
+     "spec.initContainers[0].securityContext.capabilities.add"),
+    ({"containers": [{"name": "side", "image": "busybox", "ports": [{"containerPort": 80, "hostPort": 80}]}]},
+     "spec.containers[0].ports[0].hostPort"),
+    ({"containers": [{"name": "side", "image": "busybox", "securityContext": {"runAsUser": 0}}]},
+     "spec.containers[0].securityContext.runAsUser"),
+    ({"securityContext": {"sysctls": [{"name": "kernel.shm_rmid_forced", "value": "1"}]}}, "spec.securityContext.sysctls"),
+    ({"containers": [{"name": "trainer", "securityContext": {"allowPrivilegeEscalation": True}}]},
+     "spec.containers[0].securityContext.allowPrivilegeEscalation"),
+])
+def test_an_overlay_cannot_make_pods_the_restricted_profile_refuses(spec, path):
+    """The confused deputy: the operator creates pods with its own rights, so an overlay must not smuggle in host
+    namespaces, hostPath, privileged or escalating containers (before: only the namespace's Pod Security
+    admission, where enforced, stopped them)."""
+    from asyncmtl.spec import SpecError, parse_run
+    from tests.conftest import builtin_task, run_doc
+
+    with pytest.raises(SpecError) as info:
+        parse_run(run_doc([builtin_task("sentiment")], cluster={"podTemplate": {"spec": spec}}))
+    assert "spec.cluster.podTemplate.spec: " in str(info.value) and path in str(info.value)
+
+
+def test_sidecars_get_the_restricted_container_defaults():
+    from asyncmtl.spec import parse_run
+    from asyncmtl_operator import children
+    from tests.conftest import builtin_task, run_doc
+
+    run = parse_run(run_doc([builtin_task("sentiment")], cluster={"podTemplate": {"spec": {
+        "containers": [{"name": "side", "image": "busybox"}], "volumes": [{"name": "cache", "emptyDir": {}}]}}}))
+    pod = children.training_job(run, "ns")["spec"]["template"]["spec"]
+    side = next(c for c in pod["containers"] if c["name"] == "side")
+    assert side["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
