@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import yaml
 
@@ -52,7 +52,9 @@ class OperatorConfig:
     ASYNCMTL_TRAINER_DEFAULTS: JSON in the shape of `spec.cluster` (camelCase), used for every
     field a run does not set (image, resources, nodeSelector, tolerations, priorityClassName, labels);
     ASYNCMTL_ALLOWED_SERVICE_ACCOUNTS: comma-separated ServiceAccounts a run may name in
-    spec.cluster.serviceAccountName, besides the defaults' own.
+    spec.cluster.serviceAccountName, besides the defaults' own;
+    ASYNCMTL_POD_CHECK_INTERVAL: seconds between listings of a trainer's pods while none of them is ready (to
+    say why: image pulls, scheduling, quota; default 30), so an idle run costs the API almost nothing.
     """
 
     prometheus_url: str = "http://prometheus-operated.monitoring:9090"
@@ -66,6 +68,7 @@ class OperatorConfig:
     default_storage_secret: str | None = None
     trainer_defaults: dict[str, Any] = field(default_factory=dict)
     allowed_service_accounts: list[str] = field(default_factory=list)
+    pod_check_interval: float = 30.0
 
     @classmethod
     def from_env(cls) -> "OperatorConfig":
@@ -80,7 +83,8 @@ class OperatorConfig:
                    default_storage_secret=os.environ.get("ASYNCMTL_DEFAULT_STORAGE_SECRET") or None,
                    trainer_defaults=json.loads(os.environ.get("ASYNCMTL_TRAINER_DEFAULTS") or "{}"),
                    allowed_service_accounts=[n.strip() for n in os.environ.get(
-                       "ASYNCMTL_ALLOWED_SERVICE_ACCOUNTS", "").split(",") if n.strip()])
+                       "ASYNCMTL_ALLOWED_SERVICE_ACCOUNTS", "").split(",") if n.strip()],
+                   pod_check_interval=float(os.environ.get("ASYNCMTL_POD_CHECK_INTERVAL", cls.pod_check_interval)))
 
 
 @dataclass
@@ -91,6 +95,8 @@ class RunMemory:
     warned_generation: int | None = None  # the spec edit already reported as not applied
     started_spec: dict[str, Any] | None = None  # the spec the pods read (from the control ConfigMap), once edited
     driver: RunDriver | None = None  # the run policy (asyncmtl.driver), with what it has read of other runs
+    pods_checked_at: float | None = None  # when the trainer's pods were last listed (why is it not running?)
+    blocked: tuple[str, str] = ("", "")  # what that listing found: (reason, message)
 
 
 TICK_SLACK = 0.05  # seconds: a timer firing this early still counts as on time
@@ -292,8 +298,11 @@ class Controller:
 
     # ---- tick --------------------------------------------------------------------------------
     def tick(self, body: dict[str, Any], namespace: str, adopt: Callable[[dict], None],
-             logger: logging.Logger) -> dict[str, Any] | None:
-        """One poll of one run. Returns the status patch, or None when there is nothing to do."""
+             logger: logging.Logger, jobs: Mapping[tuple[str, str], Any] | None = None) -> dict[str, Any] | None:
+        """One poll of one run. Returns the status patch, or None when there is nothing to do.
+
+        `jobs`: the runs' Jobs by (namespace, name) as a watch keeps them (kopf's index of `handlers.run_jobs`,
+        each value an iterable of Job bodies); None reads them from the API."""
         name = body["metadata"]["name"]
         raw = (body.get("status") or {}).get(STATUS_KEY)
         if raw is None:
@@ -308,7 +317,7 @@ class Controller:
         run = self._effective_run(body, namespace, status, mem, logger)
         if mem.driver is None:  # after an operator restart: references are read again, once
             mem.driver = self._driver(run, namespace)
-        port = KubeRunPort(self, body, run, namespace, adopt, logger,
+        port = KubeRunPort(self, body, run, namespace, adopt, logger, memory=mem, jobs=jobs,
                            window=(now - mem.last_poll + 2 * self.config.timer_interval) if mem.last_poll else 600.0)
         result = mem.driver.step(port, status, now)
         new, obs = result.status, result.observations

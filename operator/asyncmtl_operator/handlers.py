@@ -11,6 +11,7 @@ Docs: kopf.readthedocs.io (handlers, timers, settings, kopf.adopt, kopf.event).
 """
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from typing import Any
@@ -20,6 +21,7 @@ import kopf
 from asyncmtl.artifacts import RUN_OWNER, RUN_PREFIXES
 from asyncmtl.crd import GROUP, PLURAL, VERSION
 from asyncmtl.storage import StorageError
+from asyncmtl_operator.children import RUN_LABEL
 from asyncmtl_operator.controller import Controller, OperatorConfig
 from asyncmtl_operator.kube import Kube, Refused
 from asyncmtl_operator.operator_metrics import OperatorMetrics
@@ -36,6 +38,7 @@ KOPF_PERMISSIONS: dict[tuple[str, str], set[str]] = {
     (GROUP, PLURAL): {"get", "list", "watch", "patch"},
     (GROUP, f"{PLURAL}/status"): {"get", "patch"},
     ("", "events"): {"create"},
+    ("batch", "jobs"): {"list", "watch"},  # the runs' Jobs, watched into an index (`run_jobs`)
 }
 # Children are adopted (kopf.adopt) with `blockOwnerDeletion: true`; where the API server enforces owner
 # references (the OwnerReferencesPermissionEnforcement admission plugin, as on OpenShift), setting it needs
@@ -112,12 +115,20 @@ def on_create(body: kopf.Body, namespace: str, memo: kopf.Memo, patch: kopf.Patc
     patch.status.update(status)
 
 
+@kopf.index("batch", "v1", "jobs", labels={RUN_LABEL: kopf.PRESENT})
+def run_jobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """The runs' Jobs (training and inference), kept current by a watch: an idle run's poll reads its Jobs from
+    here instead of the API (controller-runtime's informer cache, in kopf's terms)."""
+    return {(namespace, name): copy.deepcopy(dict(body))}
+
+
 @kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_TICK, initial_delay=TIMER_TICK)
 def on_timer(body: kopf.Body, namespace: str, memo: kopf.Memo, patch: kopf.Patch, logger: logging.Logger,
-             **_: Any) -> None:
+             run_jobs: kopf.Index, **_: Any) -> None:
     controller: Controller = memo.controller
     try:
-        status = controller.tick(dict(body), namespace, lambda child: kopf.adopt(child, owner=body), logger)
+        status = controller.tick(dict(body), namespace, lambda child: kopf.adopt(child, owner=body), logger,
+                                 jobs=run_jobs)
     except StorageError as exc:
         controller.storage_failed(namespace, body["metadata"]["name"])
         controller.metrics.errors.labels("storage").inc()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from asyncmtl.control import ControlDocument
 from asyncmtl.core.actions import LaunchInference
@@ -49,6 +49,8 @@ class KubeRunPort:
     adopt: Callable[[dict], None]
     logger: logging.Logger
     creating: bool = False
+    memory: Any = None  # the run's controller.RunMemory (when its pods were last listed, and what that found)
+    jobs: Mapping[tuple[str, str], Any] | None = None  # the watched Jobs (handlers.run_jobs); None: ask the API
     window: float = 600.0
     control_document: ControlDocument | None = None
     point_times: dict[str, dict[int, float]] = field(default_factory=dict)
@@ -71,9 +73,16 @@ class KubeRunPort:
             obs.metrics_error = f"Prometheus unreachable: {exc}"
         self._observe_training_job(obs)
 
+    def _job(self, name: str) -> dict[str, Any] | None:
+        """A Job of this run: from the watch's index when it has it, else from the API (just created, or gone)."""
+        if self.jobs is not None:
+            for body in self.jobs.get((self.namespace, name)) or ():
+                return body
+        return self.controller.kube.get_job(name, self.namespace)
+
     def _observe_training_job(self, obs: Observations) -> None:
         kube, run, namespace = self.controller.kube, self.run, self.namespace
-        job = kube.get_job(children.train_name(run.name), namespace)
+        job = self._job(children.train_name(run.name))
         if job is None:
             # deleted (by hand, or a cluster cleanup): made again, and its trainer resumes from the latest
             # checkpoint and the last control generation it applied (it always starts with --resume)
@@ -99,11 +108,22 @@ class KubeRunPort:
         if (st.get("succeeded") or 0) >= 1:
             obs.trainer_state = "Finished"
             return
+        if (st.get("ready") or 0) >= 1:
+            return  # its pod runs and is ready: nothing to look for
+        mem = self.memory
+        if mem is not None and mem.pods_checked_at is not None and \
+                obs.time - mem.pods_checked_at < self.controller.config.pod_check_interval:
+            obs.trainer_blocked_reason, obs.trainer_blocked_message = mem.blocked  # as last seen
+            return
+        if mem is not None:
+            mem.pods_checked_at, mem.blocked = obs.time, ("", "")
         pods = kube.list_pods(namespace, {children.RUN_LABEL: run.name, children.ROLE_LABEL: "train"})
         for pod in pods:
             reason, message = pod_problem(pod)
             if reason:
                 obs.trainer_blocked_reason, obs.trainer_blocked_message = reason, message
+                if mem is not None:
+                    mem.blocked = (reason, message)
                 return
         if not pods:  # the Job controller could not create the pod: quota, admission, limits
             failed = [e for e in kube.events_for("Job", children.train_name(run.name), namespace)
@@ -112,11 +132,13 @@ class KubeRunPort:
                 msg = failed[-1].get("message") or ""
                 obs.trainer_blocked_reason = "QuotaExceeded" if "exceeded quota" in msg else "FailedCreate"
                 obs.trainer_blocked_message = msg
+                if mem is not None:
+                    mem.blocked = (obs.trainer_blocked_reason, msg)
 
     def inference_attempt(self, task: str, step: int, attempt: int) -> InferenceAttempt | None:
         """The inference Job of that attempt (None: there is none)."""
         run = self.run
-        job = self.controller.kube.get_job(children.inference_name(run.name, task, step, attempt), self.namespace)
+        job = self._job(children.inference_name(run.name, task, step, attempt))
         if job is None:
             return None
         st = job.get("status") or {}

@@ -6,6 +6,7 @@ scheduled while the paused trainer holds the only GPU does not deadlock the run.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import yaml
@@ -45,7 +46,7 @@ def world(control_plane: ControlPlane, tmp_path_factory, prometheus_binary_path)
                                    work / "operator", env={"PROMETHEUS_URL": prom.url, "ASYNCMTL_TIMER_INTERVAL": "1"})
         try:
             with operator:
-                yield {"endpoint": endpoint, "prometheus": prom, "operator": operator}
+                yield {"endpoint": endpoint, "prometheus": prom, "operator": operator, "finished": {}}
         finally:
             prom.stop()
 
@@ -104,6 +105,7 @@ def test_a_run_applied_with_kubectl_completes_and_kubectl_wait_returns(control_p
                  f"trainer:\n{_trainer_log(agent, cp, 'e2e')}")
     assert done.returncode == 0, done.stderr + diagnosis
     assert st["phase"] == "Succeeded", diagnosis
+    world["finished"]["e2e"] = st
     kd = [t for t, ts in st["tasks"].items() if ts["phase"] == "KD"]
     assert kd == ["sentiment"], diagnosis
     assert all(st["tasks"][t]["softLabelsUri"].startswith("s3://runs/exp/scenarios/e2e/softlabels/") for t in kd)
@@ -246,3 +248,54 @@ def test_a_run_deleted_and_applied_again_on_a_real_cluster_completes_as_a_new_ru
     assert first != second and owner["uid"] == second
     job = cp.get(f"/apis/batch/v1/namespaces/{NS}/jobs/again-train")
     assert job["metadata"]["ownerReferences"][0]["uid"] == second
+
+
+def _decisions(status: dict) -> dict:
+    """What the method decided for each task: its final phase, the step it converged at and the checkpoint its soft
+    labels came from (a task still training has none: its best so far is only what the last poll saw)."""
+    return {t: (ts["phase"], ts.get("convergedAtStep"), ts.get("bestStep") if ts.get("convergedAtStep") else None)
+            for t, ts in status["tasks"].items()}
+
+
+def test_an_operator_restarted_mid_run_finishes_the_run_with_the_same_decisions(control_plane, world, trainer_image,
+                                                                               tiny_model, node_agent):
+    """The operator is stopped once the first decision is out, and started again: the run completes, and decides
+    what the same spec decided with the operator running throughout (the trainer holds at a decision until the
+    next control generation, so timing cannot change decisions; DEVELOPERS.md, Determinism)."""
+    if "e2e" not in world["finished"]:
+        pytest.skip("compares with test_a_run_applied_with_kubectl_completes_and_kubectl_wait_returns (run it too)")
+    cp, operator = control_plane, world["operator"]
+    node_agent({chart_trainer_image(): trainer_image})
+    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(small_run("restart", world["endpoint"], tiny_model)))
+    wait_for("the first decision", lambda: any(ts["phase"] != "Training" for ts in status_of(cp, "restart").get(
+        "tasks", {}).values()), 300, on_timeout=lambda: "\n" + operator.tail(30))
+    operator.stop()
+    time.sleep(5)  # the trainer goes on (or holds) with no operator
+    operator.start()
+    done = cp.kubectl("wait", "--for=condition=Complete", "asyncmtlrun/restart", "-n", NS, "--timeout=420s",
+                      check=False, timeout=450)
+    st = status_of(cp, "restart")
+    assert done.returncode == 0, done.stderr + f"\n{json.dumps(st)[:2000]}\n{operator.tail(40)}"
+    assert _decisions(st) == _decisions(world["finished"]["e2e"])
+    sent = [(s["kind"], s.get("task")) for s in st["asyncmtl"]["control"]["signals"]]
+    assert len(sent) == len(set(sent)), sent  # the restart sent no signal twice
+
+
+def test_a_pod_template_asking_for_the_host_is_refused_where_no_pod_security_is_enforced(control_plane, world, namespace):
+    """The namespace enforces no Pod Security level, so only the operator stands between a run's author and a
+    privileged pod made with the operator's rights (the confused deputy)."""
+    cp = control_plane
+    labels = cp.get(f"/api/v1/namespaces/{namespace}")["metadata"].get("labels") or {}
+    assert not any(k.startswith("pod-security.kubernetes.io/enforce") for k in labels)
+    cp.kubectl("create", "secret", "generic", "s3", "-n", namespace, "--from-literal=AWS_ACCESS_KEY_ID=k",
+               "--from-literal=AWS_SECRET_ACCESS_KEY=s")
+    doc = small_run("hostile", world["endpoint"], "unused", cluster={"podTemplate": {"spec": {
+        "hostPID": True, "volumes": [{"name": "root", "hostPath": {"path": "/"}}]}}})
+    doc["metadata"]["namespace"] = namespace
+    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+    r = cp.kubectl("wait", "--for=condition=Failed", "asyncmtlrun/hostile", "-n", namespace, "--timeout=60s", check=False)
+    assert r.returncode == 0, r.stderr + world["operator"].tail(20)
+    st = cp.get(f"/apis/asyncmtl.dev/v1alpha1/namespaces/{namespace}/asyncmtlruns/hostile")["status"]
+    assert "spec.hostPID" in st["message"] and "spec.volumes[0].hostPath" in st["message"]
+    assert not cp.get(f"/api/v1/namespaces/{namespace}/pods")["items"]
+    assert not cp.get(f"/apis/batch/v1/namespaces/{namespace}/jobs/hostile-train", missing_ok=True)

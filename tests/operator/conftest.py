@@ -13,6 +13,7 @@ from tests.operator.prometheus_server import PrometheusServer, find_prometheus, 
 
 TIMER = 1.0  # seconds between operator ticks in these tests
 os.environ.setdefault("ASYNCMTL_TIMER_INTERVAL", str(TIMER))  # read at operator startup (OperatorConfig)
+os.environ.setdefault("ASYNCMTL_POD_CHECK_INTERVAL", str(TIMER))  # why a trainer pod is stuck, seen within a tick
 
 
 @pytest.fixture()
@@ -114,3 +115,24 @@ def wait_until(fn, timeout: float = 30.0, interval: float = 0.1, what: str = "co
                 return last
         time.sleep(interval)
     raise TimeoutError(f"{what} not reached within {timeout}s (last: {last!r})")
+
+
+@pytest.fixture()
+def driven_operator(cluster, kube, s3, prometheus_binary, tmp_path, monkeypatch):
+    """A factory: `driven_operator(run)` starts a FakeTrainer for `run` (tasks a and b) and a real Prometheus
+    scraping it, points the operator's settings at that Prometheus, and returns (kube, S3 endpoint, trainer,
+    Prometheus); both are stopped after the test."""
+    started: list[tuple[FakeTrainer, PrometheusServer]] = []
+
+    def make(run: str):
+        trainer = FakeTrainer(run, ["a", "b"])
+        prom = start_prometheus(prometheus_binary, tmp_path / f"prom-{run}", [trainer.target])
+        started.append((trainer, prom))
+        monkeypatch.setenv("PROMETHEUS_URL", prom.url)
+        monkeypatch.setenv("ASYNCMTL_OPERATOR_METRICS_PORT", "0")
+        return kube, s3[0], trainer, prom
+
+    yield make
+    for trainer, prom in started:
+        prom.stop()
+        trainer.close()

@@ -8,7 +8,7 @@ import kubernetes
 import pytest
 from kopf.testing import KopfRunner
 
-from tests.operator.conftest import TIMER, FakeTrainer, start_prometheus, wait_until
+from tests.operator.conftest import TIMER, FakeTrainer, wait_until
 from tests.operator.helpers import (NS, apply_run, events, exists, fail_job, get_obj, get_run, make_run, operator_args,
                                     signals)
 from tests.operator.prometheus_server import PrometheusServer
@@ -17,15 +17,8 @@ pytestmark = pytest.mark.slow  # processes, servers or training: `make test-fast
 
 
 @pytest.fixture()
-def setup(cluster, kube, s3, prometheus_binary, tmp_path, monkeypatch):
-    endpoint, _ = s3
-    trainer = FakeTrainer("f", ["a", "b"])
-    prom = start_prometheus(prometheus_binary, tmp_path / "prom", [trainer.target])
-    monkeypatch.setenv("PROMETHEUS_URL", prom.url)
-    monkeypatch.setenv("ASYNCMTL_OPERATOR_METRICS_PORT", "0")
-    yield kube, endpoint, trainer, prom
-    prom.stop()
-    trainer.close()
+def setup(driven_operator):
+    return driven_operator("f")
 
 
 def plateau_a(trainer: FakeTrainer, prom: PrometheusServer, steps=(100, 200, 300, 400)) -> None:
@@ -34,6 +27,18 @@ def plateau_a(trainer: FakeTrainer, prom: PrometheusServer, steps=(100, 200, 300
         trainer.validate(step, {"a": values[step], "b": step / 10})
         prom.wait_for(f'asyncmtl_validation_last_step{{task="a"}} == {step}')
         time.sleep(TIMER)
+
+
+def converge_a_with_inference_pending(kube, endpoint: str, trainer: FakeTrainer, prom: PrometheusServer,
+                                      distillation: dict) -> None:
+    """Run f applied with `distillation`; task a converges (best at 200), its first inference Job exists, and the
+    trainer has rewound and acknowledged."""
+    apply_run(kube, make_run("f", endpoint=endpoint, distillation=distillation))
+    wait_until(lambda: get_run(kube, "f").get("status", {}).get("phase") == "Running", what="Running")
+    plateau_a(trainer, prom)
+    wait_until(lambda: exists(kube, "Job", "f-infer-a-200"), what="first inference Job")
+    trainer.rewind(200, {"a": 60.0, "b": 20.0})
+    trainer.ack(1, 200)
 
 
 def test_invalid_spec_fails_with_the_path_and_starts_nothing(cluster, kube, s3, monkeypatch):
@@ -279,13 +284,8 @@ def test_an_inference_job_that_never_gets_a_pod_cannot_deadlock_the_run(setup):
     failed; after maxAttempts the task is frozen with Degraded=True and the run goes on."""
     kube, endpoint, trainer, prom = setup
     with KopfRunner(operator_args(), timeout=90) as runner:
-        apply_run(kube, make_run("f", endpoint=endpoint,
-                                 distillation={"shards": 2, "maxAttempts": 2, "pendingTimeoutSeconds": 2}))
-        wait_until(lambda: get_run(kube, "f").get("status", {}).get("phase") == "Running", what="Running")
-        plateau_a(trainer, prom)
-        wait_until(lambda: exists(kube, "Job", "f-infer-a-200"), what="first inference Job")
-        trainer.rewind(200, {"a": 60.0, "b": 20.0})
-        trainer.ack(1, 200)
+        converge_a_with_inference_pending(kube, endpoint, trainer, prom,
+                                          {"shards": 2, "maxAttempts": 2, "pendingTimeoutSeconds": 2})
         # no pod ever runs (the emulator runs no Job controller: the quota refusal's effect)
         st = wait_until(lambda: get_run(kube, "f")["status"]["tasks"]["a"]["phase"] == "Frozen"
                         and get_run(kube, "f")["status"], what="Frozen", timeout=60)
@@ -328,13 +328,8 @@ def test_inference_pods_that_stay_pending_cannot_deadlock_the_run(setup):
     kube, endpoint, trainer, prom = setup
     core = kubernetes.client.CoreV1Api(kube)
     with KopfRunner(operator_args(), timeout=90) as runner:
-        apply_run(kube, make_run("f", endpoint=endpoint,
-                                 distillation={"shards": 1, "maxAttempts": 2, "pendingTimeoutSeconds": 3}))
-        wait_until(lambda: get_run(kube, "f").get("status", {}).get("phase") == "Running", what="Running")
-        plateau_a(trainer, prom)
-        wait_until(lambda: exists(kube, "Job", "f-infer-a-200"), what="first inference Job")
-        trainer.rewind(200, {"a": 60.0, "b": 20.0})
-        trainer.ack(1, 200)
+        converge_a_with_inference_pending(kube, endpoint, trainer, prom,
+                                          {"shards": 1, "maxAttempts": 2, "pendingTimeoutSeconds": 3})
         # what the Job controller and the scheduler report: one pod, Pending, Unschedulable; the Job active
         core.create_namespaced_pod(NS, {"apiVersion": "v1", "kind": "Pod", "metadata": {
             "name": "f-infer-a-200-0-x1", "labels": {"batch.kubernetes.io/job-name": "f-infer-a-200",

@@ -91,15 +91,6 @@ def test_deleted_children_are_made_again(setup_trainer):
 
 
 @pytest.fixture()
-def setup_trainer(cluster, kube, s3, prometheus_binary, tmp_path, monkeypatch):
-    from tests.operator.conftest import FakeTrainer, start_prometheus
-
-    endpoint, _ = s3
-    trainer = FakeTrainer("f", ["a", "b"])
-    prom = start_prometheus(prometheus_binary, tmp_path / "prom", [trainer.target])
-    monkeypatch.setenv("PROMETHEUS_URL", prom.url)
-    monkeypatch.setenv("ASYNCMTL_OPERATOR_METRICS_PORT", "0")
-    yield kube, endpoint, trainer, prom
-    prom.stop()
-    trainer.close()
+def setup_trainer(driven_operator):
+    return driven_operator("f")
 

@@ -11,7 +11,7 @@ from kopf.testing import KopfRunner
 
 from asyncmtl.artifacts import FINAL, REPORT_JSON
 from asyncmtl.storage_factory import open_run_storage
-from tests.operator.conftest import TIMER, FakeTrainer, start_prometheus, wait_until
+from tests.operator.conftest import TIMER, FakeTrainer, wait_until
 from tests.operator.helpers import (NS, TRAIN_SIZE, apply_run, complete_job, events, exists, get_run, make_run,
                                     operator_args, signals, write_soft_labels)
 
@@ -19,15 +19,8 @@ pytestmark = pytest.mark.slow  # processes and servers: `make test-fast` skips i
 
 
 @pytest.fixture()
-def setup(cluster, kube, s3, prometheus_binary, tmp_path, monkeypatch):
-    endpoint, _ = s3
-    trainer = FakeTrainer("p", ["a", "b"])
-    prom = start_prometheus(prometheus_binary, tmp_path / "prom", [trainer.target])
-    monkeypatch.setenv("PROMETHEUS_URL", prom.url)
-    monkeypatch.setenv("ASYNCMTL_OPERATOR_METRICS_PORT", "0")
-    yield kube, endpoint, trainer, prom
-    prom.stop()
-    trainer.close()
+def setup(driven_operator):
+    return driven_operator("p")
 
 
 def plateau(trainer: FakeTrainer, prom, tasks: dict[str, dict[int, float]]) -> None:
@@ -64,15 +57,17 @@ def test_a_bam_teacher_without_its_best_checkpoints_is_refused_before_any_child(
     endpoint, _ = s3
     monkeypatch.setenv("PROMETHEUS_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("ASYNCMTL_OPERATOR_METRICS_PORT", "0")
-    teacher = open_run_storage("s3://runs/exp", namespace=NS, run="uniform", endpoint_url=endpoint)
+    # a teacher name of this test's own: moto's S3 keeps its objects for the whole process (test_bam's teacher has them)
+    teacher = open_run_storage("s3://runs/exp", namespace=NS, run="uniform-no-ckpt", endpoint_url=endpoint)
     teacher.put_bytes(FINAL, json.dumps({"step": 900, "tasks": {"a": {"bestCheckpoint": {"step": 300}},
                                                                 "b": {"bestCheckpoint": {"step": 500}}}}).encode())
     with KopfRunner(operator_args(), timeout=60) as runner:
-        apply_run(kube, make_run("bam", endpoint=endpoint, strategy="bam", teacherRun="uniform"))
+        apply_run(kube, make_run("bam", endpoint=endpoint, strategy="bam", teacherRun="uniform-no-ckpt"))
         st = wait_until(lambda: get_run(kube, "bam").get("status", {}).get("phase") == "Failed"
                         and get_run(kube, "bam")["status"], what="Failed", timeout=90)
     assert runner.exit_code == 0, runner.output
-    assert st["message"].startswith("invalid spec: spec.teacherRun: no best checkpoint of task a in s3://runs/exp/default/uniform")
+    assert st["message"].startswith(
+        "invalid spec: spec.teacherRun: no best checkpoint of task a in s3://runs/exp/default/uniform-no-ckpt")
     assert not exists(kube, "Job", "bam-train") and not exists(kube, "Job", "bam-infer-a-300")
 
 

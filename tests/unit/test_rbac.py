@@ -64,7 +64,7 @@ def granted(values: dict, kind: str) -> list[dict[tuple[str, str], set[str]]]:
 
 def test_the_derivation_sees_the_calls():
     perms = derived_permissions()
-    assert perms[("batch", "jobs")] == {"create", "delete", "get"} and perms[("", "configmaps")] == {"create", "get", "patch"}
+    assert perms[("batch", "jobs")] == {"create", "delete", "get", "list", "watch"} and perms[("", "configmaps")] == {"create", "get", "patch"}
 
 
 @pytest.mark.parametrize("values,kind,peering", [

@@ -83,7 +83,7 @@ capabilities:
   verbs: ["create", "list"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["create", "delete", "get"]
+  verbs: ["create", "delete", "get", "list", "watch"]
 {{- if .Values.peering.enabled }}
 - apiGroups: ["kopf.dev"]
   resources: ["kopfpeerings", "clusterkopfpeerings"]
