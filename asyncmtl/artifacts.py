@@ -39,6 +39,8 @@ REPORT_MD = f"{REPORTS}/report.md"
 CURVES = f"{REPORTS}/curves.png"
 MODEL = "model"
 CHECKPOINT_STATE = "state.json"  # written last: a checkpoint folder without it is incomplete
+CHECKPOINT_WEIGHTS = "model.safetensors"  # the model's weights (safetensors)
+CHECKPOINT_TRAINING = "training_state.pt"  # optimizer, scheduler, RNG and trackers (what a resume needs)
 RUN_PREFIXES = (CHECKPOINTS, SOFTLABELS, REPORTS, MODEL)  # everything a run stores (what cleanupOnDelete deletes)
 RUN_OWNER = "run.json"  # which instance of a run (its Kubernetes UID) the artifacts belong to
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from asyncmtl.artifacts import CHECKPOINT_STATE, checkpoint_file, checkpoint_key, checkpoint_steps, teacher_steps
+from asyncmtl.artifacts import CHECKPOINT_STATE, CHECKPOINT_TRAINING, checkpoint_file, checkpoint_key, checkpoint_steps, teacher_steps
 from asyncmtl.spec import KeepCheckpoints
 from asyncmtl.storage import RunStorage
 
@@ -46,9 +46,9 @@ def retain_after_run(storage: RunStorage, tasks: list[str], keep: KeepCheckpoint
             result.deleted.append(step)
             continue
         state = json.loads(storage.get_bytes(checkpoint_file(step, CHECKPOINT_STATE)))
-        if "training_state.pt" in state.get("sha256", {}):
-            state["sha256"].pop("training_state.pt")  # state.json first: a reader never expects a deleted file
+        if CHECKPOINT_TRAINING in state.get("sha256", {}):
+            state["sha256"].pop(CHECKPOINT_TRAINING)  # state.json first: a reader never expects a deleted file
             storage.put_bytes(checkpoint_file(step, CHECKPOINT_STATE), json.dumps(state).encode())
-            storage.delete_prefix(checkpoint_file(step, "training_state.pt"))
+            storage.delete_prefix(checkpoint_file(step, CHECKPOINT_TRAINING))
         result.kept.append(step)
     return result

@@ -921,5 +921,3 @@ def _index_lines(node: Any, loc: tuple[str | int, ...], out: dict[str, int]) -> 
         for i, v in enumerate(node.value):
             _index_lines(v, loc + (i,), out)
 
-
-TaskName = Annotated[str, Field(pattern=_DNS_LABEL)]

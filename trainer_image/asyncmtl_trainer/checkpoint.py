@@ -21,7 +21,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from asyncmtl.artifacts import CHECKPOINT_STATE, checkpoint_file, checkpoint_key, checkpoint_steps
+from asyncmtl.artifacts import (CHECKPOINT_STATE, CHECKPOINT_TRAINING, CHECKPOINT_WEIGHTS, checkpoint_file, checkpoint_key,
+                                checkpoint_steps)
 from asyncmtl.storage import RunStorage, StorageError, as_storage_fault, sha256_file
 from asyncmtl_trainer.sharding import StateIO
 
@@ -159,13 +160,13 @@ class Checkpointer:
         d = self._local_dir(step)
         try:
             d.mkdir(parents=True, exist_ok=True)
-            weights, training = d / "model.safetensors", d / "training_state.pt"
-            self.storage.writing(checkpoint_file(step, "model.safetensors"))  # a local folder: its checks and failpoints
+            weights, training = d / CHECKPOINT_WEIGHTS, d / CHECKPOINT_TRAINING
+            self.storage.writing(checkpoint_file(step, CHECKPOINT_WEIGHTS))  # a local folder: its checks and failpoints
             save_file(snap.weights, str(weights), metadata=snap.metadata)
             with open(training, "wb") as f:  # a Python file object: a short write raises OSError(ENOSPC)
                 torch.save(snap.training, f)
-            state.sha256 = {n: sha256_file(d / n) for n in ("model.safetensors", "training_state.pt")}
-            for n in ("model.safetensors", "training_state.pt"):
+            state.sha256 = {n: sha256_file(d / n) for n in (CHECKPOINT_WEIGHTS, CHECKPOINT_TRAINING)}
+            for n in (CHECKPOINT_WEIGHTS, CHECKPOINT_TRAINING):
                 self.storage.put_file(checkpoint_file(step, n), d / n)
             self.storage.put_bytes(checkpoint_file(step, CHECKPOINT_STATE), json.dumps(state.__dict__).encode())
         except Exception as exc:
@@ -223,7 +224,7 @@ class Checkpointer:
         from safetensors.torch import load_file, load_model
 
         d, state = self.fetch(step)
-        path = str(d / "model.safetensors")
+        path = str(d / CHECKPOINT_WEIGHTS)
         if not self.io.sharded:
             load_model(model, path, device=str(next(model.parameters()).device))
             return state
@@ -240,7 +241,7 @@ class Checkpointer:
         a group of the same size (`rank`, `world`); otherwise the saving rank's."""
         state = self.load_weights(step, model)
         d = self._local_dir(step)
-        ts = torch.load(d / "training_state.pt", weights_only=False, map_location=next(model.parameters()).device)
+        ts = torch.load(d / CHECKPOINT_TRAINING, weights_only=False, map_location=next(model.parameters()).device)
         self.io.load_optimizer_state(model, optimizer, ts["optimizer"])
         scheduler.load_state_dict(ts["scheduler"])
         ranks = ts.get("rankRng")
@@ -386,7 +387,7 @@ class AsyncCheckpointer:
         return self.inner.prune(keep)
 
 
-def retained_steps(latest: int | None, bests: dict[str, tuple[int | None, int | None]], needing: set[str],
+def checkpoints_to_keep(latest: int | None, bests: dict[str, tuple[int | None, int | None]], needing: set[str],
                    recorded: "Callable[[int], dict[str, tuple[int | None, int | None]]] | None" = None) -> set[int]:
     """Steps to keep: the latest, the best and previous best of every task in `needing`, and,
     closed under rewinds, the best that every kept checkpoint itself recorded for those tasks

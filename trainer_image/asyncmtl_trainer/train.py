@@ -34,7 +34,7 @@ from asyncmtl.spec import RunSpec, TaskType
 from asyncmtl.storage import RunStorage
 from asyncmtl.storage_factory import open_run_storage
 from asyncmtl_trainer.batching import TaskSampler, TokenizedSplit, draw_width, make_batch, tokenize_split
-from asyncmtl_trainer.checkpoint import AsyncCheckpointer, Checkpointer, CheckpointState, retained_steps, rng_state
+from asyncmtl_trainer.checkpoint import AsyncCheckpointer, Checkpointer, CheckpointState, checkpoints_to_keep, rng_state
 from asyncmtl_trainer.control_protocol import TaskControl, apply_generation, replay
 from asyncmtl_trainer.distributed import DistributedSetupError, Ranks
 from asyncmtl_trainer.evaluation import Evaluator
@@ -554,7 +554,7 @@ class Trainer:
         step = self.step
 
         def keep(written: Checkpointer) -> set[int]:  # on the writer thread, once `step` is complete
-            return retained_steps(step, bests, needing, recorded=written.recorded_bests) | pinned
+            return checkpoints_to_keep(step, bests, needing, recorded=written.recorded_bests) | pinned
 
         self.checkpointer.save(self.step, self.model, self.optimizer, self.scheduler, state, keep=keep,
                                rank_rngs=rank_rngs, write=self.ranks.is_coordinator)

@@ -35,11 +35,6 @@ class FAMO(ScalarizedWeighting):
         z = torch.softmax(self.scalarizer._w.detach().float().cpu(), dim=0)
         return {t: float(z[i]) * len(self.tasks) for i, t in enumerate(self.tasks)}
 
-    def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        v = self.vector(losses)
-        self.scalarizer.to(v.device)
-        return self.scalarizer(v)
-
     def after_step(self, losses: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             self.scalarizer.update(self.vector(losses))

@@ -20,11 +20,20 @@ def tensor_state(t: torch.Tensor) -> list:
 
 
 class ScalarizedWeighting(Weighting):
-    """A `Weighting` whose `combine` is a torchjd scalarizer over the tasks' loss vector."""
+    """A `Weighting` whose `combine` is a torchjd scalarizer (`self.scalarizer`, a torch Module set by the
+    subclass) over the tasks' loss vector."""
+
+    scalarizer: torch.nn.Module
 
     def __init__(self, tasks: list[str]) -> None:
         super().__init__(tasks)
         self._last = torch.ones(len(tasks))  # last seen loss per task (stands in while a task is absent)
+
+    def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The scalarizer applied to the (num_tasks,) loss vector (`vector`): a 0-dim tensor."""
+        v = self.vector(losses)
+        self.scalarizer.to(v.device)
+        return self.scalarizer(v)
 
     def vector(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         """(num_tasks,) losses in task order; absent tasks get their last seen loss, detached."""

@@ -37,11 +37,6 @@ class UncertaintyWeighting(ScalarizedWeighting):
         s = self._param().detach().float().cpu()
         return {t: 0.5 * float(torch.exp(-s[i])) for i, t in enumerate(self.tasks)}
 
-    def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        v = self.vector(losses)
-        self.scalarizer.to(v.device)
-        return self.scalarizer(v)
-
     def backward(self, losses, features, scaler, shared_params) -> None:
         scaler.scale(self.combine(losses)).backward()
         p = self._param()
