@@ -404,7 +404,9 @@ class Controller:
             "conditions": [{"type": c.type, "status": c.status, "reason": c.reason, "message": c.message,
                             "lastTransitionTime": _iso(c.last_transition_time), "observedGeneration": observed}
                            for c in status.conditions],
-            STATUS_KEY: status.model_dump(mode="json", by_alias=True),
+            # None left out: the API server drops nulls, so the stored status is what was sent (kopf warned of
+            # "inconsistencies" at every patch, and an unchanged status compares equal)
+            STATUS_KEY: status.model_dump(mode="json", by_alias=True, exclude_none=True),
         }
 
 

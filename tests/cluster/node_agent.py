@@ -752,11 +752,15 @@ class NodeAgent:
         if (image.root / "pyvenv.cfg").exists():
             base["VIRTUAL_ENV"] = str(image.root)
         (p.folder / "home").mkdir(parents=True, exist_ok=True)
-        raw = {**base, **self._env_sources(pod, spec)}
+        from_pod = self._env_sources(pod, spec)
+        raw = {**base, **from_pod}
         bin_dir = str(image.root / "bin")
         if not raw.get("PATH", "").startswith(bin_dir + os.pathsep):  # an image's or pod's PATH: bin/ still first
             raw["PATH"] = f"{bin_dir}{os.pathsep}{raw.get('PATH') or CONTAINER_PATH}"
-        env = {k: rewrite_path(v, ordered) for k, v in raw.items()}
+        # only what the pod says is a path in the container: this machine's own paths (PATH, HOME, the image's
+        # folder) are left alone, even where they start like a mountPath (a checkout under /tmp and the pods'
+        # /tmp volume: PATH was rewritten into the volume and no program was found)
+        env = {k: rewrite_path(v, ordered) if k in from_pod and k != "PATH" else v for k, v in raw.items()}
 
         command = [expand(s, raw) for s in spec.get("command") or []]
         args = [expand(s, raw) for s in spec.get("args") or []]

@@ -347,3 +347,21 @@ def test_paths_are_rewritten_and_variables_expanded_like_the_kubelet(tmp_path: P
     write_atomic(vol, {"a": (b"3", 0o644)})
     assert (vol / "a").read_text() == "3" and not (vol / "sub").exists()
     assert os.readlink(vol / "..data") != first and not (vol / first).exists()
+
+
+@pytest.mark.slow
+def test_an_image_under_a_folder_a_pod_mounts_over_still_runs(control_plane: ControlPlane, namespace: str,
+                                                              node_agent: Callable[..., NodeAgent], tmp_path: Path):
+    """The image's folder is this machine's (here under /tmp, as a checkout in /tmp is) while the pod mounts an
+    emptyDir at /tmp: the agent's own PATH must not be rewritten into the volume (before: StartError, "executable
+    file not found in $PATH", which failed every scenario of a checkout under /tmp)."""
+    root = tmp_path / "image-under-tmp"
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "python").symlink_to(sys.executable)
+    assert str(root).startswith("/tmp/")
+    agent = node_agent({IMAGE: root})
+    cp = control_plane
+    spec = job("under-tmp", agent.node, py("import os, sys; sys.exit(0 if os.path.isdir('/tmp') else 1)"),
+               volumeMounts=[{"name": "tmp", "mountPath": "/tmp"}], volumes=[{"name": "tmp", "emptyDir": {}}])
+    cp.request("POST", jobs(namespace), spec)
+    wait_job(cp, namespace, "under-tmp", "Complete", agent)

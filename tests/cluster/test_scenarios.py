@@ -87,6 +87,17 @@ def small_run(name: str, endpoint: str, model, **spec) -> dict:
     return doc
 
 
+def wait_complete(cp: ControlPlane, name: str, namespace: str = NS, timeout: float = 420.0):
+    """Wait until the run has ended (Succeeded or Failed: a failed run ends the wait at once), then
+    `kubectl wait --for=condition=Complete` as a user's script would (it returns 0 only on Complete)."""
+    deadline = time.monotonic() + timeout
+    path = f"/apis/asyncmtl.dev/v1alpha1/namespaces/{namespace}/asyncmtlruns/{name}"
+    while time.monotonic() < deadline and (cp.get(path).get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+        time.sleep(1.0)
+    return cp.kubectl("wait", "--for=condition=Complete", f"asyncmtlrun/{name}", "-n", namespace, "--timeout=10s",
+                      check=False)
+
+
 def status_of(cp: ControlPlane, name: str) -> dict:
     return cp.get(f"{RUNS}/{name}").get("status") or {}
 
@@ -97,8 +108,7 @@ def test_a_run_applied_with_kubectl_completes_and_kubectl_wait_returns(control_p
     agent = node_agent({chart_trainer_image(): trainer_image})
     cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(small_run("e2e", world["endpoint"], tiny_model)))
     try:
-        done = cp.kubectl("wait", "--for=condition=Complete", f"asyncmtlrun/e2e", "-n", NS, "--timeout=420s",
-                          check=False, timeout=450)
+        done = wait_complete(cp, "e2e")
     finally:
         st = status_of(cp, "e2e")
     diagnosis = (f"\nstatus: {json.dumps(st)[:3000]}\noperator:\n{world['operator'].tail(40)}\n"
@@ -146,8 +156,7 @@ def test_inference_that_cannot_be_scheduled_while_the_paused_trainer_holds_the_o
     doc = small_run("onegpu", world["endpoint"], tiny_model, cluster={"resources": gpu, "inferenceResources": gpu},
                     distillation={"shards": 1, "maxAttempts": 1, "pendingTimeoutSeconds": 8, "whilePending": "Pause"})
     cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
-    done = cp.kubectl("wait", "--for=condition=Complete", "asyncmtlrun/onegpu", "-n", NS, "--timeout=420s",
-                      check=False, timeout=450)
+    done = wait_complete(cp, "onegpu")
     st = status_of(cp, "onegpu")
     diagnosis = (f"\nstatus: {json.dumps(st)[:3000]}\noperator:\n{world['operator'].tail(40)}\n"
                  f"trainer:\n{_trainer_log(agent, cp, 'onegpu')}")
@@ -234,8 +243,7 @@ def test_a_run_deleted_and_applied_again_on_a_real_cluster_completes_as_a_new_ru
     first = cp.get(f"{RUNS}/again")["metadata"]["uid"]
     cp.kubectl("delete", "asyncmtlrun", "again", "-n", NS, "--wait=true", "--timeout=60s")
     cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
-    done = cp.kubectl("wait", "--for=condition=Complete", "asyncmtlrun/again", "-n", NS, "--timeout=420s",
-                      check=False, timeout=450)
+    done = wait_complete(cp, "again")
     st = status_of(cp, "again")
     assert done.returncode == 0, done.stderr + f"\n{json.dumps(st)[:2000]}\n{world['operator'].tail(40)}\n" + \
         _trainer_log(agent, cp, "again")
@@ -272,8 +280,7 @@ def test_an_operator_restarted_mid_run_finishes_the_run_with_the_same_decisions(
     operator.stop()
     time.sleep(5)  # the trainer goes on (or holds) with no operator
     operator.start()
-    done = cp.kubectl("wait", "--for=condition=Complete", "asyncmtlrun/restart", "-n", NS, "--timeout=420s",
-                      check=False, timeout=450)
+    done = wait_complete(cp, "restart")
     st = status_of(cp, "restart")
     assert done.returncode == 0, done.stderr + f"\n{json.dumps(st)[:2000]}\n{operator.tail(40)}"
     assert _decisions(st) == _decisions(world["finished"]["e2e"])
@@ -299,3 +306,24 @@ def test_a_pod_template_asking_for_the_host_is_refused_where_no_pod_security_is_
     assert "spec.hostPID" in st["message"] and "spec.volumes[0].hostPath" in st["message"]
     assert not cp.get(f"/api/v1/namespaces/{namespace}/pods")["items"]
     assert not cp.get(f"/apis/batch/v1/namespaces/{namespace}/jobs/hostile-train", missing_ok=True)
+
+
+def test_a_deleted_training_job_is_made_again_and_the_run_goes_on(control_plane, world, namespace):
+    """Level-triggered: the garbage collector removes the deleted Job's pods, the operator creates the Job again
+    (its trainer would resume from the latest checkpoint); before, the run failed ("the training Job is gone")."""
+    cp = control_plane
+    cp.kubectl("create", "secret", "generic", "s3", "-n", namespace, "--from-literal=AWS_ACCESS_KEY_ID=k",
+               "--from-literal=AWS_SECRET_ACCESS_KEY=s")
+    doc = small_run("lost", world["endpoint"], "unused", cluster={"image": "registry.invalid/not-here:0",
+                                                                 "resources": {"requests": {"cpu": "100m"}}})
+    doc["metadata"]["namespace"] = namespace
+    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+    jobs = f"/apis/batch/v1/namespaces/{namespace}/jobs/lost-train"
+    first = wait_for("the training Job", lambda: cp.get(jobs, missing_ok=True), 60)["metadata"]["uid"]
+    cp.kubectl("delete", "job", "lost-train", "-n", namespace, "--cascade=background")
+    again = wait_for("the training Job made again", lambda: (lambda j: j and j["metadata"]["uid"] != first and j)(
+        cp.get(jobs, missing_ok=True)), 60, on_timeout=lambda: "\n" + world["operator"].tail(30))
+    run = f"/apis/asyncmtl.dev/v1alpha1/namespaces/{namespace}/asyncmtlruns/lost"
+    assert again["metadata"]["ownerReferences"][0]["uid"] == cp.get(run)["metadata"]["uid"]
+    assert "TrainingJobRecreated" in [e["reason"] for e in events_of(cp, namespace, "lost")]
+    assert (cp.get(run).get("status") or {}).get("phase") != "Failed"
