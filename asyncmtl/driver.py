@@ -33,6 +33,7 @@ from asyncmtl.core.observations import InferenceObservation, Observations
 from asyncmtl.core.reconcile import reconcile
 from asyncmtl.core.status import RunStatus
 from asyncmtl.lifecycle import TaskPhase
+from asyncmtl.logs import run_logger
 from asyncmtl.report import write_report
 from asyncmtl.retention import Retained, retain_after_run
 from asyncmtl.softlabels import manifest_key, write_manifest
@@ -121,10 +122,14 @@ class RunDriver:
     storage: RunStorage
     storage_of: StorageOf
     where: str = ""
-    log: logging.Logger = field(default_factory=lambda: logging.getLogger("asyncmtl.driver"))
+    log: logging.Logger | logging.LoggerAdapter | None = None  # default: run_logger("asyncmtl.driver", name)
     train_sizes: dict[str, int] = field(default_factory=dict)
     _reference_order: list[str] | None = None
     _teacher_steps: dict[str, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.log is None:
+            self.log = run_logger("asyncmtl.driver", self.name)  # every message names the run
 
     # ---- references to other runs --------------------------------------------------------------
     def prepare(self, status: RunStatus) -> None:
@@ -233,7 +238,7 @@ class RunDriver:
                     continue
                 msg = (f"task {task}: soft-label inference (step {step}, attempt {ts.inference_attempts}) is not "
                        f"running and left no soft labels: started again")
-                self.log.warning("[run=%s] %s", self.name, msg)
+                self.log.warning("%s", msg)
                 port.post_event("Warning", "InferenceRelaunched", msg)
                 port.launch_inference(LaunchInference(task=task, checkpoint_step=step, shards=self.spec.distillation.shards,
                                                       attempt=ts.inference_attempts,
@@ -244,8 +249,7 @@ class RunDriver:
                     uri = write_manifest(storage, task, step, attempt.shards, self.train_sizes.get(task))
                     obs.inference[task] = InferenceObservation(checkpoint_step=step, state="Succeeded", uri=uri)
                 except StorageError as exc:  # counted as a failed attempt: retried, then the task is Frozen
-                    self.log.warning("[run=%s] task %s: inference done but its soft labels do not check out: %s",
-                                     self.name, task, exc)
+                    self.log.warning("task %s: inference done but its soft labels do not check out: %s", task, exc)
                     obs.inference[task] = InferenceObservation(checkpoint_step=step, state="Failed", message=str(exc))
             else:
                 obs.inference[task] = InferenceObservation(checkpoint_step=step, state=attempt.state, message=attempt.message)
@@ -260,7 +264,7 @@ class RunDriver:
             elif isinstance(a, LaunchInference):
                 port.launch_inference(a)
             elif isinstance(a, EmitEvent):
-                (self.log.warning if a.type == "Warning" else self.log.info)("[run=%s] %s: %s", self.name, a.reason, a.message)
+                (self.log.warning if a.type == "Warning" else self.log.info)("%s: %s", a.reason, a.message)
                 port.post_event(a.type, a.reason, a.message)
             elif isinstance(a, Complete):
                 outcome = "Succeeded"
@@ -283,11 +287,11 @@ class RunDriver:
             try:
                 result.retained = retain_after_run(self.storage, [t.name for t in self.spec.tasks],
                                                    self.spec.storage.keep_checkpoints)
-                self.log.info("[run=%s] checkpoints kept: %s; deleted: %s", self.name, result.retained.kept,
+                self.log.info("checkpoints kept: %s; deleted: %s", result.retained.kept,
                               result.retained.deleted)
             except StorageError as exc:
                 msg = f"checkpoint retention (storage.keepCheckpoints {self.spec.storage.keep_checkpoints}) failed: {exc}"
-                self.log.warning("[run=%s] %s", self.name, msg)
+                self.log.warning("%s", msg)
                 port.post_event("Warning", "RetentionFailed", msg)
         return result
 

@@ -25,6 +25,7 @@ from asyncmtl.artifacts import RUN_PREFIXES, RunOwner, checkpoint_steps, read_ru
 from asyncmtl.control import ConvergedSignal
 from asyncmtl.core.status import RunStatus
 from asyncmtl.driver import RunDriver
+from asyncmtl.logs import run_logger
 from asyncmtl.spec import AsyncMTLRun, ClusterSpec, SpecError, SpecIssue, issues_from_validation_error, parse_run
 from asyncmtl.storage import RunStorage
 from asyncmtl.storage_factory import open_run_storage
@@ -214,7 +215,7 @@ class Controller:
         """The run policy of one run, its storage and other runs' under its settings (`Controller.storage`)."""
         return RunDriver(spec=run.spec, name=run.name, storage=self.storage(run, namespace),
                          storage_of=lambda other: self.storage(run, namespace, name=other),
-                         where=f"{namespace}/{run.name}", log=logging.getLogger("asyncmtl.operator"))
+                         where=f"{namespace}/{run.name}", log=run_logger("asyncmtl.operator", run.name))
 
     # ---- create ------------------------------------------------------------------------------
     def create(self, body: dict[str, Any], namespace: str, adopt: Callable[[dict], None],
