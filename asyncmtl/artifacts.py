@@ -260,3 +260,14 @@ def read_run_owner(storage: "RunStorage") -> RunOwner | None:
 
 def write_run_owner(storage: "RunStorage", owner: RunOwner) -> None:
     storage.put_bytes(RUN_OWNER, owner.model_dump_json(by_alias=True).encode())
+
+
+def delete_run_artifacts(storage: "RunStorage") -> None:
+    """Delete everything a run stores (`RUN_PREFIXES`) and its owner record (`RUN_OWNER`): a local run started
+    anew, a cluster run replacing a deleted one of the same name, `storage.cleanupOnDelete`.
+
+    Raises:
+        asyncmtl.storage.StorageError: a delete failed.
+    """
+    for prefix in (*RUN_PREFIXES, RUN_OWNER):
+        storage.delete_prefix(prefix)

@@ -28,7 +28,7 @@ from asyncmtl.local.lifeline import RunLock, Terminated, shielded, terminate_on_
 from asyncmtl.local.scrape import scrape
 from asyncmtl.logs import run_logger
 from asyncmtl.pretrained import resolve_pretrained
-from asyncmtl.artifacts import RUN_PREFIXES, read_final
+from asyncmtl.artifacts import delete_run_artifacts, read_final
 from asyncmtl.spec import AsyncMTLRun
 from asyncmtl.storage import (LOCAL_NAMESPACE, FileRunStorage, RunStorage, StorageFault, as_storage_fault, atomic_write, ensure_writable)
 from asyncmtl.storage_factory import open_run_storage
@@ -398,8 +398,7 @@ class LocalRuntime:
         from asyncmtl.local.progress import Progress
 
         if not resumed:
-            for sub in RUN_PREFIXES:
-                self.storage.delete_prefix(sub)
+            delete_run_artifacts(self.storage)
             self.control_path.unlink(missing_ok=True)
         progress = Progress(self.spec, self.name, live=self.opts.live)
         if not resumed:

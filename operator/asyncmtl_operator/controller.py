@@ -21,7 +21,7 @@ import yaml
 
 from pydantic import ValidationError
 
-from asyncmtl.artifacts import RUN_PREFIXES, RunOwner, checkpoint_steps, read_run_owner, write_run_owner
+from asyncmtl.artifacts import RunOwner, checkpoint_steps, delete_run_artifacts, read_run_owner, write_run_owner
 from asyncmtl.control import ConvergedSignal
 from asyncmtl.core.status import RunStatus
 from asyncmtl.driver import RunDriver
@@ -288,8 +288,7 @@ class Controller:
         if owner is not None and owner.uid == uid:
             return
         stale = owner is not None or bool(checkpoint_steps(storage, complete=False))
-        for prefix in RUN_PREFIXES:
-            storage.delete_prefix(prefix)
+        delete_run_artifacts(storage)
         write_run_owner(storage, RunOwner(uid=uid))
         if stale:
             msg = (f"{storage.uri()} held the artifacts of an earlier run named {body['metadata']['name']}"

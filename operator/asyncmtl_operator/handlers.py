@@ -18,7 +18,7 @@ from typing import Any
 
 import kopf
 
-from asyncmtl.artifacts import RUN_OWNER, RUN_PREFIXES
+from asyncmtl.artifacts import delete_run_artifacts
 from asyncmtl.crd import GROUP, PLURAL, VERSION
 from asyncmtl.storage import StorageError
 from asyncmtl_operator.children import RUN_LABEL
@@ -149,8 +149,7 @@ def on_delete(body: kopf.Body, namespace: str, memo: kopf.Memo, logger: logging.
     controller: Controller = memo.controller
     run = controller.parse(dict(body))
     storage = controller.storage(run, namespace)
-    for prefix in (*RUN_PREFIXES, RUN_OWNER):
-        storage.delete_prefix(prefix)
+    delete_run_artifacts(storage)
     logger.info("[run=%s] stored artifacts deleted (storage.cleanupOnDelete)", run.name)
 
 
