@@ -11,16 +11,21 @@ soft labels in one poll or in two) is a matter of timing and must not change a b
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 import os
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from asyncmtl.data import Split
 from asyncmtl.spec import TaskSpec, TaskType
+
+if TYPE_CHECKING:
+    from asyncmtl_trainer.distributed import Ranks
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +111,7 @@ class Batch:
     example_ids: dict[str, torch.Tensor]
     labels: dict[str, torch.Tensor]
     global_rows: dict[str, int] | None = None  # rows per task in the whole step's batch (this is a rank's slice)
+    world: int = 1  # ranks the whole step's batch is split over (each trains a slice)
 
     @property
     def size(self) -> int:
@@ -117,7 +123,7 @@ class Batch:
         return Batch(self.input_ids.to(device, non_blocking=True), self.attention_mask.to(device, non_blocking=True),
                      self.token_type_ids.to(device, non_blocking=True),
                      {k: v.to(device) for k, v in self.rows.items()}, self.example_ids,
-                     {k: v.to(device) for k, v in self.labels.items()}, self.global_rows)
+                     {k: v.to(device) for k, v in self.labels.items()}, self.global_rows, self.world)
 
 
 def pad_batch(items: list[tuple[list[int], list[int] | None]], pad_id: int,
@@ -200,3 +206,26 @@ def eval_batches(split: TokenizedSplit, batch_size: int, pad_id: int):
         idx = order[start:start + batch_size]
         items = [(split.input_ids[i], split.token_type_ids[i] if split.token_type_ids is not None else None) for i in idx]
         yield torch.as_tensor(idx, dtype=torch.long), *pad_batch(items, pad_id)
+
+
+def rank_batch(draw: list[tuple[str, int]], train: dict[str, TokenizedSplit], pad_id: int, ranks: "Ranks",
+               every_head: list[str] | None = None) -> Batch:
+    """This rank's slice of a step's mixed batch (`draw`: the whole global draw, the same on every rank).
+
+    One process: the whole batch. Under torchrun: the rank's contiguous share (`Ranks.local_slice`), padded as
+    the whole batch is (each rank's forward then computes the single-process forward's rows), with
+    `global_rows` set. `every_head` (FSDP: every rank runs the same heads in the same order): the global
+    batch's tasks in this order, with zero rows where this rank's slice has none.
+    """
+    if not ranks.distributed:
+        return make_batch(draw, train, pad_id)
+    batch = make_batch(ranks.local_slice(draw), train, pad_id, draw_width(draw, train))
+    batch.global_rows = dict(Counter(t for t, _ in draw))
+    batch.world = ranks.world
+    if every_head is not None:
+        empty = torch.zeros(0, dtype=torch.long)
+        order = [t for t in every_head if t in batch.global_rows]
+        batch.rows = {t: batch.rows.get(t, empty) for t in order}
+        batch.example_ids = {t: batch.example_ids.get(t, empty) for t in order}
+        batch.labels = {t: batch.labels[t] if t in batch.labels else train[t].labels[empty] for t in order}
+    return batch

@@ -24,6 +24,7 @@ import torch
 from asyncmtl.artifacts import (CHECKPOINT_STATE, CHECKPOINT_TRAINING, CHECKPOINT_WEIGHTS, checkpoint_file, checkpoint_key,
                                 checkpoint_steps)
 from asyncmtl.storage import RunStorage, StorageError, as_storage_fault, sha256_file
+from asyncmtl_trainer.distributed import Ranks
 from asyncmtl_trainer.sharding import StateIO
 
 log = logging.getLogger(__name__)
@@ -411,4 +412,89 @@ def checkpoints_to_keep(latest: int | None, bests: dict[str, tuple[int | None, i
             if t in needing and best is not None and best not in keep:
                 keep.add(best)
                 frontier.add(best)
+    return keep
+
+
+class TrainingCheckpoints:
+    """The trainer's checkpoints on every rank: save a validation step's, load one (every rank the same),
+    rewind to one, find the one to resume from, and score a past checkpoint's weights.
+
+    Rank 0 writes and prunes (through `AsyncCheckpointer`, off the training loop); under FSDP every rank takes
+    part in gathering the sharded state. Rewind follows the paper (Sec. 3): restore θ̂_t with its optimizer,
+    scheduler and RNG state, and delete the later checkpoints.
+
+    Args:
+        checkpointer: rank 0's writer/reader. ranks: the process group (`asyncmtl_trainer.distributed.Ranks`).
+        model, optimizer, scheduler: what a checkpoint restores. weighting: the weighting method (its
+            `state_dict`/`load_state_dict` travel in `CheckpointState.weighting`).
+        enabled: write checkpoints (False only for the benchmarks' no-checkpoint baseline). log: the run's logger.
+    Raises:
+        asyncmtl.storage.StorageFault: from a failed write or read (the background write's, at the next call).
+    """
+
+    def __init__(self, checkpointer: AsyncCheckpointer, ranks: Ranks, model: torch.nn.Module, optimizer, scheduler,
+                 weighting: Any, *, enabled: bool = True, log: logging.Logger | logging.LoggerAdapter = log) -> None:
+        self.checkpointer, self.ranks, self.enabled, self.log = checkpointer, ranks, enabled, log
+        self.model, self.optimizer, self.scheduler, self.weighting = model, optimizer, scheduler, weighting
+
+    def settled(self) -> None:
+        """Every checkpoint saved so far is complete and visible to every rank (rank 0 writes them)."""
+        self.checkpointer.wait()
+        self.ranks.barrier()
+
+    def load(self, step: int) -> CheckpointState:
+        """Restore checkpoint `step` (weights, optimizer, scheduler, this rank's RNG, weighting) on every rank."""
+        self.settled()
+        state = self.checkpointer.load(step, self.model, self.optimizer, self.scheduler, self.ranks.rank,
+                                       self.ranks.world)
+        if state.weighting:
+            self.weighting.load_state_dict(state.weighting)
+        return state
+
+    def rewind(self, step: int) -> CheckpointState:
+        """Load checkpoint `step` on every rank, then delete every later one (rank 0). Returns its state."""
+        state = self.load(step)
+        self.ranks.barrier()  # every rank has read it before rank 0 prunes
+        if self.ranks.is_coordinator:
+            self.checkpointer.prune({s for s in self.checkpointer.steps() if s <= step})
+        return state
+
+    def resume(self) -> CheckpointState | None:
+        """Load the latest complete checkpoint on every rank (None: there is none). Checkpoints a failed or
+        killed writer left without their state.json are deleted first."""
+        if self.ranks.is_coordinator:
+            gone = self.checkpointer.discard_incomplete()
+            if gone:
+                self.log.info("resume: deleted incomplete checkpoints at steps %s", ", ".join(map(str, gone)))
+        self.ranks.barrier()
+        steps = self.checkpointer.steps()
+        return self.load(steps[-1]) if steps else None
+
+    def save(self, state: CheckpointState, keep: Callable[[Checkpointer], set[int]]) -> None:
+        """Checkpoint `state.step` (rank 0 writes, in the background), then keep only the steps `keep` names
+        (called on the writer thread once this checkpoint is complete). Every rank calls it."""
+        rank_rngs = self.ranks.all_gather(rng_state()) if self.ranks.distributed else None
+        sharded = self.checkpointer.inner.io.sharded
+        if not self.enabled or not (self.ranks.is_coordinator or sharded):
+            return  # (a sharded model's state is gathered to rank 0 by every rank)
+        self.checkpointer.save(state.step, self.model, self.optimizer, self.scheduler, state, keep=keep,
+                               rank_rngs=rank_rngs, write=self.ranks.is_coordinator)
+
+    def scored(self, step: int, score: Callable[[], Any]) -> Any:
+        """`score()` computed with the weights of checkpoint `step`; the live weights are put back after."""
+        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.settled()
+        self.checkpointer.load_weights(step, self.model)
+        try:
+            return score()
+        finally:
+            self.model.load_state_dict(current)
+
+
+def retention(step: int, bests: dict[str, tuple[int | None, int | None]], needing: set[str],
+              pinned: set[int]) -> Callable[[Checkpointer], set[int]]:
+    """The `keep` of the checkpoint at `step`: `checkpoints_to_keep` closed over what its checkpoints
+    recorded, plus the `pinned` steps (checkpoints soft labels are being made from)."""
+    def keep(written: Checkpointer) -> set[int]:  # on the writer thread, once `step` is complete
+        return checkpoints_to_keep(step, bests, needing, recorded=written.recorded_bests) | pinned
     return keep

@@ -10,7 +10,7 @@ What the ranks share, and who does what:
 - every rank draws the same global mixed-task batch (`asyncmtl_trainer.batching`: a pure function of
   seed, step and rewinds) and trains on its contiguous slice of it (`local_slice`); DDP averages the
   gradients, and the trainer scales each task's loss so the average is the single-process gradient of
-  the same global batch (`asyncmtl_trainer.train.Trainer.task_losses`);
+  the same global batch (`asyncmtl_trainer.losses.TaskLosses`);
 - validation and soft-label predictions are computed on a slice of the split per rank and gathered
   (`gather_rows`), so every rank holds the same metrics and makes the same convergence decisions;
 - rank 0 alone reads the control file, exports metrics, writes history and checkpoints; it broadcasts
@@ -128,6 +128,15 @@ class Ranks:
     def close(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def local_device(device_pref: str) -> torch.device:
+    """The device of a single process for `spec.training.device` (auto, cpu, cuda): CUDA when asked for or, under
+    auto, when torch sees one; else the CPU (a single process never fails for want of CUDA here; `init_ranks`
+    does, under torchrun)."""
+    if device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
 
 
 def under_torchrun(env: dict[str, str] | None = None) -> bool:

@@ -4,6 +4,11 @@ Metric names and meanings: `asyncmtl.metric_names`.
 """
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+from typing import Any
+
 from asyncmtl.metrics_endpoint import MetricsEndpoint
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -47,6 +52,21 @@ class TrainerExporter(MetricsEndpoint):
         self.set_state("starting")
 
 
+    def serve_announced(self, port: int, addr: str, workdir: Path) -> int:
+        """Serve the metrics and write `workdir/trainer.json` ({"metricsPort", "pid"}: how a local runtime
+        finds the port when `port` is 0). Returns the bound port."""
+        bound = self.serve(port, addr)
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "trainer.json").write_text(json.dumps({"metricsPort": bound, "pid": os.getpid()}))
+        return bound
+
+    def describe_tasks(self, modes: dict[str, str], train_sizes: dict[str, int], chance: dict[str, float]) -> None:
+        """Each task's mode, training-split size (examples) and chance score (0-100), once at setup."""
+        for task, mode in modes.items():
+            self.set_mode(task, mode)
+            self.train_size.labels(self.run, task).set(train_sizes[task])
+            self.chance.labels(self.run, task).set(chance[task])
+
     def set_state(self, state: str) -> None:
         for s in M.TRAINER_STATES:
             self.trainer_state.labels(self.run, s).set(1.0 if s == state else 0.0)
@@ -75,3 +95,46 @@ class TrainerExporter(MetricsEndpoint):
         self.last_value.labels(self.run, task).set(nan if value is None else value)
         self.best_step.labels(self.run, task).set(nan if best_step is None else best_step)
         self.best_value.labels(self.run, task).set(nan if best_value is None else best_value)
+
+
+class TrainingMeter:
+    """Running training losses and throughput between two exports (every few steps and at each validation
+    step), so that a scrape reads a mean over steps, not one noisy step.
+
+    Losses stay on the device until `flush` (no host sync per step).
+    """
+
+    def __init__(self, exporter: TrainerExporter) -> None:
+        self.exporter = exporter
+        self._sums: dict[tuple[str, str], list] = {}  # (task, kind) -> [loss sum (0-dim tensor), steps, examples]
+        self._examples = 0
+        self._seconds = 0.0
+
+    def add(self, losses: dict[str, Any], kinds: dict[str, str], rows: dict[str, int]) -> None:
+        """One step's whole-batch losses (task -> 0-dim tensor), each task's loss kind (`supervised`, `kd`)
+        and its rows in the global batch."""
+        for task, loss in losses.items():
+            acc = self._sums.setdefault((task, kinds[task]), [0.0, 0, 0])
+            acc[0] = acc[0] + loss
+            acc[1] += 1
+            acc[2] += rows[task]
+
+    def timed(self, seconds: float, examples: int) -> None:
+        """A step took `seconds` (wall clock) for `examples` examples of the global batch."""
+        self._seconds += seconds
+        self._examples += examples
+
+    def flush(self, step: int, weights: dict[str, float]) -> None:
+        """Export the means since the last flush, the tasks' loss `weights` and the global `step`; reset."""
+        run, e = self.exporter.run, self.exporter
+        for (task, kind), (s, n, ex) in self._sums.items():
+            if n:
+                e.train_loss.labels(run, task, kind).set(float(s) / n)
+                e.train_examples.labels(run, task, kind).inc(ex)
+        self._sums.clear()
+        for task, w in weights.items():
+            e.loss_weight.labels(run, task).set(w)
+        if self._seconds > 0:
+            e.examples_per_second.labels(run).set(self._examples / self._seconds)
+        self._examples, self._seconds = 0, 0.0
+        e.global_step.labels(run).set(step)

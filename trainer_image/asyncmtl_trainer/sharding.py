@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from asyncmtl_trainer.distributed import Ranks
 from asyncmtl_trainer.model import MultiTaskModel
 
 
@@ -42,6 +43,27 @@ def shard_model(model: MultiTaskModel) -> None:
     for head in model.heads.values():
         fully_shard(head)
     fully_shard(model)
+
+
+def distribute(model: MultiTaskModel, forward: nn.Module, ranks: Ranks, io: "StateIO") -> nn.Module:
+    """Make the model data-parallel over `ranks`, in place where it shards: returns the module the training step
+    calls (`forward`, the `TaskForward` over `model`, or its `DistributedDataParallel` wrapper).
+
+    One process: unchanged. `io.sharded` (`training.parallelism: fsdp`): `shard_model`. Otherwise DDP
+    (https://pytorch.org/docs/stable/generated/torch.nn.parallel.DistributedDataParallel.html): a whole replica
+    per rank, gradients all-reduced; `find_unused_parameters`, since a rank's slice may hold no row of some
+    task and its head is then unused there. Call after the model is on its device and before the optimizer.
+    """
+    if io.sharded:
+        shard_model(model)
+        return forward
+    if not ranks.distributed:
+        return forward
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = ranks.device
+    return DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=True)
 
 
 def transformer_layers(encoder: nn.Module) -> list[nn.Module]:

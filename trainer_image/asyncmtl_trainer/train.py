@@ -10,11 +10,9 @@ control file (see `asyncmtl.control`): rewind on `converged`, switch to KD on
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,30 +20,30 @@ import numpy as np
 import torch
 
 from asyncmtl import termination
-from asyncmtl.artifacts import (FINAL, CheckpointScore, FinalReport, ValidationRecord, read_best_scores,
-                                write_best_scores, write_final)
-from asyncmtl.control import ControlDocument, read_control_file
-from asyncmtl.core.convergence import BestTracker, Track, has_converged
+from asyncmtl.artifacts import FINAL, CheckpointScore, FinalReport, ValidationRecord, read_best_scores, write_best_scores, write_final
+from asyncmtl.control import Signal
 from asyncmtl.core.convergence import rule_for
-from asyncmtl.data import load_task_splits
+from asyncmtl.lifecycle import TaskPhase
 from asyncmtl.logs import configure, run_logger
-from asyncmtl.lifecycle import LEARNING, TaskPhase
-from asyncmtl.spec import RunSpec, TaskType
+from asyncmtl.spec import RunSpec
 from asyncmtl.storage import RunStorage
+from asyncmtl.strategy import Strategy
 from asyncmtl.storage_factory import open_run_storage
-from asyncmtl_trainer.batching import TaskSampler, TokenizedSplit, draw_width, make_batch, tokenize_split
-from asyncmtl_trainer.checkpoint import AsyncCheckpointer, Checkpointer, CheckpointState, checkpoints_to_keep, rng_state
-from asyncmtl_trainer.control_protocol import TaskControl, apply_generation, replay
-from asyncmtl_trainer.distributed import DistributedSetupError, Ranks
-from asyncmtl_trainer.evaluation import Evaluator
-from asyncmtl_trainer.exporter import TrainerExporter
+from asyncmtl_trainer.batching import Batch, TokenizedSplit
+from asyncmtl_trainer.builder import build_training
+from asyncmtl_trainer.checkpoint import AsyncCheckpointer, CheckpointState, TrainingCheckpoints, retention
+from asyncmtl_trainer.control_client import ControlClient, ControlTick
+from asyncmtl_trainer.control_protocol import apply_generation, replay
+from asyncmtl_trainer.distributed import DistributedSetupError, Ranks, local_device
+from asyncmtl_trainer.exporter import TrainerExporter, TrainingMeter
 from asyncmtl_trainer.final import export_model, final_report
 from asyncmtl_trainer.history import HistoryLog
-from asyncmtl_trainer.losses import bam_loss, kd_loss, supervised_loss
-from asyncmtl_trainer.metrics import chance_scores
-from asyncmtl_trainer.model import TaskForward, build_model
-from asyncmtl_trainer.sharding import StateIO, shard_model
+from asyncmtl_trainer.losses import TaskLosses
+from asyncmtl_trainer.sharding import StateIO
 from asyncmtl_trainer.softlabels import read_soft_labels
+from asyncmtl_trainer.step import TrainingStep
+from asyncmtl_trainer.task_state import (TaskState, active_tasks, checkpoint_state, due_for_decision, kd_sampling_scale,
+                                         paused, restore_states)
 
 LOSS_EXPORT_EVERY = 10  # steps between loss/throughput exports
 
@@ -81,56 +79,14 @@ class TrainerOptions:
     async_checkpoints: bool = True  # write checkpoints on a background thread (False: inside the step)
 
 
-class TaskState:
-    """What the trainer tracks per task: its control state (phase, pinned step, decided: set only through
-    `asyncmtl_trainer.control_protocol`), best-so-far (with previous best) and history."""
-
-    def __init__(self, mode: TaskPhase = TaskPhase.TRAINING) -> None:
-        self.mode = mode  # one of asyncmtl.lifecycle.TRAINER_PHASES
-        self.best = BestTracker()
-        self.prev_best_step: int | None = None
-        self.last_step: int | None = None
-        self.last_value: float | None = None
-        self.history: list[list[float]] = []
-        self.validations = 0
-        self.pinned_step: int | None = None  # checkpoint the soft labels are made from
-        self.decided = False  # a decision barrier on this task's convergence was answered (continual keeps training)
-
-    @property
-    def control(self) -> TaskControl:
-        return TaskControl(self.mode, self.pinned_step, self.decided)
-
-    @control.setter
-    def control(self, c: TaskControl) -> None:
-        self.mode, self.pinned_step, self.decided = c.phase, c.pinned_step, c.decided
-
-    def to_json(self) -> dict:
-        return {"bestStep": self.best.best_step, "bestValue": self.best.best_value, "prevBestStep": self.prev_best_step,
-                "lastStep": self.last_step, "lastValue": self.last_value, "smoothed": self.best.smoothed}
-
-    def restore(self, d: dict, history: list[list[float]]) -> None:
-        self.best = BestTracker(best_step=d.get("bestStep"), best_value=d.get("bestValue"), smoothed=d.get("smoothed"))
-        self.prev_best_step = d.get("prevBestStep")
-        self.last_step, self.last_value = d.get("lastStep"), d.get("lastValue")
-        self.history = [list(p) for p in history]
-
-
-@dataclass(frozen=True)
-class ControlTick:
-    """What rank 0 broadcasts before every step, so that every rank does the same thing at the same step.
-
-    Attributes:
-        generations: (generation, its signals) read from the control file since the last tick, in order.
-        release_on_timeout: the decision barrier has waited past `metrics.ackTimeoutSeconds` (rank 0's clock).
-    """
-
-    generations: list[tuple[int, list]]
-    release_on_timeout: bool = False
-
-
 class Trainer:
     """One training run, in one process or as one of torchrun's ranks. Construct, `setup()`, then `run()`;
     raises on unrecoverable errors.
+
+    The loop (`run`): poll the control channel (`control_client`), apply its generations (the pure
+    `control_protocol` says what they mean), hold at a decision barrier, train a step on a mixed batch
+    (`losses.TaskLosses`, combined by the weighting method), and at every validation step validate,
+    checkpoint (`checkpoint.TrainingCheckpoints`) and raise the barrier for tasks that met the rule.
 
     Args:
         ranks: the process group (`asyncmtl_trainer.distributed.init_ranks`); default: one process on
@@ -141,163 +97,72 @@ class Trainer:
     """
 
     def __init__(self, spec: RunSpec, opts: TrainerOptions, storage: RunStorage, ranks: Ranks | None = None) -> None:
-        self.spec = spec
-        self.opts = opts
-        self.storage = storage
+        self.spec, self.opts, self.storage = spec, opts, storage
         self.log = run_logger(__name__, opts.run if ranks is None or ranks.is_coordinator else f"{opts.run}[{ranks.rank}]")
         self.task_specs = {t.name: t for t in spec.tasks}
-        self.ranks = ranks or Ranks(device=self._device())
+        self.ranks = ranks or Ranks(device=local_device(spec.training.device))
         self.device = self.ranks.device
-        first = spec.resolved_strategy.initial_phase(spec.setting)
-        self.states = {t.name: TaskState(first) for t in spec.tasks}
-        self.soft: dict[str, torch.Tensor] = {}
+        self.states = {t.name: TaskState(spec.resolved_strategy.initial_phase(spec.setting)) for t in spec.tasks}
         self.step = 0
-        self.applied_generation = 0
         self.rewinds = 0  # rewinds applied so far along the run's timeline (the batch draw's key)
-        self.history = HistoryLog(storage, enabled=self.ranks.is_coordinator)
-        self.awaiting: tuple[int, float, list[str]] | None = None  # decision barrier: (generation, since, tasks)
         self.stop_requested = False
+        self.best_scores: dict[str, CheckpointScore] = {}
+        self.history = HistoryLog(storage, enabled=self.ranks.is_coordinator)
+        self.control = ControlClient(opts.control_path, self.ranks, spec.metrics.ack_timeout_seconds)
         self.exporter = TrainerExporter(opts.run, list(self.task_specs))
+        self.meter = TrainingMeter(self.exporter)
         staging = opts.workdir / ("staging" if self.ranks.is_coordinator else f"staging-rank{self.ranks.rank}")
         # FSDP2 shards the model over the ranks (a single process ignores training.parallelism)
         self.state_io = StateIO(sharded=self.ranks.distributed and spec.training.parallelism == "fsdp")
         self.checkpointer = AsyncCheckpointer(storage, staging, background=opts.async_checkpoints, io=self.state_io)
-        self._control_sig: tuple | None = None
-        self._loss_sums: dict[tuple[str, str], list] = {}
-        self._examples_since = 0
-        self._train_time = 0.0
-        self.best_scores: dict[str, CheckpointScore] = {}
-        self.chance: dict[str, float] = {}  # task -> validation score of a constant predictor (0-100)
-        self.loss_scale: dict[str, float] = {}  # regression task -> divisor of its loss (normalizedMse)
 
-    # ---- setup -------------------------------------------------------------------------------
-    def _device(self) -> torch.device:
-        want = self.spec.training.device
-        if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
-            return torch.device("cuda")
-        return torch.device("cpu")
+    @property
+    def strategy(self) -> Strategy:
+        return self.spec.resolved_strategy
 
     def setup(self) -> None:
-        """Load data (validated), tokenizer and model; build optimizer and scheduler; under torchrun wrap the
-        model in DDP, or shard it with FSDP2 (`training.parallelism: fsdp`)."""
-        from transformers import get_linear_schedule_with_warmup
-
-        tr = self.spec.training
-        if self.ranks.distributed and tr.batch_size < self.ranks.world:
-            raise DistributedSetupError(f"spec.training.batchSize: {tr.batch_size} is smaller than the "
-                                        f"{self.ranks.world} ranks it is split over")
-        torch.manual_seed(tr.seed)
-        np.random.seed(tr.seed)
-        t0 = time.perf_counter()
-        self.model, self.tokenizer, _ = build_model(self.spec, self.opts.base_dir)
-        self.model.to(self.device)
-        if self.ranks.distributed:  # the same initial weights everywhere; each rank its own dropout stream
-            torch.manual_seed(tr.seed + self.ranks.rank)
-        self.forward = TaskForward(self.model)
-        if self.state_io.sharded:
-            shard_model(self.model)
-        elif self.ranks.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            # a rank's slice may hold no row of some task: its head is unused there (find_unused_parameters)
-            self.forward = DistributedDataParallel(
-                self.forward, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=True)
-        self.pad_id = int(self.tokenizer.pad_token_id or 0)
-        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tr.precision)
-        self.evaluator = Evaluator(self.model, self.ranks, tr.eval_batch_size, self.pad_id, self._autocast,
-                                   lockstep=self.state_io.sharded)
-        cache = self.opts.workdir / "cache"
-        self.train: dict[str, TokenizedSplit] = {}
-        self.val: dict[str, TokenizedSplit] = {}
-        self.test: dict[str, TokenizedSplit] = {}
-        for name, t in self.task_specs.items():
-            splits = load_task_splits(t, base_dir=self.opts.base_dir, tweeteval_dir=self.opts.tweeteval_dir,
-                                      endpoint_url=self.spec.storage.endpoint_url)
-            self.train[name] = tokenize_split(t, splits["train"], self.tokenizer, self.spec.model.max_length, cache)
-            self.val[name] = tokenize_split(t, splits["validation"], self.tokenizer, self.spec.model.max_length, cache)
-            if "test" in splits:
-                self.test[name] = tokenize_split(t, splits["test"], self.tokenizer, self.spec.model.max_length, cache)
-        self.sampler = TaskSampler({n: len(s) for n, s in self.train.items()},
-                                   {n: t.sampling_weight for n, t in self.task_specs.items()}, tr.batch_size, tr.seed)
-        no_decay = ("bias", "LayerNorm.weight", "layer_norm", "norm.weight")
-        groups = [
-            {"params": [p for n, p in self.model.named_parameters() if not any(k in n for k in no_decay)], "weight_decay": tr.weight_decay},
-            {"params": [p for n, p in self.model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
-        ]
-        self.optimizer = torch.optim.AdamW(groups, lr=tr.learning_rate)
-        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, tr.warmup, tr.max_steps)
-        self.scaler = torch.amp.GradScaler(enabled=(tr.precision == "fp16" and self.device.type == "cuda"))
-        from asyncmtl_trainer.weighting import make_weighting
-
-        self.weighting = make_weighting(self.spec)
-        if self.ranks.distributed and not self.weighting.data_parallel:
-            raise DistributedSetupError(
-                f"spec.weighting.method: {self.spec.weighting.method} needs every task's gradient of the whole batch "
-                f"on one process; under torchrun ({self.ranks.world} ranks) use uniform, static, muppet or dwa")
-        self.last_shared = _last_shared_weight(self.model.encoder)
-        for name, st in self.states.items():
-            self.exporter.set_mode(name, st.mode)
-            self.exporter.train_size.labels(self.opts.run, name).set(len(self.train[name]))
-            t = self.task_specs[name]
-            self.chance[name] = chance_scores(t.type, int(t.num_labels or 1), self.train[name].labels.numpy(),
-                                              self.val[name].labels.numpy())[t.metric.value]
-            self.exporter.chance.labels(self.opts.run, name).set(self.chance[name])
-            if t.type is TaskType.regression and tr.regression_loss == "normalizedMse":
-                # MSE / Var(training targets): the training mean costs 1 (floor: a constant training split)
-                self.loss_scale[name] = max(float(self.train[name].labels.float().var(unbiased=False)), 1e-6)
+        """Build the run (`builder.build_training`: data, model, optimizer, weighting) and export each task's
+        training size and chance score."""
+        b = build_training(self.spec, self.ranks, self.state_io, workdir=self.opts.workdir,
+                           base_dir=self.opts.base_dir, tweeteval_dir=self.opts.tweeteval_dir)
+        self.model, self.forward, self.tokenizer, self.autocast = b.model, b.forward, b.tokenizer, b.autocast
+        self.train, self.val, self.test, self.pad_id = b.train, b.val, b.test, b.pad_id
+        self.optimizer, self.scheduler, self.scaler, self.weighting = b.optimizer, b.scheduler, b.scaler, b.weighting
+        self.sampler, self.evaluator, self.chance, self.last_shared = b.sampler, b.evaluator, b.chance, b.last_shared
+        self.loss_scale = b.loss_scale
+        self.losses = TaskLosses({n: t.type for n, t in self.task_specs.items()}, self.spec.distillation,
+                                 self.strategy.anneals, self.spec.training.max_steps, b.loss_scale)
+        self.stepper = TrainingStep(b, self.losses, self.meter, self.spec.training.max_grad_norm,
+                                    list(self.task_specs) if self.state_io.sharded else None)
+        self.checkpoints = TrainingCheckpoints(self.checkpointer, self.ranks, self.model, self.optimizer,
+                                               self.scheduler, self.weighting, enabled=self.opts.checkpoints,
+                                               log=self.log)
+        self.exporter.describe_tasks({n: s.mode for n, s in self.states.items()},
+                                     {n: len(s) for n, s in self.train.items()}, self.chance)
         self.log.info("setup done in %.1fs: %d tasks, train sizes %s, chance scores %s, device %s, rank %d of %d (%s)",
-                      time.perf_counter() - t0, len(self.train), {n: len(s) for n, s in self.train.items()},
+                      b.seconds, len(self.train), {n: len(s) for n, s in self.train.items()},
                       {n: round(v, 2) for n, v in self.chance.items()}, self.device, self.ranks.rank, self.ranks.world,
                       "fsdp" if self.state_io.sharded else "ddp" if self.ranks.distributed else "one process")
 
     def serve_metrics(self) -> int:
         """Serve the metrics and write `trainer.json` (rank 0 only: the one Prometheus target). Returns the port."""
-        port = self.exporter.serve(self.opts.metrics_port, self.opts.metrics_addr)
-        self.opts.workdir.mkdir(parents=True, exist_ok=True)
-        info = {"metricsPort": port, "pid": os.getpid()}
-        (self.opts.workdir / "trainer.json").write_text(json.dumps(info))
+        port = self.exporter.serve_announced(self.opts.metrics_port, self.opts.metrics_addr, self.opts.workdir)
         self.log.info("metrics on port %d", port)
         return port
 
     # ---- control -----------------------------------------------------------------------------
-    def _read_control(self) -> ControlDocument | None:
-        p = self.opts.control_path
-        try:
-            st = p.stat()
-        except FileNotFoundError:
-            return None
-        sig = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if sig == self._control_sig:
-            return None
-        doc = read_control_file(p)
-        self._control_sig = sig
-        return doc
-
-    def _control_tick(self) -> ControlTick:
-        """Rank 0: the generations issued since the last applied one, and whether the barrier timed out."""
-        gens: list[tuple[int, list]] = []
-        doc = self._read_control()
-        if doc is not None and doc.generation > self.applied_generation:
-            new = doc.since(self.applied_generation)
-            gens = [(g, [s for s in new if s.generation == g]) for g in sorted({s.generation for s in new})]
-        timed_out = (self.awaiting is not None and not gens
-                     and time.monotonic() - self.awaiting[1] > self.spec.metrics.ack_timeout_seconds)
-        return ControlTick(gens, timed_out)
-
     def poll_control(self) -> ControlTick:
-        """Apply the control generations issued since the last applied one, on every rank at this step
-        (rank 0 reads the control file and broadcasts; cheap when unchanged). Returns the tick."""
-        tick = self.ranks.broadcast(self._control_tick() if self.ranks.is_coordinator else None)
+        """Apply the control generations issued since the last applied one, on every rank at this step."""
+        tick = self.control.poll()
         for gen, signals in tick.generations:
             self.apply_generation(signals, gen)
         return tick
 
-    def apply_generation(self, signals: list, generation: int) -> None:
+    def apply_generation(self, signals: list[Signal], generation: int) -> None:
         """Apply one generation's signals together (`control_protocol.apply_generation`), carry out their
         effects, then acknowledge the generation through the metrics."""
         fx = apply_generation({n: st.control for n, st in self.states.items()}, signals,
-                              distills_on_convergence=self.spec.resolved_strategy.distills_on_convergence)
+                              distills_on_convergence=self.strategy.distills_on_convergence)
         for task, best in fx.converged:  # in decision order: what a later run's easiest-first order reads. At the
             # task's best step (from the signal, not the step it is applied at), so a trainer resumed from an earlier
             # checkpoint that applies the signal again writes the same record, kept once
@@ -319,7 +184,7 @@ class Trainer:
                 self.history.event("start", step=self.step, task=a.task, rewinds=self.rewinds)
                 self.log.info("task %s started at step %d (sequential)", a.task, self.step)
             elif a.kind == "softLabelsReady":
-                self.soft[a.task] = read_soft_labels(a.detail, expected_examples=len(self.train[a.task])).to(self.device)
+                self._load_soft_labels(a.task, a.detail)
                 self.history.event("kd", step=self.step, task=a.task, rewinds=self.rewinds)
                 self.log.info("task %s: soft labels loaded from %s; KD loss from step %d", a.task, a.detail, self.step)
             elif a.kind == "skipDistillation":
@@ -327,175 +192,117 @@ class Trainer:
         if fx.stop:
             self.stop_requested = True
             self.log.info("stop signal: final evaluation follows")
-        self.applied_generation = generation
+        self.control.applied_generation = generation
         self.exporter.control_step.labels(self.opts.run).set(self.step)
         self.exporter.control_generation.labels(self.opts.run).set(generation)
 
-    def _checkpoints_settled(self) -> None:
-        """Every checkpoint saved so far is complete and visible to every rank (rank 0 writes them)."""
-        self.checkpointer.wait()
-        self.ranks.barrier()
+    def _load_soft_labels(self, task: str, uri: str) -> None:
+        self.losses.soft[task] = read_soft_labels(uri, expected_examples=len(self.train[task])).to(self.device)
 
-    def _load(self, step: int):
-        """Restore checkpoint `step` (weights, optimizer, scheduler, this rank's RNG) on every rank."""
-        self._checkpoints_settled()
-        state = self.checkpointer.load(step, self.model, self.optimizer, self.scheduler, self.ranks.rank, self.ranks.world)
-        if state.weighting:
-            self.weighting.load_state_dict(state.weighting)
-        return state
+    def _hold_for_decision(self, tick: ControlTick) -> bool:
+        """True while the decision barrier holds (`ControlClient.released`); once released its tasks are
+        decided. A release on timeout (a runtime that disagrees or is gone) warns: the decision then depends
+        on timing."""
+        released = self.control.released(tick)
+        if released is None:
+            return True
+        tasks, timed_out = released
+        if timed_out:
+            self.log.warning("no decision on %s within %.0fs of step %d: training on", ", ".join(tasks),
+                             self.spec.metrics.ack_timeout_seconds, self.step)
+        for n in tasks:
+            self.states[n].decided = True
+        return False
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def _restore(self, state: CheckpointState, *, resumed: bool) -> None:
+        """Step, task trackers and their metrics from a loaded checkpoint."""
+        self.step = state.step
+        restore_states(self.states, state, validations=resumed)
+        for name, st in self.states.items():
+            if resumed and st.validations:
+                self.exporter.validations.labels(self.opts.run, name).inc(st.validations)
+            self.exporter.set_task_state(name, st.last_step, st.last_value, st.best.best_step, st.best.best_value)
+        self.exporter.complete_validation(self.step)
 
     def rewind(self, step: int) -> None:
         """Restore model, optimizer, scheduler, RNG and trackers from the checkpoint at `step`
         and delete later checkpoints (paper Sec. 3: rewind to θ̂_t). Every rank loads the same checkpoint."""
-        state = self._load(step)
-        self.step = state.step
-        for name, st in self.states.items():
-            st.restore(state.trackers.get(name, {}), state.history.get(name, []))
-            self.exporter.set_task_state(name, st.last_step, st.last_value, st.best.best_step, st.best.best_value)
-        self.ranks.barrier()  # every rank has read it before rank 0 prunes
-        if self.ranks.is_coordinator:
-            self.checkpointer.prune({s for s in self.checkpointer.steps() if s <= step})
+        self._restore(self.checkpoints.rewind(step), resumed=False)
         self.rewinds += 1
-        self.exporter.complete_validation(self.step)
         self.exporter.global_step.labels(self.opts.run).set(self.step)
         self.exporter.rewinds.labels(self.opts.run).inc()
         self.history.event("rewind", step=step, rewinds=self.rewinds)
         self.log.info("rewound to step %d", step)
 
+    def resume(self) -> None:
+        """Continue from the latest checkpoint and re-derive task modes from the control signals the
+        checkpoint had applied (`control_protocol.replay`; later signals are applied by the loop as usual)."""
+        self.history.load()
+        state = self.checkpoints.resume()
+        if state is None:
+            self.log.info("resume: no checkpoint yet, starting from step 0")
+            return
+        self._restore(state, resumed=True)
+        self.rewinds = state.rewinds
+        self.best_scores = read_best_scores(self.storage)
+        doc = self.control.document()
+        if doc is not None:
+            fx = replay({n: st.control for n, st in self.states.items()}, doc.signals, state.applied_generation,
+                        distills_on_convergence=self.strategy.distills_on_convergence)
+            for name, c in fx.tasks.items():
+                self.states[name].control = c
+            for task, uri in fx.soft_labels.items():
+                self._load_soft_labels(task, uri)
+            self.stop_requested = self.stop_requested or fx.stop
+            self.control.applied_generation = state.applied_generation
+        for name, st in self.states.items():
+            self.exporter.set_mode(name, st.mode)
+        self.exporter.control_generation.labels(self.opts.run).set(self.control.applied_generation)
+        self.log.info("resumed at step %d, control generation %d", self.step, self.control.applied_generation)
+
+    def save_checkpoint(self) -> None:
+        """Checkpoint this validation step (rank 0 writes, in the background), then apply retention: keep the
+        best checkpoints of tasks that may still need one, as a rewind target or teacher (training tasks), or,
+        under BAM (every task distilled from the start, none ever converges), for the report's Best row."""
+        needing = {n for n, s in self.states.items()
+                   if s.mode == TaskPhase.TRAINING or (s.mode == TaskPhase.KD and self.strategy.teacher)}
+        bests = {n: (s.best.best_step, s.prev_best_step) for n, s in self.states.items()}
+        pinned = {s.pinned_step for s in self.states.values() if s.pinned_step is not None}
+        state = checkpoint_state(self.step, self.control.applied_generation, self.rewinds, self.states,
+                                 self.weighting.state_dict())
+        self.checkpoints.save(state, retention(self.step, bests, needing, pinned))
+
     def _score_best_checkpoint(self, task: str, step: int) -> None:
         """Score `task` on validation and test with the weights of checkpoint `step` (its best)."""
-        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self._checkpoints_settled()
-        self.checkpointer.load_weights(step, self.model)
-        scores = CheckpointScore(step=step, validation=self.evaluate(task, self.val[task]),
-                                 test=self.evaluate(task, self.test[task]) if task in self.test else None)
-        self.model.load_state_dict(current)
-        self.best_scores[task] = scores
+        self.best_scores[task] = self.checkpoints.scored(step, lambda: CheckpointScore(
+            step=step, validation=self.evaluate(task, self.val[task]),
+            test=self.evaluate(task, self.test[task]) if task in self.test else None))
         if self.ranks.is_coordinator:
             write_best_scores(self.storage, self.best_scores)
 
     # ---- training ----------------------------------------------------------------------------
     def active_tasks(self) -> list[str]:
-        return [n for n, s in self.states.items() if s.mode in LEARNING]
+        return active_tasks(self.states)
 
     def _sampling_scale(self) -> dict[str, float]:
-        w = self.spec.distillation.kd_sampling_weight
-        return {n: w for n, s in self.states.items() if s.mode == TaskPhase.KD} if w != 1.0 else {}
+        return kd_sampling_scale(self.states, self.spec.distillation.kd_sampling_weight)
 
     def paused(self) -> bool:
-        pending = any(s.mode == TaskPhase.DISTILLING for s in self.states.values())
-        if pending and self.spec.distillation.while_pending == "Pause":
-            return True
-        return not self.active_tasks()
+        return paused(self.states, self.spec.distillation.while_pending)
 
-    def _autocast(self):
-        if self.autocast_dtype is None:
-            return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+    def modes(self) -> dict[str, TaskPhase]:
+        return {n: s.mode for n, s in self.states.items()}
 
-    def task_losses(self, batch, pooled: torch.Tensor, logits: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """Per-task losses of a mixed batch: supervised (Eq. 1) or KD (Eq. 2) by the task's mode.
+    def task_losses(self, batch: Batch, pooled: torch.Tensor,
+                    logits: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Per-task losses of a batch at the tasks' current modes (`losses.TaskLosses`): task -> 0-dim."""
+        return self.losses(batch, self.modes(), self.step, self.model, pooled, logits)
 
-        Under torchrun `batch` is this rank's slice: each task's mean over its local rows is rescaled by
-        world · local rows / global rows, so that DDP's average over ranks is the task's mean over the
-        whole batch (the single-process loss of the same global batch).
-
-        Args:
-            batch: the step's `Batch`; pooled: (batch, hidden) encoder output; logits: task -> (rows, num_labels)
-                when the forward pass computed them (else the heads run here).
-        Returns:
-            task -> 0-dim loss for each task with rows in the batch (tasks in other modes are skipped).
-        """
-        losses: dict[str, torch.Tensor] = {}
-        for task, rows in batch.rows.items():
-            mode = self.states[task].mode
-            out = logits[task] if logits is not None else self.model.head(task, pooled[rows])
-            ttype = self.task_specs[task].type
-            scale = self.loss_scale.get(task, 1.0)
-            if rows.numel() == 0:  # FSDP: a head of the global batch this rank's slice lacks runs on no row
-                loss = out.sum() * 0.0  # (a zero gradient, so every rank reduce-scatters the same parameters)
-            elif mode == TaskPhase.TRAINING:
-                loss = supervised_loss(ttype, out, batch.labels[task], scale)
-            elif mode == TaskPhase.KD:
-                teacher = self.soft[task][batch.example_ids[task].to(self.device)]
-                if self.spec.resolved_strategy.anneals:  # teacher annealing towards the gold labels
-                    p = min(1.0, self.step / self.spec.training.max_steps)
-                    loss = bam_loss(ttype, out, batch.labels[task], teacher, p, self.spec.distillation.temperature, scale)
-                else:
-                    loss = self.spec.distillation.kd_weight * kd_loss(
-                        ttype, out, teacher, self.spec.distillation.temperature, scale)
-            else:
-                continue
-            if batch.global_rows is not None and self.ranks.distributed:
-                loss = loss * (self.ranks.world * int(rows.numel()) / batch.global_rows[task])
-            losses[task] = loss
-        return losses
-
-    def _global_losses(self, batch, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Each task's loss over the whole global batch (detached, 0-dim): the ranks' rescaled shares summed."""
-        if not self.ranks.distributed or batch.global_rows is None:
-            return {t: l.detach() for t, l in losses.items()}
-        names = [t for t in self.task_specs if t in batch.global_rows and self.states[t].mode in LEARNING]
-        v = torch.zeros(len(names), device=self.device)
-        for i, t in enumerate(names):
-            if t in losses:
-                v[i] = losses[t].detach().float() / self.ranks.world
-        self.ranks.all_reduce_sum(v)
-        return {t: v[i] for i, t in enumerate(names)}
-
-    def train_step(self, batch) -> dict[str, torch.Tensor]:
-        """One optimizer step on a mixed batch (this rank's slice under torchrun); returns per-task losses of
-        the whole global batch (detached, 0-dim).
-
-        The weighting method owns how the losses become gradients (`Weighting.backward`; the paper's
-        Eq. 3 sum by default), and learns from them after the step where it does."""
-        self.forward.train()
-        batch = batch.to(self.device)
-        with self._autocast():
-            pooled, logits = self.forward(batch.input_ids, batch.attention_mask, batch.token_type_ids, batch.rows)
-            losses = self.task_losses(batch, pooled, logits)
-        grad_norms = None
-        if self.weighting.needs_grad_norms and self.last_shared is not None:
-            # ‖∇_W L_t‖ on the last shared layer, detached (GradNorm's analytic update)
-            grad_norms = {t: float(torch.linalg.vector_norm(
-                torch.autograd.grad(l, self.last_shared, retain_graph=True)[0])) for t, l in losses.items()}
-        self.weighting.backward(losses, pooled, self.scaler, self.model.encoder.parameters())
-        if self.spec.training.max_grad_norm is not None:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.training.max_grad_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.weighting.step()
-        whole = self._global_losses(batch, losses)
-        if self.weighting.learns:
-            self.weighting.update(self.step, {t: float(l) for t, l in whole.items()}, grad_norms)
-        if self.weighting.needs_losses_after_step:  # FAMO: the same batch's losses after the update
-            with torch.no_grad(), self._autocast():
-                after = self.task_losses(batch, self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids))
-            self.weighting.after_step(after)
-        rows = batch.global_rows or {t: int(r.numel()) for t, r in batch.rows.items()}
-        for task, loss in whole.items():
-            kind = "kd" if self.states[task].mode == TaskPhase.KD else "supervised"  # the loss (Eq. 2 or Eq. 1)
-            acc = self._loss_sums.setdefault((task, kind), [torch.zeros((), device=self.device), 0, 0])
-            acc[0] += loss
-            acc[1] += 1
-            acc[2] += rows[task]
-        return whole
-
-    def _export_losses(self) -> None:
-        for (task, kind), (s, n, ex) in self._loss_sums.items():
-            if n:
-                self.exporter.train_loss.labels(self.opts.run, task, kind).set(float(s) / n)
-                self.exporter.train_examples.labels(self.opts.run, task, kind).inc(ex)
-        self._loss_sums.clear()
-        for task, w in self.weighting.weights().items():
-            self.exporter.loss_weight.labels(self.opts.run, task).set(w)
-        if self._train_time > 0:
-            self.exporter.examples_per_second.labels(self.opts.run).set(self._examples_since / self._train_time)
-        self._examples_since, self._train_time = 0, 0.0
-        self.exporter.global_step.labels(self.opts.run).set(self.step)
+    def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One optimizer step on a mixed batch (`step.TrainingStep`); returns per-task losses of the whole
+        global batch (detached, 0-dim)."""
+        return self.stepper(self.ranks, batch, self.step, self.modes())
 
     def predict(self, task: str, split: TokenizedSplit) -> np.ndarray:
         """Raw outputs for every example of `split`, in split order: (n, num_labels) float32 (data-parallel
@@ -510,21 +317,16 @@ class Trainer:
         """Validation step: score every task, update trackers and metrics, append to the history."""
         now = time.time()
         for name, t in self.task_specs.items():
-            if self.states[name].mode == TaskPhase.PENDING:
+            st = self.states[name]
+            if st.mode == TaskPhase.PENDING:
                 continue
             metrics = self.evaluate(name, self.val[name])
             value = metrics[t.metric.value]
-            st = self.states[name]
-            old_best = st.best.best_step
-            if st.best.update(self.step, value, rule_for(self.spec, t)) and old_best is not None:
-                st.prev_best_step = old_best
-            st.last_step, st.last_value = self.step, value
-            st.history.append([self.step, value])
-            st.validations += 1
+            st.record(self.step, value, rule_for(self.spec, t))
             self.exporter.record_validation(name, self.step, value, st.best.best_step, st.best.best_value)
             self.history.record(ValidationRecord(
                 time=now, step=self.step, task=name, metric=t.metric.value, value=value, metrics=metrics,
-                mode=st.mode, generation=self.applied_generation, best_step=st.best.best_step,
+                mode=st.mode, generation=self.control.applied_generation, best_step=st.best.best_step,
                 best_value=st.best.best_value), self.rewinds)
             if self.opts.report_delay_seconds:  # fault injection (determinism test): a slow report between tasks
                 time.sleep(self.opts.report_delay_seconds)
@@ -533,188 +335,66 @@ class Trainer:
                       ", ".join(f"{n}={s.last_value:.2f}{'*' if s.best.best_step == self.step else ''}[{s.mode}]"
                                 for n, s in self.states.items() if s.last_value is not None))
 
-    def save_checkpoint(self) -> None:
-        """Checkpoint this validation step (rank 0 writes, in the background), then apply retention."""
-        rank_rngs = self.ranks.all_gather(rng_state()) if self.ranks.distributed else None
-        if not self.opts.checkpoints or not (self.ranks.is_coordinator or self.state_io.sharded):
-            return  # (a sharded model's state is gathered to rank 0 by every rank)
-        state = CheckpointState(
-            step=self.step, applied_generation=self.applied_generation,
-            trackers={n: s.to_json() for n, s in self.states.items()},
-            validations={n: s.validations for n, s in self.states.items()},
-            history={n: s.history for n, s in self.states.items()},
-            weighting=self.weighting.state_dict(), rewinds=self.rewinds,
-        )
-        # tasks whose best checkpoint may still be used: as a rewind target or teacher (training tasks), or,
-        # under BAM (every task distilled from the start, none ever converges), for the report's Best row
-        needing = {n for n, s in self.states.items()
-                   if s.mode == TaskPhase.TRAINING or (s.mode == TaskPhase.KD and self.spec.resolved_strategy.teacher)}
-        bests = {n: (s.best.best_step, s.prev_best_step) for n, s in self.states.items()}
-        pinned = {s.pinned_step for s in self.states.values() if s.pinned_step is not None}
-        step = self.step
-
-        def keep(written: Checkpointer) -> set[int]:  # on the writer thread, once `step` is complete
-            return checkpoints_to_keep(step, bests, needing, recorded=written.recorded_bests) | pinned
-
-        self.checkpointer.save(self.step, self.model, self.optimizer, self.scheduler, state, keep=keep,
-                               rank_rngs=rank_rngs, write=self.ranks.is_coordinator)
-
-    # ---- resume ------------------------------------------------------------------------------
-    def resume(self) -> None:
-        """Continue from the latest checkpoint and re-derive task modes from the control signals the
-        checkpoint had applied (`control_protocol.replay`; later signals are applied by the loop as usual).
-        Checkpoints a failed or killed writer left without their state.json are deleted first."""
-        self.history.load()
-        if self.ranks.is_coordinator:
-            gone = self.checkpointer.discard_incomplete()
-            if gone:
-                self.log.info("resume: deleted incomplete checkpoints at steps %s", ", ".join(map(str, gone)))
-        self.ranks.barrier()
-        steps = self.checkpointer.steps()
-        if not steps:
-            self.log.info("resume: no checkpoint yet, starting from step 0")
-            return
-        state = self._load(steps[-1])
-        self.step = state.step
-        self.rewinds = state.rewinds
-        for name, st in self.states.items():
-            st.restore(state.trackers.get(name, {}), state.history.get(name, []))
-            st.validations = state.validations.get(name, 0)
-            if st.validations:
-                self.exporter.validations.labels(self.opts.run, name).inc(st.validations)
-            self.exporter.set_task_state(name, st.last_step, st.last_value, st.best.best_step, st.best.best_value)
-        self.exporter.complete_validation(self.step)
-        self.best_scores = read_best_scores(self.storage)
-        doc = self.ranks.broadcast(read_control_file(self.opts.control_path) if self.ranks.is_coordinator else None)
-        if doc is not None:
-            fx = replay({n: st.control for n, st in self.states.items()}, doc.signals, state.applied_generation,
-                        distills_on_convergence=self.spec.resolved_strategy.distills_on_convergence)
-            for name, c in fx.tasks.items():
-                self.states[name].control = c
-            for task, uri in fx.soft_labels.items():
-                self.soft[task] = read_soft_labels(uri, expected_examples=len(self.train[task])).to(self.device)
-            self.stop_requested = self.stop_requested or fx.stop
-            self.applied_generation = state.applied_generation
-        for name, st in self.states.items():
-            self.exporter.set_mode(name, st.mode)
-        self.exporter.control_generation.labels(self.opts.run).set(self.applied_generation)
-        self.log.info("resumed at step %d, control generation %d", self.step, self.applied_generation)
-
     # ---- main loop ---------------------------------------------------------------------------
     def run(self) -> FinalReport:
         """Train until `stop` or `maxSteps`, then run the final evaluation. Returns the final report."""
-        tr = self.spec.training
         if self.opts.resume:
             self.resume()
         self.exporter.set_state("training")
         self.exporter.global_step.labels(self.opts.run).set(self.step)
         while True:
             tick = self.poll_control()
-            if self.stop_requested or self.step >= tr.max_steps:
+            if self.stop_requested or self.step >= self.spec.training.max_steps:
                 break
-            if self.awaiting is not None and self._hold_for_decision(tick):
-                self._idle()
-                continue
-            if self.paused():
-                self._idle()
+            if (self.control.barrier is not None and self._hold_for_decision(tick)) or self.paused():
+                self.exporter.set_state("paused")
+                time.sleep(self.opts.control_poll_seconds)
                 continue
             self.exporter.set_state("training")
             self.step_once()
         return self.finalize()
 
-    def _idle(self) -> None:
-        self.exporter.set_state("paused")
-        time.sleep(self.opts.control_poll_seconds)
-
-    def next_batch(self):
-        """This rank's slice of the step's mixed batch (the global draw is deterministic in seed, step and
-        rewinds, and the same on every rank)."""
-        draw = self.sampler.draw(self.step, self.rewinds, self.active_tasks(), self._sampling_scale())
-        if not self.ranks.distributed:
-            return make_batch(draw, self.train, self.pad_id)
-        # padded as the whole batch: each rank's forward is the single-process forward's rows
-        batch = make_batch(self.ranks.local_slice(draw), self.train, self.pad_id, draw_width(draw, self.train))
-        batch.global_rows = dict(Counter(t for t, _ in draw))
-        if self.state_io.sharded:  # every rank runs every head of the global batch, in one order (`shard_model`)
-            empty = torch.zeros(0, dtype=torch.long)
-            order = [t for t in self.task_specs if t in batch.global_rows]
-            batch.rows = {t: batch.rows.get(t, empty) for t in order}
-            batch.example_ids = {t: batch.example_ids.get(t, empty) for t in order}
-            batch.labels = {t: batch.labels[t] if t in batch.labels else self.train[t].labels[empty] for t in order}
-        return batch
+    def next_batch(self) -> Batch:
+        """This rank's slice of the step's mixed batch (deterministic in seed, step and rewinds)."""
+        return self.stepper.batch(self.ranks, self.step, self.rewinds, self.active_tasks(), self._sampling_scale())
 
     def step_once(self) -> dict[str, torch.Tensor]:
         """Train one step; at a validation step, validate and checkpoint. Returns the step's task losses."""
         t0 = time.perf_counter()
-        batch = self.next_batch()
-        losses = self.train_step(batch)
+        losses = self.train_step(self.next_batch())
         self.step += 1
-        self._train_time += time.perf_counter() - t0
-        self._examples_since += self.spec.training.batch_size  # the whole global batch (a rank trains a slice)
+        self.meter.timed(time.perf_counter() - t0, self.spec.training.batch_size)  # the whole global batch
         if self.step % LOSS_EXPORT_EVERY == 0:
-            self._export_losses()
+            self.meter.flush(self.step, self.weighting.weights())
         if self.step % self.spec.training.validation_interval == 0:
-            self._export_losses()
+            self.meter.flush(self.step, self.weighting.weights())
             self.validate()
             self.save_checkpoint()
             due = self.decision_due()
             if due:
-                self.awaiting = (self.applied_generation, time.monotonic(), due)
+                self.control.hold(due)
                 self.log.info("step %d: %s met the convergence rule; holding until the decision arrives",
                               self.step, ", ".join(due))
         return losses
 
     def decision_due(self) -> list[str]:
-        """Tasks whose convergence the runtime decides on at this validation step (paper Sec. 3 rule,
-        the same `has_converged` the decision core applies to the same best and last steps).
-
-        Under `distillation.whilePending: Pause` (the paper's setting) the trainer holds at such a step
-        until the decision's control generation arrives, so a signal always takes effect at the step it
-        was decided on, never at a later step that depends on how fast the runtime polled. Under
-        `Continue`, and for strategies that decide no convergence (fixedSteps, bam), nothing holds."""
-        if self.spec.distillation.while_pending != "Pause" or not self.spec.resolved_strategy.decides_convergence:
+        """Tasks whose convergence the runtime decides on at this validation step (`task_state.due_for_decision`);
+        none under `distillation.whilePending: Continue` or a strategy that decides no convergence."""
+        if self.spec.distillation.while_pending != "Pause" or not self.strategy.decides_convergence:
             return []
-        due = []
-        for name, st in self.states.items():
-            if st.mode != TaskPhase.TRAINING or st.decided or st.last_step is None:
-                continue
-            track = Track(best_step=st.best.best_step, best_value=st.best.best_value, last_step=st.last_step,
-                          last_value=st.last_value, chance=self.chance.get(name))
-            if has_converged(track, rule_for(self.spec, self.task_specs[name])):
-                due.append(name)
-        return due
-
-    def _hold_for_decision(self, tick: ControlTick) -> bool:
-        """True while the decision barrier holds: no control generation since it was raised. Released
-        by any new generation, or after `metrics.ackTimeoutSeconds` on rank 0's clock (a runtime that
-        disagrees or is gone: training goes on, the decision then depends on timing, and a warning says so)."""
-        assert self.awaiting is not None
-        generation, _since, tasks = self.awaiting
-        if self.applied_generation > generation:
-            for n in tasks:
-                self.states[n].decided = True
-            self.awaiting = None
-            return False
-        if tick.release_on_timeout:
-            self.log.warning("no decision on %s within %.0fs of step %d: training on", ", ".join(tasks),
-                             self.spec.metrics.ack_timeout_seconds, self.step)
-            for n in tasks:
-                self.states[n].decided = True
-            self.awaiting = None
-            return False
-        return True
+        return due_for_decision(self.states, self.chance, lambda n: rule_for(self.spec, self.task_specs[n]))
 
     def finalize(self) -> FinalReport:
         """Final evaluation (validation and test of the final model, test of each unconverged task's
         best checkpoint), the final model for serving, and `reports/final.json` (rank 0 writes)."""
         self.exporter.set_state("finalizing")
         self.log.info("final evaluation at step %d", self.step)
-        self._checkpoints_settled()
+        self.checkpoints.settled()
         kept = self.checkpointer.steps()
         for name, st in self.states.items():
             if name not in self.best_scores and st.best.best_step is not None and st.best.best_step in kept:
                 self._score_best_checkpoint(name, st.best.best_step)
-        report = final_report(self.opts.run, self.step, self.stop_requested, self.applied_generation,
+        report = final_report(self.opts.run, self.step, self.stop_requested, self.control.applied_generation,
                               {n: s.mode for n, s in self.states.items()}, self.task_specs, self.best_scores,
                               lambda n: self.evaluate(n, self.val[n]),
                               lambda n: self.evaluate(n, self.test[n]) if n in self.test else None)
@@ -728,17 +408,6 @@ class Trainer:
         self.ranks.barrier()
         self.exporter.set_state("finished")
         return report
-
-
-def _last_shared_weight(encoder: torch.nn.Module) -> torch.nn.Parameter | None:
-    """The weight of the encoder's last Linear layer on the path to our pooling (the last
-    transformer layer's output projection; BERT's pooler is skipped, we never use it):
-    GradNorm's W, the last shared layer."""
-    last = None
-    for name, m in encoder.named_modules():
-        if isinstance(m, torch.nn.Linear) and "pooler" not in name:
-            last = m
-    return last.weight if last is not None else None
 
 
 def build_arg_parser() -> argparse.ArgumentParser:

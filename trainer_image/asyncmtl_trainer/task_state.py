@@ -1,0 +1,121 @@
+"""What the trainer tracks per task: its control state, best-so-far and validation history.
+
+A checkpoint stores these (`CheckpointState.trackers`, `.validations`, `.history`) and a rewind or resume
+restores them, so that the convergence rule reads the same curve it would have read without the rewind.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from asyncmtl.core.convergence import BestTracker, ConvergenceRule, Track, has_converged
+from asyncmtl.lifecycle import LEARNING, TaskPhase
+from asyncmtl_trainer.checkpoint import CheckpointState
+from asyncmtl_trainer.control_protocol import TaskControl
+
+
+class TaskState:
+    """One task's state in the trainer.
+
+    Attributes:
+        mode: its phase (one of asyncmtl.lifecycle.TRAINER_PHASES); with `pinned_step` and `decided` it is
+            the task's `TaskControl`, changed only through `asyncmtl_trainer.control_protocol`.
+        best: best-so-far (the same rule as the decision core's). prev_best_step: the best before it (steps).
+        last_step, last_value: the latest validation (steps, metric 0-100).
+        history: [[step, value], ...] of its validations along the run's timeline.
+        validations: validation steps scored. pinned_step: the checkpoint its soft labels are made from.
+        decided: a decision barrier on its convergence was answered (continual MTL keeps training it).
+    """
+
+    def __init__(self, mode: TaskPhase = TaskPhase.TRAINING) -> None:
+        self.mode = mode
+        self.best = BestTracker()
+        self.prev_best_step: int | None = None
+        self.last_step: int | None = None
+        self.last_value: float | None = None
+        self.history: list[list[float]] = []
+        self.validations = 0
+        self.pinned_step: int | None = None
+        self.decided = False
+
+    @property
+    def control(self) -> TaskControl:
+        return TaskControl(self.mode, self.pinned_step, self.decided)
+
+    @control.setter
+    def control(self, c: TaskControl) -> None:
+        self.mode, self.pinned_step, self.decided = c.phase, c.pinned_step, c.decided
+
+    def record(self, step: int, value: float, rule: ConvergenceRule) -> None:
+        """A validation result at `step` (metric 0-100): best-so-far under `rule`, last point, history."""
+        old_best = self.best.best_step
+        if self.best.update(step, value, rule) and old_best is not None:
+            self.prev_best_step = old_best
+        self.last_step, self.last_value = step, value
+        self.history.append([step, value])
+        self.validations += 1
+
+    def track(self, chance: float | None) -> Track:
+        """The convergence rule's view of this task (`asyncmtl.core.convergence.has_converged`)."""
+        return Track(best_step=self.best.best_step, best_value=self.best.best_value, last_step=self.last_step,
+                     last_value=self.last_value, chance=chance)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bestStep": self.best.best_step, "bestValue": self.best.best_value, "prevBestStep": self.prev_best_step,
+                "lastStep": self.last_step, "lastValue": self.last_value, "smoothed": self.best.smoothed}
+
+    def restore(self, d: dict[str, Any], history: list[list[float]]) -> None:
+        """Trackers and history as a checkpoint stored them (`to_json`)."""
+        self.best = BestTracker(best_step=d.get("bestStep"), best_value=d.get("bestValue"), smoothed=d.get("smoothed"))
+        self.prev_best_step = d.get("prevBestStep")
+        self.last_step, self.last_value = d.get("lastStep"), d.get("lastValue")
+        self.history = [list(p) for p in history]
+
+
+def checkpoint_state(step: int, applied_generation: int, rewinds: int, states: Mapping[str, TaskState],
+                     weighting: dict[str, Any]) -> CheckpointState:
+    """The JSON part of the checkpoint at `step` (steps; `weighting`: the weighting method's state dict)."""
+    return CheckpointState(step=step, applied_generation=applied_generation,
+                           trackers={n: s.to_json() for n, s in states.items()},
+                           validations={n: s.validations for n, s in states.items()},
+                           history={n: s.history for n, s in states.items()}, weighting=weighting, rewinds=rewinds)
+
+
+def restore_states(states: Mapping[str, TaskState], state: CheckpointState, *, validations: bool) -> None:
+    """Every task's trackers and history from `state` (and its validation count, on resume: a rewind keeps
+    counting the validations it discarded, as the metrics do)."""
+    for name, st in states.items():
+        st.restore(state.trackers.get(name, {}), state.history.get(name, []))
+        if validations:
+            st.validations = state.validations.get(name, 0)
+
+
+def active_tasks(states: Mapping[str, TaskState]) -> list[str]:
+    """Tasks the next batch draws from: those in Training or KD, in spec order."""
+    return [n for n, s in states.items() if s.mode in LEARNING]
+
+
+def kd_sampling_scale(states: Mapping[str, TaskState], kd_sampling_weight: float) -> dict[str, float]:
+    """Sampling-weight multipliers (`distillation.kdSamplingWeight`) of the tasks in KD; {} when it is 1."""
+    return {n: kd_sampling_weight for n, s in states.items() if s.mode == TaskPhase.KD} if kd_sampling_weight != 1.0 else {}
+
+
+def paused(states: Mapping[str, TaskState], while_pending: str) -> bool:
+    """Training holds: a task awaits its soft labels under `distillation.whilePending: Pause`, or no task is
+    left to train."""
+    if while_pending == "Pause" and any(s.mode == TaskPhase.DISTILLING for s in states.values()):
+        return True
+    return not active_tasks(states)
+
+
+def due_for_decision(states: Mapping[str, TaskState], chance: Mapping[str, float],
+                     rule_of: Callable[[str], ConvergenceRule]) -> list[str]:
+    """Tasks in Training, not yet decided, that meet their convergence rule at their last validation (paper
+    Sec. 3; the same `has_converged` the decision core applies to the same best and last steps).
+
+    Under `distillation.whilePending: Pause` (the paper's setting) the trainer holds at such a step until
+    the decision's control generation arrives, so a signal always takes effect at the step it was decided
+    on, never at a later step that depends on how fast the runtime polled.
+    """
+    return [name for name, st in states.items()
+            if st.mode == TaskPhase.TRAINING and not st.decided and st.last_step is not None
+            and has_converged(st.track(chance.get(name)), rule_of(name))]
