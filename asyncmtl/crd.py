@@ -6,7 +6,7 @@ references inlined, `anyOf [X, null]` -> `nullable: true`, tuples -> arrays with
 items, `exclusiveMinimum: x` -> `minimum: x` + `exclusiveMinimum: true`, no `title`,
 no `additionalProperties: false` (unknown fields are pruned or, with field validation, rejected).
 Enums, bounds, patterns and required fields carry over. Cross-field rules are CEL
-`x-kubernetes-validations` declared on the models (`asyncmtl.spec._cel`), so `kubectl apply`
+`x-kubernetes-validations` declared on the models (`asyncmtl.spec.base._cel`), so `kubectl apply`
 refuses what the models refuse; the operator still applies the models and sets phase Failed with
 the field path for anything CEL cannot express.
 

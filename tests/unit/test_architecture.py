@@ -1,6 +1,7 @@
 """The architecture as a contract: import-linter checks pyproject's [tool.importlinter] contracts
-(the pure core imports no adapter, torch, kopf or boto3; no import circle under asyncmtl; the
-trainer imports nothing of the runtimes or the decisions; the operator nothing of the local runtime)."""
+(the pure core imports no adapter, torch, kopf or boto3, nor does the spec package, whose modules
+are layered; no import circle under asyncmtl; the trainer imports nothing of the runtimes or the
+decisions; the operator nothing of the local runtime)."""
 from __future__ import annotations
 
 import subprocess
