@@ -15,7 +15,7 @@ The package re-exports every public name of its modules, so `from asyncmtl.spec 
 - `asyncmtl.spec.run`: `RunSpec` and its sections, `AsyncMTLRun`, `Metadata`, `API_VERSION`, `KIND`;
 - `asyncmtl.spec.task`: `TaskSpec`, `DataSpec`, `TaskType`, `Metric`, `DataFormat`;
 - `asyncmtl.spec.cluster`: `ClusterSpec`, the pod-template overlay and the Pod Security checks;
-- `asyncmtl.spec.loading`: `parse_run`, `load_run_file` and the YAML limits;
+- `asyncmtl.spec.loading`: `parse_run`, `load_run_file`, `load_spec_file` and the YAML limits;
 - `asyncmtl.spec.errors`: `SpecIssue`, `SpecError`, `format_path`, `issues_from_validation_error`;
 - `asyncmtl.spec.base`: the models' base class and CEL helper (private).
 """
@@ -26,7 +26,7 @@ from asyncmtl.spec.cluster import (MAIN_CONTAINER, RESERVED_VOLUMES, RESTRICTED_
                                    Toleration, VolumeSpec, restricted_violations)
 from asyncmtl.spec.errors import SpecError, SpecIssue, format_path, issues_from_validation_error
 from asyncmtl.spec.loading import (MAX_INT_DIGITS, MAX_SPEC_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES, load_run_file,
-                                   parse_run)
+                                   load_spec_file, parse_run)
 from asyncmtl.spec.run import (API_VERSION, KIND, MINILM_PACKAGE, AsyncMTLRun, DistillationSpec, KeepCheckpoints,
                                Metadata, MetricsSpec, ModelSpec, RunSpec, StorageSpec, TrainingSpec, WeightingSpec)
 from asyncmtl.spec.task import (CLASSIFICATION_METRICS, DEFAULT_METRIC, REGRESSION_METRICS, DataFormat, DataSpec,
@@ -47,7 +47,7 @@ __all__ = [
     # errors
     "SpecIssue", "SpecError", "format_path", "issues_from_validation_error",
     # loading
-    "parse_run", "load_run_file", "MAX_SPEC_BYTES", "MAX_YAML_DEPTH", "MAX_YAML_NODES", "MAX_INT_DIGITS",
+    "parse_run", "load_run_file", "load_spec_file", "MAX_SPEC_BYTES", "MAX_YAML_DEPTH", "MAX_YAML_NODES", "MAX_INT_DIGITS",
     # asyncmtl.strategy
     "STRATEGIES", "Strategy", "StrategyName",
 ]

@@ -1,5 +1,6 @@
 """Reading a spec: `parse_run` validates a parsed document, `load_run_file` a YAML file within limits
-(size, UTF-8, nesting, alias expansion, integer length), each issue pointed at its file:line."""
+(size, UTF-8, nesting, alias expansion, integer length), each issue pointed at its file:line;
+`load_spec_file` an entry point's spec file (a whole AsyncMTLRun or a bare spec)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from asyncmtl.spec.errors import SpecError, SpecIssue, format_path, issues_from_validation_error
-from asyncmtl.spec.run import AsyncMTLRun
+from asyncmtl.spec.run import API_VERSION, KIND, AsyncMTLRun, RunSpec
 
 
 def parse_run(doc: Any, *, file: str | None = None, lines: dict[str, int] | None = None) -> AsyncMTLRun:
@@ -33,6 +34,25 @@ def parse_run(doc: Any, *, file: str | None = None, lines: dict[str, int] | None
             if lines:
                 issue.line = _nearest_line(issue.path, lines)
         raise SpecError(issues) from None
+
+
+def load_spec_file(path: str | Path) -> tuple[RunSpec, str | None]:
+    """Read a spec file given to an entry point (`asyncmtl-train`, `asyncmtl-infer`): a whole AsyncMTLRun, or a
+    bare spec (what the operator mounts is the whole resource; a user may hand the trainer the spec alone).
+
+    Returns:
+        (the run spec, metadata.name or None for a bare spec).
+    Raises:
+        SpecError: invalid (each issue with its path, and file:line for a whole resource).
+    """
+    import yaml
+
+    raw = yaml.safe_load(Path(path).read_text())
+    if isinstance(raw, dict) and "apiVersion" in raw:
+        run = load_run_file(path)
+        return run.spec, run.name
+    doc = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "run"}, "spec": raw}
+    return parse_run(doc, file=str(path)).spec, None
 
 
 def _nearest_line(path: str, lines: dict[str, int]) -> int | None:

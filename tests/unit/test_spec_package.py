@@ -33,7 +33,7 @@ PUBLIC = {
     ],
     "asyncmtl.spec.errors": ["SpecIssue", "SpecError", "format_path", "issues_from_validation_error"],
     "asyncmtl.spec.loading": [
-        "parse_run", "load_run_file", "MAX_SPEC_BYTES", "MAX_YAML_DEPTH", "MAX_YAML_NODES", "MAX_INT_DIGITS",
+        "parse_run", "load_run_file", "load_spec_file", "MAX_SPEC_BYTES", "MAX_YAML_DEPTH", "MAX_YAML_NODES", "MAX_INT_DIGITS",
     ],
     # spec.py imported these from their home and so exported them too
     "asyncmtl.strategy": ["STRATEGIES", "Strategy", "StrategyName"],

@@ -23,6 +23,7 @@ from asyncmtl import termination
 from asyncmtl.data import load_split
 from asyncmtl.logs import configure, run_logger
 from asyncmtl.softlabels import shard_range, write_manifest
+from asyncmtl.spec import load_spec_file
 from asyncmtl.storage_factory import open_run_storage
 from asyncmtl_trainer.batching import subset, tokenize_split
 from asyncmtl_trainer.checkpoint import Checkpointer
@@ -30,7 +31,6 @@ from asyncmtl_trainer.distributed import Ranks
 from asyncmtl_trainer.evaluation import Evaluator
 from asyncmtl_trainer.model import build_model
 from asyncmtl_trainer.softlabels import write_shard
-from asyncmtl_trainer.train import load_spec_for_entrypoint
 
 
 def inference_autocast(device: torch.device, precision: str):
@@ -86,7 +86,7 @@ def _run(args: argparse.Namespace) -> int:
         watch_parent(args.parent_pid)
     if args.threads:
         torch.set_num_threads(args.threads)
-    spec, name = load_spec_for_entrypoint(args.spec)
+    spec, name = load_spec_file(args.spec)
     run = args.run or name or "run"
     log = run_logger(__name__, run)
     base_dir = Path(args.base_dir) if args.base_dir else Path(args.spec).resolve().parent

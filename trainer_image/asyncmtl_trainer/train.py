@@ -431,24 +431,6 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_spec_for_entrypoint(path: str) -> tuple[RunSpec, str | None]:
-    """Read a spec file given to an entry point: a full AsyncMTLRun or a bare spec.
-
-    Raises:
-        asyncmtl.spec.SpecError: invalid.
-    """
-    import yaml
-
-    from asyncmtl.spec import load_run_file, parse_run
-
-    raw = yaml.safe_load(Path(path).read_text())
-    if isinstance(raw, dict) and "apiVersion" in raw:
-        run = load_run_file(path)
-        return run.spec, run.name
-    doc = {"apiVersion": "asyncmtl.dev/v1alpha1", "kind": "AsyncMTLRun", "metadata": {"name": "run"}, "spec": raw}
-    return parse_run(doc, file=path).spec, None
-
-
 def main(argv: list[str] | None = None) -> int:
     """`asyncmtl-train`: exit 0 after the final evaluation, 2 for a bad spec or data, 3 when a storage
     write failed (asyncmtl.termination: a one-line termination message says which path and why), 1
@@ -457,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     Under `torchrun` every rank runs this; rank 0 serves the metrics. A worker group torchrun restarted
     after a failure (`TORCHELASTIC_RESTART_COUNT` > 0) resumes from the latest checkpoint, as `--resume`."""
     from asyncmtl.data import DataError
-    from asyncmtl.spec import SpecError
+    from asyncmtl.spec import SpecError, load_spec_file
     from asyncmtl_trainer.distributed import init_ranks, restarted_by_torchrun, under_torchrun
     from asyncmtl_trainer.model import ModelLoadError
 
@@ -470,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        spec, name = load_spec_for_entrypoint(args.spec)
+        spec, name = load_spec_file(args.spec)
     except SpecError as exc:
         print(f"invalid spec:\n{exc}", file=sys.stderr)
         return 2
