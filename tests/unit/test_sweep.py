@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -242,6 +243,44 @@ def test_compare_by_seed_groups_methods_and_pairs_seeds(tmp_path):
     paths = write_by_seed(comp, tmp_path / "out")
     assert paths["compare-seeds.png"].stat().st_size > 5_000
     assert paths["compare-seeds.csv"].read_text().splitlines()[0].startswith("method,column,seeds,mean,std")
+
+
+def test_compare_by_seed_shows_headroom_hold_gap_and_share_with_intervals(tmp_path):
+    """Seeds k = 1, 2, 3 with `_uniform_and_joint`'s curves, uniform's task a peaking at 70 + k at step 200:
+    tasks' bests average 62.5 + k/2 while the best single checkpoint stays 300 at 60, so H = 2.5 + k/2
+    (3, 3.5, 4) and uniform's hold gap (70 + k - 64 + 55 - 54) / 2 = 4, 4.5, 5. Joint: hold gap 1.5,
+    validation average 63 against uniform's 59 (+4 on every seed), so shares 4/3, 4/3.5, 4/4."""
+    from tests.unit.test_compare import _uniform_and_joint
+
+    for k in (1, 2, 3):
+        _uniform_and_joint(tmp_path, uniform_a200=70.0 + k, suffix=f"-s{k}")
+    comp = compare_by_seed(sorted(tmp_path.iterdir()))
+    names = {g.name: g for g in comp.groups}
+
+    def t_interval(xs):
+        m, sd = sum(xs) / len(xs), statistics.stdev(xs)
+        half = student_t.ppf(0.975, len(xs) - 1) * sd / len(xs) ** 0.5
+        return m, m - half, m + half
+
+    assert comp.headroom_values() == {1: 3.0, 2: 3.5, 3: 4.0}
+    shares = [4 / 3.0, 4 / 3.5, 4 / 4.0]
+    assert list(comp.share_values(names["joint"]).values()) == pytest.approx(shares)
+    assert list(comp.hold_gap_values(names["uniform (Final)"]).values()) == [4.0, 4.5, 5.0]
+    md = comp.markdown()
+    m, lo, hi = t_interval([3.0, 3.5, 4.0])
+    assert (f"Headroom H of `uniform (Final)` on validation, over seeds: {m:.2f} [{lo:.2f}, {hi:.2f}] "
+            "(per seed: s1 3.00, s2 3.50, s3 4.00).") in md
+    m, lo, hi = t_interval([4.0, 4.5, 5.0])
+    assert f"| uniform (Final) | 59.00 ± 0.00 | {m:+.2f} [{lo:+.2f}, {hi:+.2f}] | reference | reference |" in md
+    m, lo, hi = t_interval(shares)
+    assert f"| joint | 63.00 ± 0.00 | +1.50 [+1.50, +1.50] | +4.00 [+4.00, +4.00] | {m:+.2f} [{lo:+.2f}, {hi:+.2f}] |" in md
+    assert "| uniform (Best) | 63.50 ± 0.50 | – |" in md  # bests (70 + k + 55) / 2; no hold gap: nothing was held
+    assert "| joint | 3 | 430 |" in md  # optimizer steps, the rewind's 30 included
+    rows = {tuple(r.split(",")[:2]): r for r in comp.headroom_csv().splitlines()[1:]}
+    assert rows[("uniform (Final)", "headroom")].startswith("uniform (Final),headroom,3,3.5000,0.5000,")
+    assert ("joint", "headroom") not in rows and ("joint", "share_of_headroom") in rows
+    paths = write_by_seed(comp, tmp_path / "out")
+    assert paths["compare-seeds-headroom.csv"].read_text().splitlines() == comp.headroom_csv().splitlines()
 
 
 def test_method_names_are_shown_without_their_shared_prefix(tmp_path):
