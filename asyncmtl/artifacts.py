@@ -112,13 +112,16 @@ class EventRecord(_Record):
     """A trainer event in the history, in order with the validations: `start` (sequential: a task
     starts), `converged` (the trainer applied a task's convergence decision; `step` is the task's best
     step, the checkpoint it converged at), `kd` (a task
-    switched to its KD loss), `rewind` (the whole model went back to `step`)."""
+    switched to its KD loss), `rewind` (the whole model went back to `step`; `from_step`: the step it
+    had trained to, so the optimizer steps `step + 1 .. from_step` were discarded; None in histories
+    written before it was recorded)."""
 
     event: Literal["start", "converged", "kd", "rewind"]
     time: float = 0.0
     step: int
     task: str | None = None
     rewinds: int | None = None
+    from_step: int | None = None
 
     @property
     def kind(self) -> str:

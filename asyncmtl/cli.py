@@ -5,8 +5,8 @@
 - `asyncmtl report WORKDIR`: rebuild report.md/json and curves.png of a local run.
 - `asyncmtl compare RUN...`: the paper's Table 3 and validation curves from finished runs;
   `--by-seed` (or `--experiment NAME`): methods over seeds, mean ± std and paired 95 % intervals.
-- `asyncmtl sweep SPEC... --seeds N`: one run per (method spec, seed), run locally (resumable) or
-  printed for `kubectl apply -f -` with `-o yaml`.
+- `asyncmtl sweep SPEC... --seeds N`: one run per (method spec, seed), run locally (resumable; each
+  run where its spec's storage puts it) or printed for `kubectl apply -f -` with `-o yaml`.
 - `asyncmtl crd`: print the CustomResourceDefinition generated from the spec models.
 - `asyncmtl spec-doc`: print the spec reference generated from the models.
 """
@@ -16,8 +16,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from asyncmtl.logs import configure
+
+if TYPE_CHECKING:
+    from asyncmtl.sweep import SweepRun
 
 
 def _load(path: str):
@@ -96,21 +100,37 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _experiment_runs(runs_root: Path, experiment: str) -> list[str]:
-    """Names of an experiment's Succeeded runs (those `asyncmtl sweep` wrote a spec for)."""
-    from asyncmtl.sweep import run_phase
+def _experiment_runs(runs_root: Path, experiment: str) -> list[Path]:
+    """Folders of an experiment's Succeeded runs: those `asyncmtl sweep` wrote a spec for in
+    `<runs_root>/../sweeps/<experiment>/`, each looked for where its spec's storage puts it.
+
+    Raises:
+        asyncmtl.spec.SpecError: a spec in that folder does not parse.
+    """
+    from asyncmtl.local.runtime import local_run_place
+    from asyncmtl.spec import load_run_file
+    from asyncmtl.sweep import read_state
 
     folder = runs_root.parent / "sweeps" / experiment
-    names = sorted(p.stem for p in folder.glob("*.yaml"))
-    return [n for n in names if run_phase(runs_root, n) == "Succeeded"]
+    out = []
+    for spec in sorted(folder.glob("*.yaml")):
+        resource = load_run_file(str(spec))
+        if read_state(resource).phase == "Succeeded":
+            out.append(local_run_place(resource).workdir)
+    return out
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from asyncmtl.compare import CompareError, compare, write
+    from asyncmtl.spec import SpecError
 
-    items = list(args.runs)
+    items: list[str | Path] = list(args.runs)
     if args.experiment:
-        items += _experiment_runs(Path(args.runs_root), args.experiment)
+        try:
+            items += _experiment_runs(Path(args.runs_root), args.experiment)
+        except SpecError as exc:
+            print(f"error: --experiment {args.experiment}: {exc}", file=sys.stderr)
+            return 2
     if not items:
         print("error: no runs to compare (give run names or folders, or --experiment with finished runs)",
               file=sys.stderr)
@@ -147,9 +167,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runs_root_disagrees(runs_root: str, runs: list[SweepRun]) -> str | None:
+    """The deprecated `asyncmtl sweep --runs-root`: None when every run lives in `<runs_root>/<run>`
+    anyway (the flag changes nothing), else the error to show (where the specs put the runs)."""
+    from asyncmtl.local.runtime import local_run_place
+
+    root = Path(runs_root).resolve()
+    elsewhere = [(r.name, local_run_place(r.resource).workdir) for r in runs]
+    elsewhere = [(n, w) for n, w in elsewhere if w != root / n]
+    if not elsewhere:
+        return None
+    name, where = elsewhere[0]
+    return (f"--runs-root {runs_root} disagrees with the specs: each run goes where its spec's storage.uri puts it "
+            f"from the working directory {Path.cwd()} (e.g. {name} in {where}), and the sweep reads its status there. "
+            "--runs-root is deprecated: drop it, or change storage.uri in the specs.")
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from asyncmtl.local.lifeline import Terminated
-    from asyncmtl.sweep import EXPERIMENT_LABEL, LocalSweep, SweepError, expand, parse_seeds, to_yaml
+    from asyncmtl.storage import StorageError
+    from asyncmtl.sweep import EXPERIMENT_LABEL, LocalSweep, SweepError, expand, parse_seeds, sweep_folder, to_yaml
 
     try:
         seeds = parse_seeds(args.seeds)
@@ -161,18 +198,30 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         sys.stdout.write(to_yaml(runs))
         return 0
     experiment = runs[0].resource.metadata.labels[EXPERIMENT_LABEL]
-    runs_root = Path(args.runs_root)
-    sweep = LocalSweep(runs_root=runs_root, sweep_dir=runs_root.parent / "sweeps" / experiment,
-                       tweeteval_dir=args.tweeteval_dir, parallel=args.parallel, threads=args.threads)
     try:
-        phases = sweep.run(runs)
+        if args.runs_root is not None:
+            problem = _runs_root_disagrees(args.runs_root, runs)
+            if problem is not None:
+                print(f"error: {problem}", file=sys.stderr)
+                return 2
+            print("warning: --runs-root is deprecated and changes nothing: each run goes where its spec's "
+                  "storage.uri puts it (here the folder --runs-root names); drop the flag", file=sys.stderr)
+        sweep = LocalSweep(sweep_dir=sweep_folder(runs, experiment), tweeteval_dir=args.tweeteval_dir,
+                           parallel=args.parallel, threads=args.threads)
+        outcomes = sweep.run(runs)
+    except StorageError as exc:  # a storage URI no local run can use
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except (KeyboardInterrupt, Terminated) as exc:
         print("\ninterrupted: run the same command again to resume the sweep", file=sys.stderr)
         return exc.exit_status if isinstance(exc, Terminated) else 130
-    for name, phase in phases.items():
-        print(f"  {name:48s} {phase}")
-    print(f"\ncompare: asyncmtl compare --experiment {experiment} --runs-root {runs_root}")
-    return 0 if all(p == "Succeeded" for p in phases.values()) else 1
+    for name, outcome in outcomes.items():
+        print(f"  {name:48s} {outcome.text()}")
+    compare = f"asyncmtl compare --experiment {experiment}"
+    if sweep.sweep_dir.parent != Path("runs/sweeps").resolve():  # compare's default --runs-root: runs/local
+        compare += f" --runs-root {sweep.sweep_dir.parent.parent / 'local'}"
+    print(f"\ncompare: {compare}")
+    return 0 if all(o.succeeded for o in outcomes.values()) else 1
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
@@ -243,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Group runs named <method>-s<seed> by method: mean ± std over seeds, paired 95%% intervals.")
     cp.add_argument("--experiment", help="Compare (by seed) every finished run of this `asyncmtl sweep` experiment.")
     cp.add_argument("--reference", help="Row the others are compared with (default: the first baseline's Final).")
-    cp.add_argument("--runs-root", default="runs/local", help="Where run names are looked up.")
+    cp.add_argument("--runs-root", default="runs/local",
+                    help="Where run names are looked up (and --experiment's derived specs, in ../sweeps/NAME).")
     cp.add_argument("--out", default="runs/compare", help="Where compare.md, compare.csv and the figures go.")
     cp.set_defaults(func=cmd_compare)
     sw = command("sweep", help="One run per (method spec, seed): run them locally, or print them (-o yaml).")
@@ -251,8 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--seeds", default="3", help="A count (3: seeds 1, 2, 3) or a list (7,11,13).")
     sw.add_argument("--experiment", help="Experiment label (default: the first spec's asyncmtl.dev/experiment label).")
     sw.add_argument("-o", "--output", choices=["yaml"], help="Print the runs as YAML for kubectl instead of running.")
-    sw.add_argument("--runs-root", default="runs/local", help="Where local runs live (storage file://./runs).")
-    sw.add_argument("--parallel", type=int, default=1, help="Runs at once (default 1).")
+    # deprecated: runs go where their spec's storage.uri puts them; an error when it says otherwise
+    sw.add_argument("--runs-root", default=None, help=argparse.SUPPRESS)
+    sw.add_argument("--parallel", type=_positive_int, default=1, help="Runs at once (default 1).")
     sw.add_argument("--threads", type=int, help="CPU threads per trainer.")
     sw.add_argument("--tweeteval-dir", help="TweetEval root for tweeteval:// data (or $TWEETEVAL_DIR).")
     sw.set_defaults(func=cmd_sweep)

@@ -31,7 +31,44 @@ from asyncmtl.pretrained import resolve_pretrained
 from asyncmtl.artifacts import delete_run_artifacts, read_final
 from asyncmtl.spec import AsyncMTLRun
 from asyncmtl.storage import (LOCAL_NAMESPACE, FileRunStorage, RunStorage, StorageFault, as_storage_fault, atomic_write, ensure_writable)
-from asyncmtl.storage_factory import open_run_storage
+from asyncmtl.storage_factory import file_storage_root, open_run_storage
+
+STATUS_FILE = "status.json"  # in a local run's workdir: the runtime's RunStatus, saved after every poll
+LOCAL_RUNS = Path("runs")  # under the working directory: local files of runs whose storage is no folder (s3://)
+
+
+def local_root(resource: AsyncMTLRun) -> Path:
+    """The folder under which `asyncmtl run` keeps a run's local files (absolute): the folder its
+    `file://` storage URI names (relative to the working directory), else `./runs` (object storage)."""
+    return file_storage_root(resource.spec.storage.uri, os.getcwd()) or LOCAL_RUNS.resolve()
+
+
+@dataclass(frozen=True)
+class LocalRunPlace:
+    """Where `asyncmtl run` keeps one run: its artifacts (`storage`) and its status.json, control file
+    and logs (`workdir`, absolute)."""
+
+    storage: RunStorage
+    workdir: Path
+
+    @property
+    def status_path(self) -> Path:
+        return self.workdir / STATUS_FILE
+
+
+def local_run_place(resource: AsyncMTLRun, workdir: Path | None = None) -> LocalRunPlace:
+    """Where `asyncmtl run` started in the current working directory keeps `resource` (the runtime
+    itself asks here, and so does `asyncmtl sweep`): storage `<storage>/local/<run>` (a relative
+    `file://` URI resolves against the working directory), workdir `workdir` if given, else the
+    run's storage folder for `file://` storage, else `./runs/<run>`.
+
+    Raises:
+        asyncmtl.storage.StorageError: an unsupported storage scheme.
+    """
+    storage = open_run_storage(resource.spec.storage.uri, namespace=LOCAL_NAMESPACE, run=resource.name,
+                               base_dir=os.getcwd(), endpoint_url=resource.spec.storage.endpoint_url)
+    default = storage.local_path("") or local_root(resource) / resource.name
+    return LocalRunPlace(storage=storage, workdir=(workdir or default).resolve())
 
 
 @dataclass
@@ -109,12 +146,11 @@ class LocalRuntime:
         self.spec_path = spec_path.resolve()
         self.opts = opts
         self.log = run_logger("asyncmtl.local", self.name)
-        self.storage = open_run_storage(self.spec.storage.uri, namespace=LOCAL_NAMESPACE, run=self.name,
-                                        base_dir=os.getcwd(), endpoint_url=self.spec.storage.endpoint_url)
-        default_wd = self.storage.local_path("") or Path("runs") / self.name
-        self.workdir = (opts.workdir or default_wd).resolve()
+        place = local_run_place(resource, opts.workdir)
+        self.storage = place.storage
+        self.workdir = place.workdir
         self.control_path = self.workdir / "control.json"
-        self.status_path = self.workdir / "status.json"
+        self.status_path = place.status_path
         self.logs = self.workdir / "logs"
         self.trainer: subprocess.Popen | None = None
         self.inference: dict[str, InferenceRun] = {}

@@ -112,6 +112,11 @@ def test_rewind_restores_parameters_optimizer_scheduler_and_rng_exactly(tmp_path
     assert tr.checkpointer.steps() == [5]  # the discarded checkpoint is gone
     # trackers are cut back too: no task remembers a validation after step 5
     assert all(st.last_step == 5 and all(p[0] <= 5 for p in st.history) for st in tr.states.values())
+    # the history says how far training had gone: the 5 steps the rewind discarded count as steps made
+    from asyncmtl.artifacts import EventRecord, read_history
+
+    rewinds = [r for r in read_history(tr.storage) if isinstance(r, EventRecord) and r.event == "rewind"]
+    assert [(r.step, r.from_step) for r in rewinds] == [(5, 10)]
 
 
 def _make_soft_labels(tr: Trainer, task: str, step: int, logits: torch.Tensor) -> str:

@@ -38,6 +38,8 @@ class HistoryLog:
         self._recorded.add(key)
         append_history(self.storage, record)
 
-    def event(self, event: str, *, step: int, rewinds: int, task: str | None = None) -> None:
-        """Append a non-validation record (start, converged, kd, rewind) at `step` (steps)."""
-        self.record(EventRecord(event=event, time=time.time(), step=step, task=task), rewinds)
+    def event(self, event: str, *, step: int, rewinds: int, task: str | None = None,
+              from_step: int | None = None) -> None:
+        """Append a non-validation record (start, converged, kd, rewind) at `step` (steps); a rewind's
+        `from_step` is the step trained to before it (`EventRecord`)."""
+        self.record(EventRecord(event=event, time=time.time(), step=step, task=task, from_step=from_step), rewinds)

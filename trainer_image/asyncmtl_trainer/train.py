@@ -228,11 +228,12 @@ class Trainer:
     def rewind(self, step: int) -> None:
         """Restore model, optimizer, scheduler, RNG and trackers from the checkpoint at `step`
         and delete later checkpoints (paper Sec. 3: rewind to θ̂_t). Every rank loads the same checkpoint."""
+        trained_to = self.step  # the history's rewind event records it: the steps it discards count as run
         self._restore(self.checkpoints.rewind(step), resumed=False)
         self.rewinds += 1
         self.exporter.global_step.labels(self.opts.run).set(self.step)
         self.exporter.rewinds.labels(self.opts.run).inc()
-        self.history.event("rewind", step=step, rewinds=self.rewinds)
+        self.history.event("rewind", step=step, rewinds=self.rewinds, from_step=trained_to)
         self.log.info("rewound to step %d", step)
 
     def resume(self) -> None:
