@@ -33,13 +33,23 @@ def read_utf8(path: Path) -> str:
                          f"save the file as UTF-8"]) from None
 
 
+def split_lines(text: str) -> list[str]:
+    """`text`'s lines, split at newlines only ("\n", with a "\r" before it dropped: CRLF files), no final empty
+    line. Not `str.splitlines()`: that also breaks at U+2028, U+2029, U+0085, \v, \f and \x1c-\x1e, which a
+    JSON string or a tweet may hold unescaped (a JSON Lines file is split at "\n": https://jsonlines.org)."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def iter_jsonl(path: Path, required: Sequence[str] = ()) -> Iterator[tuple[int, dict[str, Any]]]:
     """One JSON object per line; blank lines are skipped (`required` is checked per row by the caller).
 
     Raises:
         DataError: not UTF-8, or a line that is not a JSON object (`file:line: reason`).
     """
-    for i, line in enumerate(read_utf8(path).splitlines(), start=1):
+    for i, line in enumerate(split_lines(read_utf8(path)), start=1):
         if not line.strip():
             continue
         try:
@@ -60,6 +70,7 @@ def iter_csv(path: Path, required: Sequence[str] = ()) -> Iterator[tuple[int, di
             it has), or a malformed row (`file:line: reason`).
     """
     reader = csv.DictReader(io.StringIO(read_utf8(path), newline=""))
+    start = 1  # where the row being read starts (csv's line_num does not advance when a row fails)
     try:
         header = reader.fieldnames  # reads the header
         if header is None:
@@ -73,7 +84,7 @@ def iter_csv(path: Path, required: Sequence[str] = ()) -> Iterator[tuple[int, di
             yield start, dict(row)
             start = reader.line_num + 1
     except csv.Error as exc:
-        raise DataError([f"{path}:{reader.line_num}: malformed CSV ({exc})"]) from None
+        raise DataError([f"{path}:{start}: malformed CSV ({exc})"]) from None
 
 
 def iter_parquet(path: Path, required: Sequence[str] = ()) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from asyncmtl.data.errors import DataError
+from asyncmtl.data.files import split_lines
 
 STANCE_TARGETS = ("abortion", "atheism", "climate", "feminist", "hillary")
 ENV_VAR = "TWEETEVAL_DIR"
@@ -38,8 +39,8 @@ def _read_pair(folder: Path, split: str, pair: str | None, line_offset: int = 0)
     for p in (text_path, label_path):
         if not p.is_file():
             raise DataError([f"{p}: file not found"])
-    texts = text_path.read_text(encoding="utf-8").splitlines()
-    labels = label_path.read_text(encoding="utf-8").splitlines()
+    texts = split_lines(text_path.read_text(encoding="utf-8"))  # one tweet per line, whatever Unicode it holds
+    labels = split_lines(label_path.read_text(encoding="utf-8"))
     if len(texts) != len(labels):
         raise DataError([f"{label_path}:{min(len(texts), len(labels)) + 1}: {len(labels)} labels for {len(texts)} texts in {text_path.name}"])
     for i, (t, lab) in enumerate(zip(texts, labels), start=1):

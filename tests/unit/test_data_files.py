@@ -114,8 +114,6 @@ def test_a_malformed_csv_row_is_one_error_with_csv_s_reason(tmp_path):
     assert problem.startswith(f"{p}:") and "malformed CSV (field larger than field limit" in problem
 
 
-@pytest.mark.xfail(strict=True, reason="iter_csv names the line of the last good row (csv.DictReader.line_num is "
-                                       "not advanced when the underlying reader raises), not the malformed row's")
 def test_a_malformed_csv_row_names_its_own_line(tmp_path):
     p = _oversized_csv(tmp_path)
     with pytest.raises(DataError) as ei:
@@ -161,10 +159,6 @@ def test_the_readers_read_the_same_rows_from_the_three_formats(tmp_path):
     assert got[0] == got[1] == got[2] == rows
 
 
-@pytest.mark.xfail(strict=True, raises=DataError,
-                   reason="iter_jsonl splits the file with str.splitlines(), which also breaks lines at U+2028, U+2029 "
-                          "and U+0085, which JSON allows unescaped in a string (json.dumps(ensure_ascii=False) writes "
-                          "them raw), so a valid line is cut in two and reported as invalid JSON")
 @pytest.mark.parametrize("char", ["\u2028", "\u2029", "\x85"])
 def test_jsonl_lines_are_split_at_newlines_only(tmp_path, char):
     row = {"text": f"one{char}tweet", "label": 1}

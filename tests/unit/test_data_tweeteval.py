@@ -140,10 +140,6 @@ def test_more_texts_than_labels_names_the_labels_file_and_first_unmatched_line(r
     assert problem.startswith(f"{root.resolve() / 'irony' / 'val_labels.txt'}:3: 2 labels for 3 texts")
 
 
-@pytest.mark.xfail(strict=True, raises=DataError,
-                   reason="_read_pair splits the files with str.splitlines(), which also breaks a line at U+2028, "
-                          "U+2029, U+0085, \\v, \\f and \\x1c-\\x1e: a tweet holding one becomes two texts and the "
-                          "split fails with 'N labels for N+1 texts'")
 def test_a_tweet_is_one_line_whatever_unicode_it_holds(root):
     folder = root / "offensive"
     texts = ["plain", "line\u2028separator", "form\x0cfeed"]
