@@ -144,7 +144,7 @@ class RunDriver:
         """
         if self._reference_order is None and self.spec.order == "easiest-first" and status.task_order is None:
             self._reference_order = self.reference_order()
-        if self._teacher_steps is None and self.spec.resolved_strategy.teacher and _teacher_launch_due(status):
+        if self._teacher_steps is None and self.spec.resolved_method.teacher and _teacher_launch_due(status):
             self._teacher_steps = self.teacher_steps()
 
     def reference_order(self) -> list[str]:
@@ -181,7 +181,7 @@ class RunDriver:
     def soft_label_storage(self) -> RunStorage:
         """Where the checkpoints soft labels come from, and the soft labels go: the teacher run's
         storage under BAM, else this run's."""
-        if self.spec.resolved_strategy.teacher and self.spec.teacher_run and self.spec.teacher_run != self.name:
+        if self.spec.resolved_method.teacher and self.spec.teacher_run and self.spec.teacher_run != self.name:
             return self.storage_of(self.spec.teacher_run)
         return self.storage
 
@@ -227,7 +227,7 @@ class RunDriver:
     def _observe_inference(self, port: RuntimePort, status: RunStatus, obs: Observations) -> None:
         storage = self.soft_label_storage()
         for task, ts in status.tasks.items():
-            if ts.phase != TaskPhase.DISTILLING or ts.best_step is None or not ts.inference_attempts:
+            if ts.phase != TaskPhase.AWAITING_SOFT_LABELS or ts.best_step is None or not ts.inference_attempts:
                 continue  # BAM before its first launch: reconcile launches once the teacher steps are known
             step = ts.best_step
             attempt = port.inference_attempt(task, step, ts.inference_attempts)
@@ -242,7 +242,7 @@ class RunDriver:
                 port.post_event("Warning", "InferenceRelaunched", msg)
                 port.launch_inference(LaunchInference(task=task, checkpoint_step=step, shards=self.spec.distillation.shards,
                                                       attempt=ts.inference_attempts,
-                                                      source_run=self.spec.teacher_run if self.spec.resolved_strategy.teacher else None))
+                                                      source_run=self.spec.teacher_run if self.spec.resolved_method.teacher else None))
                 obs.inference[task] = InferenceObservation(checkpoint_step=step, state="Running")
             elif attempt.state == "Succeeded":
                 try:
@@ -298,5 +298,5 @@ class RunDriver:
 
 def _teacher_launch_due(status: RunStatus) -> bool:
     """BAM: a run that has not started, or a task still waiting for its first inference from the teacher."""
-    return not status.tasks or any(ts.phase == TaskPhase.DISTILLING and not ts.inference_attempts
+    return not status.tasks or any(ts.phase == TaskPhase.AWAITING_SOFT_LABELS and not ts.inference_attempts
                                    for ts in status.tasks.values())

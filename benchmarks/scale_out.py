@@ -109,7 +109,8 @@ def spec_doc(args, work: Path, *, max_steps: int, batch_size: int) -> dict:
                      "tasks": tasks,
                      "training": {"batchSize": batch_size, "learningRate": 2e-5, "maxSteps": max_steps,
                                   "validationInterval": args.validation_interval, "precision": args.precision,
-                                  "device": args.device, "evalBatchSize": args.eval_batch_size},
+                                  "device": args.device,
+                                  "evalBatchSizePerRank": args.eval_batch_size_per_rank},
                      # no runtime answers decisions here: nothing may hold the loop
                      "distillation": {"whilePending": "Continue"},
                      "storage": {"uri": f"file://{work}/store"}}}
@@ -220,7 +221,7 @@ def bench_inference(args, work: Path) -> None:
     data = tokenize_split(task, split, tok, spec.model.max_length, work / "cache")
     n = min(len(data), args.inference_examples)
     pad = int(tok.pad_token_id or 0)
-    bs = spec.training.eval_batch_size
+    bs = spec.training.eval_batch_size_per_rank
 
     evaluator = Evaluator(model, Ranks(device=device), bs, pad, lambda: inference_autocast(device, spec.training.precision))
     part = subset(data, 0, n)
@@ -309,7 +310,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200, help="timed steps of each arm per round in (a)")
     p.add_argument("--validation-interval", type=int, default=200)
     p.add_argument("--validation-examples", type=int, default=100, help="validation examples per task")
-    p.add_argument("--eval-batch-size", type=int, default=128)
+    p.add_argument("--eval-batch-size-per-rank", type=int, default=128)
     p.add_argument("--sync-arm", action="store_true", help="(a) also with checkpoints written inside the step")
     p.add_argument("--inference-examples", type=int, default=1000)
     p.add_argument("--tweeteval-dir", default=os.environ.get("TWEETEVAL_DIR"),

@@ -16,7 +16,7 @@ The method (Lu et al., NAACL 2022, Sec. 3), as decisions:
    least progress is discarded; each task's soft labels still come from its own best
    checkpoint). Every task's track is cut back to rewindTo.
 3. If no task is left in Training, the same generation also carries `stop`. Otherwise
-   soft-label inference is launched for each newly converged task (phase Distilling).
+   soft-label inference is launched for each newly converged task (phase AwaitingSoftLabels).
 4. When a task's inference succeeded, `softLabelsReady(task, uri)` (phase KD). A failed
    inference is retried up to `distillation.maxAttempts`, then the task is Frozen with a
    `skipDistillation` signal and the run is Degraded.
@@ -27,11 +27,11 @@ Variants (issue "the paper's experiments as features"):
 - setting sequential: tasks start Pending; once the training-set sizes are known (the trainer
   exports them) the order is fixed and `startTask` starts the first; each time the running task
   converges the next one is started in the same generation; `stop` after the last.
-- strategy fixedSteps (the baselines): no convergence decision at all; the run ends at maxSteps.
-- strategy continual (Continual MTL): sequential, a converged task keeps its true labels (no
+- method fixedSteps (the baselines): no convergence decision at all; the run ends at maxSteps.
+- method continual (Continual MTL): sequential, a converged task keeps its true labels (no
   rewind, no KD); only the next task is started.
 - rewind none: the converged signal carries no rewind step and tracks are not cut.
-- strategy bam (BAM, Clark et al. 2019): every task starts Distilling; once the runtime has read
+- method bam (BAM, Clark et al. 2019): every task starts AwaitingSoftLabels; once the runtime has read
   the teacher run's best checkpoint steps, inference runs from them (source_run = the teacher);
   each task's softLabelsReady switches it to the teacher-annealed loss; no convergence decisions,
   the run ends at maxSteps.
@@ -146,7 +146,7 @@ def reconcile(
         bound_tracks(st)
 
     _trainer_readiness(ctx, obs)
-    if spec.resolved_strategy.teacher:
+    if spec.resolved_method.teacher:
         _launch_teachers(spec, ctx, obs)
     _collect_inference(spec, ctx, obs)
     ctx.flush_signals()
@@ -189,7 +189,7 @@ def task_order(spec: RunSpec, sizes: dict[str, int], reference_order: list[str] 
 def _start(spec: RunSpec, ctx: _Ctx) -> None:
     st = ctx.st
     st.phase = "Running"
-    first = spec.resolved_strategy.initial_phase(spec.setting)
+    first = spec.resolved_method.initial_phase(spec.setting)
     st.tasks = {t.name: TaskStatus(phase=first) for t in spec.tasks}
     st.control = ControlDocument(run=ctx.run)
     ctx.actions.append(WriteControl(document=st.control))
@@ -201,7 +201,7 @@ def _start(spec: RunSpec, ctx: _Ctx) -> None:
 def _launch_teachers(spec: RunSpec, ctx: _Ctx, obs: Observations) -> None:
     st = ctx.st
     for n, ts in st.tasks.items():
-        if ts.phase != "Distilling" or ts.inference_attempts or n not in obs.teacher_steps:
+        if ts.phase != "AwaitingSoftLabels" or ts.inference_attempts or n not in obs.teacher_steps:
             continue
         ts.best_step = obs.teacher_steps[n]
         ts.inference_attempts = 1
@@ -247,7 +247,7 @@ def _observe(spec: RunSpec, ctx: _Ctx, obs: Observations) -> None:
             ctx.event("ValidationMissed", f"task {name}: {missed} validation(s) not seen "
                       f"(counter {task_obs.validations}); decided from the trainer's best-so-far",
                       task=name, step=ts.track.last_step, warning=True)
-    if st.stopping or not spec.resolved_strategy.decides_convergence:
+    if st.stopping or not spec.resolved_method.decides_convergence:
         return
     newly = [n for n, ts in st.tasks.items()
              if ts.phase == "Training" and has_converged(ts.track, rule_for(spec, spec.task(n)))]
@@ -257,8 +257,8 @@ def _observe(spec: RunSpec, ctx: _Ctx, obs: Observations) -> None:
 
 def _converge(spec: RunSpec, ctx: _Ctx, newly: list[str]) -> None:
     st = ctx.st
-    strategy = spec.resolved_strategy
-    rewind_to = max(st.tasks[n].track.best_step or 0 for n in newly) if strategy.rewinds(spec.rewind) else None
+    method = spec.resolved_method
+    rewind_to = max(st.tasks[n].track.best_step or 0 for n in newly) if method.rewinds(spec.rewind) else None
     for n in newly:
         ts = st.tasks[n]
         ts.phase = "Converged"
@@ -289,10 +289,10 @@ def _converge(spec: RunSpec, ctx: _Ctx, newly: list[str]) -> None:
         st.stopping = True
         ctx.signal(StopSignal(generation=1))
         ctx.event("Stopping", "every task has converged: final evaluation", step=rewind_to)
-    elif strategy.distills_on_convergence:
+    elif method.distills_on_convergence:
         for n in newly:
             ts = st.tasks[n]
-            ts.phase = "Distilling"
+            ts.phase = "AwaitingSoftLabels"
             ts.inference_attempts = 1
             ctx.actions.append(LaunchInference(task=n, checkpoint_step=ts.best_step or 0,
                                                shards=spec.distillation.shards, attempt=1))
@@ -321,7 +321,7 @@ def _collect_inference(spec: RunSpec, ctx: _Ctx, obs: Observations) -> None:
     if st.stopping:
         return
     for n, ts in st.tasks.items():
-        if ts.phase != "Distilling":
+        if ts.phase != "AwaitingSoftLabels":
             continue
         io = obs.inference.get(n)
         if io is None or io.checkpoint_step != ts.best_step:
@@ -337,7 +337,7 @@ def _collect_inference(spec: RunSpec, ctx: _Ctx, obs: Observations) -> None:
                 ts.inference_attempts += 1
                 ctx.actions.append(LaunchInference(task=n, checkpoint_step=ts.best_step or 0,
                                                    shards=spec.distillation.shards, attempt=ts.inference_attempts,
-                                                   source_run=spec.teacher_run if spec.resolved_strategy.teacher else None))
+                                                   source_run=spec.teacher_run if spec.resolved_method.teacher else None))
                 ctx.event("InferenceRetried", f"task {n}: inference failed ({io.message}); "
                           f"attempt {ts.inference_attempts} of {spec.distillation.max_attempts}",
                           task=n, warning=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from asyncmtl.control import ControlDocument
@@ -63,6 +63,15 @@ class TaskStatus(_Camel):
     soft_labels_uri: str | None = None
     inference_attempts: int = 0
     kd_from_generation: int | None = Field(None, description="Control generation of its softLabelsReady signal.")
+
+    @field_validator("phase", mode="before")
+    @classmethod
+    def _former_phase(cls, v: object) -> object:
+        # a status written before v1alpha1's renames (Distilling, now AwaitingSoftLabels) still reads
+        try:
+            return TaskPhase.of(v) if isinstance(v, str) else v
+        except ValueError:
+            return v  # refused below, in the enum's words
 
 
 class RunStatus(_Camel):

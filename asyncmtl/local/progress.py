@@ -19,7 +19,8 @@ from rich.text import Text
 from asyncmtl.core.status import RunStatus
 from asyncmtl.spec import RunSpec
 
-PHASE_STYLE = {"Training": "cyan", "Converged": "yellow", "Distilling": "magenta", "KD": "green", "Frozen": "red"}
+PHASE_STYLE = {"Training": "cyan", "Converged": "yellow", "AwaitingSoftLabels": "magenta", "KD": "green",
+               "Frozen": "red"}
 
 
 class Progress:

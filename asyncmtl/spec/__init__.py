@@ -31,8 +31,8 @@ from asyncmtl.spec.run import (API_VERSION, KIND, MINILM_PACKAGE, AsyncMTLRun, D
                                Metadata, MetricsSpec, ModelSpec, RunSpec, StorageSpec, TrainingSpec, WeightingSpec)
 from asyncmtl.spec.task import (CLASSIFICATION_METRICS, DEFAULT_METRIC, REGRESSION_METRICS, DataFormat, DataSpec,
                                 Metric, TaskSpec, TaskType)
-# importable from asyncmtl.spec since it used them (their home is asyncmtl.strategy)
-from asyncmtl.strategy import STRATEGIES, Strategy, StrategyName
+# importable from asyncmtl.spec since it used them (their home is asyncmtl.method)
+from asyncmtl.method import METHODS, Method, MethodName
 
 __all__ = [
     # run
@@ -48,6 +48,6 @@ __all__ = [
     "SpecIssue", "SpecError", "format_path", "issues_from_validation_error",
     # loading
     "parse_run", "load_run_file", "load_spec_file", "MAX_SPEC_BYTES", "MAX_YAML_DEPTH", "MAX_YAML_NODES", "MAX_INT_DIGITS",
-    # asyncmtl.strategy
-    "STRATEGIES", "Strategy", "StrategyName",
+    # asyncmtl.method
+    "METHODS", "Method", "MethodName",
 ]

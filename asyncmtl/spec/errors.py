@@ -5,6 +5,7 @@ cross-field validators raise to name the field at fault."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -56,8 +57,12 @@ def _clean_loc(loc: tuple[Any, ...]) -> tuple[str | int, ...]:
     return tuple(p for p in loc if isinstance(p, int) or not re.match(r"^[a-z_-]+\[.*\]$|^function-", str(p)))
 
 
-def issues_from_validation_error(err: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[SpecIssue]:
-    """Turn a pydantic ValidationError into SpecIssues with Kubernetes-style paths."""
+def issues_from_validation_error(err: ValidationError, prefix: tuple[str | int, ...] = (),
+                                 renamed: Mapping[str, str] | None = None) -> list[SpecIssue]:
+    """Turn a pydantic ValidationError into SpecIssues with Kubernetes-style paths.
+
+    `renamed`: path of a field that was renamed -> its new path; where the document still has the old
+    field, the issue says what it is called now (not "unknown field")."""
     issues: list[SpecIssue] = []
     for e in err.errors():
         loc = prefix + _clean_loc(tuple(e["loc"]))
@@ -71,7 +76,9 @@ def issues_from_validation_error(err: ValidationError, prefix: tuple[str | int, 
             m = re.match(r"^([a-zA-Z]+): (.*)$", msg)
             if m and e["type"] == "value_error":  # "numLabels: must be 2 ..." names a field of this model
                 loc, msg = loc + (m.group(1),), m.group(2)
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "extra_forbidden" and renamed and format_path(loc) in renamed:
+            msg = _renamed_message(renamed[format_path(loc)], e.get("input"))
+        elif e["type"] == "extra_forbidden":
             msg = "unknown field"
         elif e["type"] == "missing":
             msg = "required field is missing"
@@ -79,6 +86,13 @@ def issues_from_validation_error(err: ValidationError, prefix: tuple[str | int, 
             msg = _bound_message(e)
         issues.append(SpecIssue(path=format_path(loc), message=msg))
     return issues
+
+
+def _renamed_message(new: str, value: Any) -> str:
+    """`renamed to spec.method in this v1alpha1 release (method: bam)`: the value as it is to be written."""
+    leaf = new.rsplit(".", 1)[-1]
+    shown = f" ({leaf}: {value})" if isinstance(value, (str, int, float)) and not isinstance(value, bool) else ""
+    return f"renamed to {new} in this v1alpha1 release{shown}"
 
 
 def _bound_message(e: dict[str, Any]) -> str:

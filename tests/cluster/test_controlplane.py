@@ -62,7 +62,7 @@ def test_quickstart_is_accepted_and_defaulted(control_plane: ControlPlane, crd: 
     spec = run["spec"]
     assert spec["model"]["pooling"] == "mean"           # as written
     assert spec["model"]["dropout"] == 0.1              # CRD defaults, absent from the file
-    assert spec["strategy"] == "asyncKD"
+    assert spec["method"] == "asyncKD"
     assert spec["training"]["precision"] == "fp32"
     assert [t["name"] for t in spec["tasks"]] == ["sentiment", "topic", "same-topic", "rating", "sarcasm"]
 

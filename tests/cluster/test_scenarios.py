@@ -284,7 +284,7 @@ def test_an_operator_restarted_mid_run_finishes_the_run_with_the_same_decisions(
     st = status_of(cp, "restart")
     assert done.returncode == 0, done.stderr + f"\n{json.dumps(st)[:2000]}\n{operator.tail(40)}"
     assert _decisions(st) == _decisions(world["finished"]["e2e"])
-    sent = [(s["kind"], s.get("task")) for s in st["asyncmtl"]["control"]["signals"]]
+    sent = [(s["kind"], s.get("task")) for s in st["operatorState"]["control"]["signals"]]
     assert len(sent) == len(set(sent)), sent  # the restart sent no signal twice
 
 

@@ -72,7 +72,7 @@ def test_the_trainer_image_trains_with_famo(trainer_env, tmp_path, tiny_model):
     tasks = [builtin_task("sentiment"), builtin_task("topic", "multiclass", numLabels=4)]
     for t in tasks:
         t["data"].update(maxTrainExamples=64, maxValidationExamples=32, maxTestExamples=32)
-    doc = run_doc(tasks, model=str(tiny_model), name="famo", strategy="fixedSteps", weighting={"method": "famo"},
+    doc = run_doc(tasks, model=str(tiny_model), name="famo", method="fixedSteps", weighting={"method": "famo"},
                   training={"batchSize": 8, "maxSteps": 6, "validationInterval": 3},
                   storage={"uri": "file://./store"}, metrics={"pollIntervalSeconds": 0.3})
     (tmp_path / "famo.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))

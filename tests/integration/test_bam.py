@@ -19,8 +19,8 @@ def test_bam_from_a_finished_uniform_run(tmp_path, tiny_model):
         t["data"].update(maxTrainExamples=120, maxValidationExamples=40, maxTestExamples=40)
     common = {"training": {"batchSize": 16, "learningRate": 1e-3, "maxSteps": 40, "validationInterval": 10},
               "storage": {"uri": "file://./store"}, "metrics": {"pollIntervalSeconds": 0.3}}
-    uniform = run_doc(tasks, model=str(tiny_model), name="uniform", strategy="fixedSteps", **common)
-    bam = run_doc(tasks, model=str(tiny_model), name="bam", strategy="bam", teacherRun="uniform", **common)
+    uniform = run_doc(tasks, model=str(tiny_model), name="uniform", method="fixedSteps", **common)
+    bam = run_doc(tasks, model=str(tiny_model), name="bam", method="bam", teacherRun="uniform", **common)
     for doc in (uniform, bam):
         (tmp_path / f"{doc['metadata']['name']}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     for name in ("uniform", "bam"):

@@ -33,7 +33,7 @@ def _spec(folder, tiny_model, name: str, **spec) -> str:
 def test_the_users_sweep_finds_its_runs_where_their_storage_puts_them(tmp_path, tiny_model):
     work = tmp_path / "work"
     work.mkdir()
-    specs = [_spec(work, tiny_model, "uni", strategy="fixedSteps"), _spec(work, tiny_model, "joint")]
+    specs = [_spec(work, tiny_model, "uni", method="fixedSteps"), _spec(work, tiny_model, "joint")]
     sweep = [sys.executable, "-m", "asyncmtl.cli", "sweep", *specs, "--seeds", "7,11,13", "--parallel", "2",
              "--threads", "1"]
     names = [f"{m}-s{s}" for s in (7, 11, 13) for m in ("uni", "joint")]

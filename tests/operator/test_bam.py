@@ -26,7 +26,7 @@ def test_bam_distills_from_the_teacher_runs_best_checkpoints(cluster, kube, s3, 
     for step in (300, 500):  # the teacher kept its best checkpoints (storage.keepCheckpoints: best)
         teacher.put_bytes(checkpoint_file(step, CHECKPOINT_STATE), b"{}")
     with KopfRunner(operator_args(), timeout=60) as runner:
-        apply_run(kube, make_run("bam", endpoint=endpoint, strategy="bam", teacherRun="uniform"))
+        apply_run(kube, make_run("bam", endpoint=endpoint, method="bam", teacherRun="uniform"))
         jobs = {t: wait_until(lambda t=t, s=s: get_obj(kube, "Job", f"bam-infer-{t}-{s}"), what=f"inference Job {t}")
                 for t, s in (("a", 300), ("b", 500))}
         assert signals(kube, "bam", "softLabelsReady") == []

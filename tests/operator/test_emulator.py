@@ -249,4 +249,4 @@ def test_a_duplicate_task_name_is_refused_with_the_api_servers_words(kube):
     assert info.value.status == 422
     message = json.loads(info.value.body)["message"]
     assert 'spec.tasks[1]: Duplicate value: map[string]interface {}{"name":"sentiment"}' in message  # the list-map
-    assert "duplicate task name" not in message  # no CEL rule repeats it (a real server refuses its cost: spec.py)
+    assert "duplicate task name" not in message  # no CEL rule repeats it (a real server refuses its cost: asyncmtl/spec/run.py)

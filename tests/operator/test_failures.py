@@ -85,15 +85,15 @@ def test_restart_mid_run_duplicates_nothing(setup):
     with KopfRunner(operator_args(), timeout=60) as runner:
         trainer.rewind(200, {"a": 60.0, "b": 20.0})
         trainer.ack(1, 200)
-        wait_until(lambda: get_run(kube, "f")["status"]["asyncmtl"]["acknowledgedGeneration"] == 1, what="ack seen")
+        wait_until(lambda: get_run(kube, "f")["status"]["operatorState"]["acknowledgedGeneration"] == 1, what="ack seen")
         time.sleep(3 * TIMER)
     assert runner.exit_code == 0, runner.output
     after = get_run(kube, "f")["status"]
     assert [s["task"] for s in signals(kube, "f", "converged")] == ["a"]  # no signal issued twice
-    assert after["asyncmtl"]["control"]["generation"] == before["asyncmtl"]["control"]["generation"] == 1
+    assert after["operatorState"]["control"]["generation"] == before["operatorState"]["control"]["generation"] == 1
     jobs = kubernetes.client.BatchV1Api(kube).list_namespaced_job(NS).items
     assert sorted(j.metadata.name for j in jobs) == ["f-infer-a-200", "f-train"]
-    assert after["tasks"]["a"]["phase"] == "Distilling"
+    assert after["tasks"]["a"]["phase"] == "AwaitingSoftLabels"
 
 
 def test_prometheus_outage_blocks_decisions_until_it_is_back(setup, prometheus_binary, tmp_path):

@@ -76,7 +76,7 @@ def test_lifecycle(cluster, kube, s3, prometheus_binary, tmp_path, monkeypatch, 
             assert infer["spec"]["completionMode"] == "Indexed" and infer["spec"]["completions"] == 2
             assert infer["metadata"]["ownerReferences"][0]["name"] == "life"
             status = get_run(kube, "life")["status"]
-            assert status["tasks"]["a"]["phase"] == "Distilling" and status["tasks"]["a"]["convergedAtStep"] == 400
+            assert status["tasks"]["a"]["phase"] == "AwaitingSoftLabels" and status["tasks"]["a"]["convergedAtStep"] == 400
 
             # the trainer rewinds and acknowledges; the Job's pods write their shards; the Job completes
             trainer.rewind(200, {"a": 60.0, "b": 20.0})
@@ -104,7 +104,7 @@ def test_lifecycle(cluster, kube, s3, prometheus_binary, tmp_path, monkeypatch, 
             # the trainer applies it, runs the final evaluation and its Job completes
             trainer.rewind(400, {"a": 60.0, "b": 45.0})
             trainer.ack(3, 400)
-            wait_until(lambda: get_run(kube, "life")["status"]["asyncmtl"]["acknowledgedGeneration"] == 3, what="ack 3")
+            wait_until(lambda: get_run(kube, "life")["status"]["operatorState"]["acknowledgedGeneration"] == 3, what="ack 3")
             complete_job(kube, "life-train", succeeded=1)
             final = wait_until(lambda: (get_run(kube, "life")["status"].get("phase") == "Succeeded") and get_run(kube, "life"),
                                what="Succeeded")

@@ -62,7 +62,7 @@ def test_a_bam_teacher_without_its_best_checkpoints_is_refused_before_any_child(
     teacher.put_bytes(FINAL, json.dumps({"step": 900, "tasks": {"a": {"bestCheckpoint": {"step": 300}},
                                                                 "b": {"bestCheckpoint": {"step": 500}}}}).encode())
     with KopfRunner(operator_args(), timeout=60) as runner:
-        apply_run(kube, make_run("bam", endpoint=endpoint, strategy="bam", teacherRun="uniform-no-ckpt"))
+        apply_run(kube, make_run("bam", endpoint=endpoint, method="bam", teacherRun="uniform-no-ckpt"))
         st = wait_until(lambda: get_run(kube, "bam").get("status", {}).get("phase") == "Failed"
                         and get_run(kube, "bam")["status"], what="Failed", timeout=90)
     assert runner.exit_code == 0, runner.output

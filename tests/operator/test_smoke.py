@@ -137,8 +137,8 @@ def test_easiest_first_takes_its_order_from_the_named_runs_history_in_storage(cl
         with KopfRunner(operator_args(), timeout=60) as runner:
             apply_run(kube, _sequential_easiest_first("seq", endpoint, "joint-done"))
             trainer.exporter.global_step.labels("seq").set(0)
-            seq_status = wait_until(lambda: (get_run(kube, "seq").get("status") or {}).get("asyncmtl", {}).get(
-                "taskOrder") and get_run(kube, "seq")["status"]["asyncmtl"], what="seq's task order")
+            seq_status = wait_until(lambda: (get_run(kube, "seq").get("status") or {}).get("operatorState", {}).get(
+                "taskOrder") and get_run(kube, "seq")["status"]["operatorState"], what="seq's task order")
             cm = get_obj(kube, "ConfigMap", "seq-control")
             apply_run(kube, _sequential_easiest_first("seq-orphan", endpoint, "never-ran"))
             st = wait_until(lambda: get_run(kube, "seq-orphan").get("status", {}).get("phase") == "Failed"

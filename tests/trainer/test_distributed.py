@@ -32,7 +32,7 @@ def tiny_nodrop(tmp_path_factory) -> Path:
 
 def write_spec(path: Path, model: Path, name: str, *, max_steps: int, patience: tuple[int, int] = (3, 2),
                lr: float = 5e-4, store: str = "file://./store", parallelism: str = "ddp",
-               eval_examples: int = 40, eval_batch_size: int = 128, keep: str = "best") -> Path:
+               eval_examples: int = 40, eval_batch_size_per_rank: int = 128, keep: str = "best") -> Path:
     tasks = []
     for task, p in zip(("sentiment", "sarcasm"), patience):
         t = builtin_task(task, "binary", patience=p)
@@ -41,7 +41,7 @@ def write_spec(path: Path, model: Path, name: str, *, max_steps: int, patience: 
     doc = run_doc(tasks, model=str(model), name=name,
                   training={"batchSize": 16, "learningRate": lr, "maxSteps": max_steps, "validationInterval": 10,
                             "seed": 3, "maxGradNorm": None, "parallelism": parallelism,
-                            "evalBatchSize": eval_batch_size},
+                            "evalBatchSizePerRank": eval_batch_size_per_rank},
                   distillation={"whilePending": "Pause", "shards": 1}, storage={"uri": store, "keepCheckpoints": keep},
                   metrics={"pollIntervalSeconds": 0.2})
     doc["spec"]["model"]["dropout"] = 0.0
@@ -155,14 +155,14 @@ def test_a_rewind_on_two_fsdp_ranks_restores_the_checkpoints_full_state_bit_for_
     assert all(torch.load(tmp_path / f"rank-{i}.pt", weights_only=False)["step"] == 13 for i in (0, 1))
 
 
-@pytest.mark.parametrize("parallelism, eval_examples, eval_batch_size", [
+@pytest.mark.parametrize("parallelism, eval_examples, eval_batch_size_per_rank", [
     ("ddp", 40, 128),
     # FSDP: 41 examples over 2 ranks are shares of 21 and 20, 3 and 2 batches of 10: the ranks' forward
     # passes (collectives under FSDP) must still line up
     ("fsdp", 41, 10),
 ])
 def test_two_processes_make_the_decisions_of_one_with_final_parameters_within_1e_5(
-        tmp_path, tiny_nodrop, parallelism, eval_examples, eval_batch_size):
+        tmp_path, tiny_nodrop, parallelism, eval_examples, eval_batch_size_per_rank):
     """The same spec and global batch (16) as one process and as two torchrun ranks of 8 each (DDP replicas,
     or FSDP2 shards): the same convergence, rewind and KD decisions at the same steps, the final parameters
     within 1e-5, and checkpoints of one format (full weights, `Optimizer.state_dict()` numbering) whose
@@ -170,7 +170,7 @@ def test_two_processes_make_the_decisions_of_one_with_final_parameters_within_1e
     runs = {}
     for name, extra in (("one", ()), ("two", ("--nproc-per-node", "2"))):
         spec = write_spec(tmp_path / f"{name}.yaml", tiny_nodrop, name, max_steps=60, parallelism=parallelism,
-                          eval_examples=eval_examples, eval_batch_size=eval_batch_size, keep="all")
+                          eval_examples=eval_examples, eval_batch_size_per_rank=eval_batch_size_per_rank, keep="all")
         r = asyncmtl_run(tmp_path, spec, *extra)
         run_dir = tmp_path / "store" / "local" / name
         assert r.returncode == 0, r.stdout[-2000:] + (run_dir / "logs" / "trainer.log").read_text()[-4000:]

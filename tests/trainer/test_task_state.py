@@ -49,7 +49,7 @@ def test_active_paused_and_kd_sampling_scale_follow_the_phases():
     assert active_tasks(states) == ["a", "b"]
     assert kd_sampling_scale(states, 0.5) == {"b": 0.5} and kd_sampling_scale(states, 1.0) == {}
     assert not paused(states, "Pause")
-    states["c"].mode = TaskPhase.DISTILLING  # awaiting its soft labels
+    states["c"].mode = TaskPhase.AWAITING_SOFT_LABELS  # awaiting its soft labels
     assert paused(states, "Pause") and not paused(states, "Continue")
     for st in states.values():
         st.mode = TaskPhase.FROZEN

@@ -139,7 +139,7 @@ def test_after_soft_labels_ready_the_loss_is_kd_and_moves_outputs_toward_the_sof
     teacher = torch.tensor([[-3.0, 3.0]]).repeat(n, 1)  # confident "positive" for every example
     uri = _make_soft_labels(tr, "sentiment", 5, teacher)
     tr.apply_generation([ConvergedSignal(generation=1, task="sentiment", best_step=5, rewind_to=5)], 1)
-    assert tr.states["sentiment"].mode == TaskPhase.DISTILLING and "sentiment" not in tr.active_tasks()
+    assert tr.states["sentiment"].mode == TaskPhase.AWAITING_SOFT_LABELS and "sentiment" not in tr.active_tasks()
     tr.apply_generation([SoftLabelsReadySignal(generation=2, task="sentiment", uri=uri)], 2)
     assert tr.states["sentiment"].mode == TaskPhase.KD
 
@@ -244,7 +244,7 @@ def test_rewind_none_keeps_training_from_where_it_is(tmp_path, tiny_model):
     for _ in range(10):
         tr.step_once()
     tr.apply_generation([ConvergedSignal(generation=1, task="sarcasm", best_step=5, rewind_to=None)], 1)
-    assert tr.step == 10 and tr.states["sarcasm"].mode == TaskPhase.DISTILLING and tr.checkpointer.steps() == [5, 10]
+    assert tr.step == 10 and tr.states["sarcasm"].mode == TaskPhase.AWAITING_SOFT_LABELS and tr.checkpointer.steps() == [5, 10]
 
 
 def test_gradnorm_weights_move_and_keep_their_sum(tmp_path, tiny_model):
@@ -287,7 +287,7 @@ def test_under_bam_every_tasks_best_checkpoint_is_kept_for_the_report(tmp_path, 
     """BAM distils every task from the start (mode kd) and never converges one; the final report scores
     each task's best checkpoint (the Best row), so retention must keep them."""
     tr = make_trainer(tmp_path, tiny_model)
-    tr.spec.strategy = "bam"
+    tr.spec.method = "bam"
     for st in tr.states.values():
         st.mode = TaskPhase.KD
     for step, best in [(5, {}), (10, {"sarcasm": 5}), (15, {"sarcasm": 5, "sentiment": 10})]:
@@ -450,7 +450,7 @@ def test_continual_a_converged_task_keeps_its_labels_and_no_longer_holds_the_tra
     from asyncmtl.control import ControlDocument, ConvergedSignal, StartTaskSignal, write_control_file
 
     tr = _trainer_with(tmp_path, tiny_model, setting="sequential", order="explicit",
-                       taskOrder=["sentiment", "sarcasm"], strategy="continual",
+                       taskOrder=["sentiment", "sarcasm"], method="continual",
                        distillation={"whilePending": "Pause"})
     start = [StartTaskSignal(generation=1, task="sentiment")]
     write_control_file(tmp_path / "c.json", ControlDocument(run="t", generation=1, signals=start))
@@ -469,7 +469,7 @@ def test_continual_a_converged_task_keeps_its_labels_and_no_longer_holds_the_tra
     tr.save_checkpoint()
     tr.checkpointer.wait()  # complete, as when a trainer exits (checkpoints are written in the background)
     resumed = _trainer_with(tmp_path, tiny_model, setting="sequential", order="explicit",
-                            taskOrder=["sentiment", "sarcasm"], strategy="continual",
+                            taskOrder=["sentiment", "sarcasm"], method="continual",
                             distillation={"whilePending": "Pause"})
     resumed.resume()
     rs = resumed.states["sentiment"]

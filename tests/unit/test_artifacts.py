@@ -33,6 +33,18 @@ def test_history_lines_round_trip_with_the_keys_they_always_had():
     assert history_key(records[2]) == ("kd", "a", 100, 1)
 
 
+def test_a_record_or_status_from_before_the_awaiting_soft_labels_rename_still_reads():
+    """v1alpha1 renamed the phase Distilling to AwaitingSoftLabels: old histories and local status.json still read."""
+    old = {**json.loads(OLD_LINES[0]), "mode": "Distilling"}
+    assert parse_record(old).mode == TaskPhase.AWAITING_SOFT_LABELS
+    assert parse_record({**old, "mode": "pending"}).mode == TaskPhase.AWAITING_SOFT_LABELS  # the trainer's own word
+    status = RunStatus.model_validate({"phase": "Running", "tasks": {"a": {"phase": "Distilling"}}})
+    assert status.tasks["a"].phase == TaskPhase.AWAITING_SOFT_LABELS
+    assert status.model_dump(mode="json", by_alias=True)["tasks"]["a"]["phase"] == "AwaitingSoftLabels"
+    with pytest.raises(ValueError):
+        RunStatus.model_validate({"tasks": {"a": {"phase": "Brewing"}}})
+
+
 def test_a_line_that_is_not_a_record_is_refused():
     from pydantic import ValidationError
 

@@ -18,8 +18,8 @@ def test_converged_distils_pins_the_best_step_and_rewinds_to_the_first_decided_t
     fx = apply_generation(START, [ConvergedSignal(generation=1, task="b", best_step=40, rewind_to=40),
                                   ConvergedSignal(generation=1, task="a", best_step=30, rewind_to=40)],
                           distills_on_convergence=True)
-    assert fx.tasks["b"] == TaskControl(TaskPhase.DISTILLING, pinned_step=40)
-    assert fx.tasks["a"] == TaskControl(TaskPhase.DISTILLING, pinned_step=30)
+    assert fx.tasks["b"] == TaskControl(TaskPhase.AWAITING_SOFT_LABELS, pinned_step=40)
+    assert fx.tasks["a"] == TaskControl(TaskPhase.AWAITING_SOFT_LABELS, pinned_step=30)
     assert fx.tasks["c"] == START["c"]
     assert fx.rewind_to == 40 and fx.converged == [("b", 40), ("a", 30)] and not fx.stop
     assert START["a"].phase == TaskPhase.TRAINING  # the input is not modified
@@ -33,7 +33,7 @@ def test_under_continual_mtl_a_converged_task_keeps_its_labels_and_nothing_rewin
 
 
 def test_soft_labels_skip_start_and_stop_in_signal_order():
-    tasks = {**START, "a": TaskControl(TaskPhase.DISTILLING, 30), "b": TaskControl(TaskPhase.DISTILLING, 20),
+    tasks = {**START, "a": TaskControl(TaskPhase.AWAITING_SOFT_LABELS, 30), "b": TaskControl(TaskPhase.AWAITING_SOFT_LABELS, 20),
              "c": TaskControl(TaskPhase.PENDING)}
     fx = apply_generation(tasks, [SkipDistillationSignal(generation=3, task="b", reason="3 attempts failed"),
                                   SoftLabelsReadySignal(generation=3, task="a", uri="file:///m.json"),

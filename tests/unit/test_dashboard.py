@@ -97,3 +97,16 @@ def test_every_expression_uses_exported_metrics_and_labels():
               "asyncmtl_examples_per_second", "asyncmtl_global_step", "asyncmtl_operator_inference_pods",
               "asyncmtl_rewinds_total", "asyncmtl_task_mode"):
         assert m in used_metrics, m
+
+
+def test_phase_and_mode_values_in_queries_are_the_lifecycle_s_words():
+    """`mode=` (asyncmtl_task_mode, the trainer's) and `phase=` (asyncmtl_operator_task_phase) in the dashboard
+    and the alerts are TaskPhase values: a renamed phase (Distilling -> AwaitingSoftLabels) leaves none behind."""
+    from asyncmtl.lifecycle import TaskPhase
+
+    rules = REPO / "helm" / "asyncmtl-operator" / "templates" / "prometheusrule.yaml"
+    texts = [DASHBOARD.read_text(), rules.read_text()]
+    values = [v for t in texts for v in re.findall(r'\b(?:mode|phase)\s*=~?\s*\\?"([^"\\]+)\\?"', t)]
+    assert {"KD", "Training"} <= set(values)
+    assert set(values) <= {p.value for p in TaskPhase}, values
+    assert not any("Distilling" in t for t in texts)

@@ -66,7 +66,7 @@ def converge_a(tmp_path, **spec):
     for step, a in ((100, 70), (200, 60), (300, 60)):
         sim.validate(step, {"a": a, "b": step / 10, "c": step / 10})
         status = driver.step(port, status, float(step)).status
-    assert status.tasks["a"].phase == TaskPhase.DISTILLING and [(x.task, x.checkpoint_step) for x in port.launched] == [("a", 100)]
+    assert status.tasks["a"].phase == TaskPhase.AWAITING_SOFT_LABELS and [(x.task, x.checkpoint_step) for x in port.launched] == [("a", 100)]
     sim.rewind(100)
     return driver, port, status
 
@@ -80,7 +80,7 @@ def test_soft_labels_must_add_up_to_the_training_split_the_trainer_reported(tmp_
     assert "was made for 10 examples, not 12" in result.observations.inference["a"].message
     assert not driver.storage.exists(manifest_key("a", 100))
     assert [(x.task, x.attempt) for x in port.launched] == [("a", 1), ("a", 2)]  # retried
-    assert result.status.tasks["a"].phase == TaskPhase.DISTILLING
+    assert result.status.tasks["a"].phase == TaskPhase.AWAITING_SOFT_LABELS
 
 
 def test_soft_labels_that_add_up_are_verified_and_signalled(tmp_path):
@@ -99,7 +99,7 @@ def test_an_attempt_the_runtime_no_longer_has_is_launched_again_or_found_done(tm
     result = driver.step(port, status, 400.0)  # no such attempt, no manifest
     assert [(x.task, x.checkpoint_step, x.attempt) for x in port.launched] == [("a", 100, 1), ("a", 100, 1)]
     assert ("Warning", "InferenceRelaunched") in [e[:2] for e in port.events]
-    assert result.status.tasks["a"].phase == TaskPhase.DISTILLING
+    assert result.status.tasks["a"].phase == TaskPhase.AWAITING_SOFT_LABELS
     write_shards(driver.storage, "a", 100, [6, 6], total=TRAIN_SIZE)
     port.attempts[("a", 100, 1)] = InferenceAttempt(state="Succeeded", shards=2)
     done = driver.step(port, result.status, 500.0)  # verified, manifest written
@@ -126,7 +126,7 @@ def _bam(tmp_path, teacher_files: dict[str, bytes]):
     teacher = FileRunStorage(tmp_path / "uniform")
     for key, data in teacher_files.items():
         teacher.put_bytes(key, data)
-    spec = make_spec(names=("a", "b"), strategy="bam", teacherRun="uniform")
+    spec = make_spec(names=("a", "b"), method="bam", teacherRun="uniform")
     return RunDriver(spec=spec, name="bam", storage=FileRunStorage(tmp_path / "bam"),
                      storage_of=lambda name: FileRunStorage(tmp_path / name), where="bam.yaml")
 

@@ -45,7 +45,7 @@ def test_a_retention_failure_leaves_a_succeeded_local_run_succeeded(tmp_path, mo
 
 
 def test_a_local_bam_run_refuses_a_teacher_without_its_best_checkpoint(tmp_path, monkeypatch):
-    rt = _runtime(tmp_path, monkeypatch, name="bam", strategy="bam", teacherRun="uniform")
+    rt = _runtime(tmp_path, monkeypatch, name="bam", method="bam", teacherRun="uniform")
     teacher = FileRunStorage(tmp_path / "runs" / "local" / "uniform")
     teacher.put_bytes(FINAL, json.dumps({"step": 9, "tasks": {t: {"bestCheckpoint": {"step": 5}} for t in "ab"}}).encode())
     with pytest.raises(SpecError, match="spec.teacherRun: no best checkpoint of task a in file://"):
@@ -67,7 +67,7 @@ def test_local_soft_labels_must_add_up_to_the_training_split(tmp_path, monkeypat
     done.wait()
     rt.inference["a"] = InferenceRun(task="a", step=100, attempt=1, shards=2, procs=[done])
     status = rt.driver.start(rt, 0.0)
-    status.tasks["a"].phase, status.tasks["a"].best_step, status.tasks["a"].inference_attempts = TaskPhase.DISTILLING, 100, 1
+    status.tasks["a"].phase, status.tasks["a"].best_step, status.tasks["a"].inference_attempts = TaskPhase.AWAITING_SOFT_LABELS, 100, 1
     result = rt.driver.step(rt, status, 1.0)
     assert result.observations.inference["a"].state == "Failed"
     assert "was made for 10 examples, not 12" in result.observations.inference["a"].message

@@ -60,7 +60,7 @@ def test_a_runs_storage_is_built_once_and_forgotten_with_the_run():
 def test_a_run_is_polled_every_timer_interval_however_often_the_timer_fires():
     c = _controller(CountingKube(), timer_interval=30.0)
     body = {"metadata": {"name": "r", "namespace": "team-a", "generation": 1},
-            "status": {"asyncmtl": RunStatus(phase="Running").model_dump(mode="json", by_alias=True)}}
+            "status": {"operatorState": RunStatus(phase="Running").model_dump(mode="json", by_alias=True)}}
     from asyncmtl_operator.controller import RunMemory
 
     c.memory[("team-a", "r")] = RunMemory(last_poll=time.time() - 5.0)

@@ -105,7 +105,7 @@ def test_one_task_converges_after_patience(patience, series, converge_at):
         if i * IV < converge_at:
             assert not converged
     assert [(s.task, s.best_step, s.rewind_to) for s in converged] == [("a", 200, 200)]
-    assert sim.status.tasks["a"].phase == "Distilling"
+    assert sim.status.tasks["a"].phase == "AwaitingSoftLabels"
     assert sim.status.tasks["a"].converged_at_step == converge_at
     assert [(a.task, a.checkpoint_step, a.shards) for a in kinds(actions, LaunchInference)] == [("a", 200, 2)]
     # every task's track is cut back to the rewind step
@@ -193,7 +193,7 @@ def test_soft_labels_ready_switches_the_task_to_kd():
     sim.applied = 1
     sim.rewind(100)
     sim.poll(inference={"a": InferenceObservation(checkpoint_step=100, state="Running")})
-    assert sim.status.tasks["a"].phase == "Distilling"
+    assert sim.status.tasks["a"].phase == "AwaitingSoftLabels"
     actions = sim.poll(inference={"a": InferenceObservation(checkpoint_step=100, state="Succeeded", uri="file:///m.json")})
     assert sim.status.tasks["a"].phase == "KD" and sim.status.tasks["a"].soft_labels_uri == "file:///m.json"
     ready = [s for s in sim.signals() if isinstance(s, SoftLabelsReadySignal)]
@@ -202,11 +202,11 @@ def test_soft_labels_ready_switches_the_task_to_kd():
     # inference results for another checkpoint step are not taken for this one
     sim2 = Sim(make_spec(patience=1))
     sim2.status = sim.status.model_copy(deep=True)
-    sim2.status.tasks["b"].phase = "Distilling"
+    sim2.status.tasks["b"].phase = "AwaitingSoftLabels"
     sim2.status.tasks["b"].best_step = 500
     sim2.applied, sim2.last, sim2.best, sim2.counts = sim.applied, sim.last, sim.best, sim.counts
     sim2.poll(inference={"b": InferenceObservation(checkpoint_step=400, state="Succeeded", uri="file:///old.json")})
-    assert sim2.status.tasks["b"].phase == "Distilling"
+    assert sim2.status.tasks["b"].phase == "AwaitingSoftLabels"
 
 
 def test_failed_inference_is_retried_then_the_task_is_frozen_and_the_run_degraded():
@@ -217,7 +217,7 @@ def test_failed_inference_is_retried_then_the_task_is_frozen_and_the_run_degrade
     failed = {"a": InferenceObservation(checkpoint_step=100, state="Failed", message="OOM")}
     actions = sim.poll(inference=failed)
     assert [(a.task, a.attempt) for a in kinds(actions, LaunchInference)] == [("a", 2)]
-    assert sim.status.tasks["a"].phase == "Distilling"
+    assert sim.status.tasks["a"].phase == "AwaitingSoftLabels"
     actions = sim.poll(inference=failed)
     assert not kinds(actions, LaunchInference)
     assert sim.status.tasks["a"].phase == "Frozen"
@@ -359,7 +359,7 @@ def test_sequential_starts_the_next_task_when_the_running_one_converges_and_stop
     last = [s for s in sim.signals() if s.generation == gen]
     assert [(s.kind, s.task) for s in last] == [("converged", "b"), ("startTask", "a")]
     assert [a.task for a in kinds(actions, LaunchInference)] == ["b"]
-    assert sim.status.tasks["a"].phase == "Training" and sim.status.tasks["b"].phase == "Distilling"
+    assert sim.status.tasks["a"].phase == "Training" and sim.status.tasks["b"].phase == "AwaitingSoftLabels"
     sim.applied = gen
     sim.rewind(100)
     sim.validate(200, {"a": 50, "b": 70})
@@ -370,7 +370,7 @@ def test_sequential_starts_the_next_task_when_the_running_one_converges_and_stop
 
 
 def test_fixed_steps_baselines_never_decide_convergence():
-    sim = Sim(make_spec(patience=1, strategy="fixedSteps"))
+    sim = Sim(make_spec(patience=1, method="fixedSteps"))
     sim.poll(metrics=False)
     for step, v in ((100, 70), (200, 60), (300, 50)):
         sim.validate(step, {"a": v, "b": v, "c": v})
@@ -395,7 +395,7 @@ def test_rewind_none_keeps_the_tracks_and_does_not_wait_for_an_ack():
 
 def test_continual_adds_tasks_without_rewind_or_kd():
     sim = Sim(make_spec(names=("a", "b"), setting="sequential", order="explicit", taskOrder=["a", "b"],
-                        strategy="continual", patience=1))
+                        method="continual", patience=1))
     sim.poll(metrics=False)
     sim.poll()
     sim.validate(100, {"a": 70})
@@ -410,9 +410,9 @@ def test_continual_adds_tasks_without_rewind_or_kd():
 
 
 def test_bam_distils_every_task_from_the_teacher_runs_best_checkpoints():
-    sim = Sim(make_spec(names=("a", "b"), strategy="bam", teacherRun="uniform", patience=1))
+    sim = Sim(make_spec(names=("a", "b"), method="bam", teacherRun="uniform", patience=1))
     sim.poll(metrics=False)
-    assert all(t.phase == "Distilling" for t in sim.status.tasks.values())
+    assert all(t.phase == "AwaitingSoftLabels" for t in sim.status.tasks.values())
     obs = sim.obs(metrics=False)
     obs.teacher_steps = {"a": 300, "b": 500}
     sim.status, actions = reconcile(sim.spec, sim.status, obs, run="r")

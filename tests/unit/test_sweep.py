@@ -84,8 +84,8 @@ def test_seeds_as_a_count_or_a_list():
 
 
 def test_runs_per_method_and_seed_with_labels_and_references_that_follow_the_seed(tmp_path):
-    uni = _spec(tmp_path, "uni", strategy="fixedSteps")
-    bam = _spec(tmp_path, "bam", strategy="bam", teacherRun="uni")
+    uni = _spec(tmp_path, "uni", method="fixedSteps")
+    bam = _spec(tmp_path, "bam", method="bam", teacherRun="uni")
     runs = expand([uni, bam], [1, 2], experiment="exp", absolute_paths=True)
     assert [(r.name, r.seed) for r in runs] == [("uni-s1", 1), ("bam-s1", 1), ("uni-s2", 2), ("bam-s2", 2)]
     b2 = runs[3].resource
@@ -116,7 +116,7 @@ def test_bad_sweeps_are_named(tmp_path):
 
 def test_a_local_sweep_resumes_what_was_interrupted_where_its_storage_is(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    uni = _spec(tmp_path, "uni", strategy="fixedSteps", storage={"uri": "file://./store"})
+    uni = _spec(tmp_path, "uni", method="fixedSteps", storage={"uri": "file://./store"})
     runs = expand([uni], [1, 2], absolute_paths=True)
     sweep = LocalSweep(sweep_dir=tmp_path / "sweeps" / "exp")
     status = tmp_path / "store" / "local" / "uni-s2" / "status.json"
@@ -142,7 +142,7 @@ def test_the_users_sweep_with_runs_root_elsewhere_is_refused_and_without_it_find
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    specs = [str(_spec(work, "a", strategy="fixedSteps", storage={"uri": "file://./runs"})),
+    specs = [str(_spec(work, "a", method="fixedSteps", storage={"uri": "file://./runs"})),
              str(_spec(work, "b", storage={"uri": "file://./runs"}))]
     sweep = ["sweep", *specs, "--seeds", "7,11,13", "--parallel", "2"]
     names = [f"{m}-s{s}" for s in (7, 11, 13) for m in ("a", "b")]
@@ -176,7 +176,7 @@ def test_a_sweep_finds_runs_whose_storage_is_not_runs_local(tmp_path, monkeypatc
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    spec = _spec(work, "a", strategy="fixedSteps", storage={"uri": "file://../store"})
+    spec = _spec(work, "a", method="fixedSteps", storage={"uri": "file://../store"})
     assert main(["sweep", str(spec), "--seeds", "2"]) == 0
     out = capsys.readouterr().out
     assert _phase(tmp_path / "store" / "local" / "a-s1") == "Succeeded" and "Failed" not in out
@@ -188,7 +188,7 @@ def test_a_run_whose_status_was_not_read_is_never_called_failed(tmp_path, monkey
     from asyncmtl.cli import main
 
     monkeypatch.chdir(tmp_path)
-    spec = _spec(tmp_path, "a", strategy="fixedSteps")  # the default storage: file://./runs
+    spec = _spec(tmp_path, "a", method="fixedSteps")  # the default storage: file://./runs
     run_dir = tmp_path / "runs" / "local"
     monkeypatch.setenv("SWEEP_STUB_PHASE", "none")  # `asyncmtl run` exits 0 and leaves no status
     assert main(["sweep", str(spec), "--seeds", "1"]) == 1

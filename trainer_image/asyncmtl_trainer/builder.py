@@ -94,7 +94,7 @@ def build_training(spec: RunSpec, ranks: Ranks, io: StateIO, *, workdir: Path, b
     forward = distribute(model, TaskForward(model), ranks, io)
     pad_id = int(tokenizer.pad_token_id or 0)
     autocast = _autocast_factory(ranks.device, tr.precision)
-    evaluator = Evaluator(model, ranks, tr.eval_batch_size, pad_id, autocast, lockstep=io.sharded)
+    evaluator = Evaluator(model, ranks, tr.eval_batch_size_per_rank, pad_id, autocast, lockstep=io.sharded)
     cache = workdir / "cache"
     train: dict[str, TokenizedSplit] = {}
     val: dict[str, TokenizedSplit] = {}

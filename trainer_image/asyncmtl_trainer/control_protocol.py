@@ -7,7 +7,7 @@ does no I/O, so the live trainer (one generation as it arrives) and a resumed tr
 every generation its checkpoint had applied, `replay`) derive the same phases from the same signals.
 
 Signals (paper Sec. 3): `converged` rewinds the model to the task's best checkpoint and stops its
-supervised loss (Distilling until its soft labels exist; under Continual MTL the task keeps its
+supervised loss (AwaitingSoftLabels until its soft labels exist; under Continual MTL the task keeps its
 labels and is only marked decided); `softLabelsReady` starts its KD loss (Eq. 2); `skipDistillation`
 freezes it; `startTask` starts a sequential task; `stop` ends training.
 """
@@ -80,7 +80,7 @@ def apply_generation(tasks: Mapping[str, TaskControl], signals: Iterable[Signal]
     Args:
         tasks: task -> current `TaskControl` (not modified).
         signals: the generation's signals.
-        distills_on_convergence: the strategy distils a converged task (asyncMTL, BAM); False for
+        distills_on_convergence: the method distils a converged task (asyncMTL, BAM); False for
             Continual MTL, where a converged task keeps training on its labels.
     Returns:
         `ControlEffects`.
@@ -92,7 +92,7 @@ def apply_generation(tasks: Mapping[str, TaskControl], signals: Iterable[Signal]
     converged = [s for s in signals if s.kind == "converged"]
     distilled = converged if distills_on_convergence else []  # Continual MTL: marked decided, nothing rewinds
     for s in converged:
-        out[s.task] = (replace(out[s.task], phase=TaskPhase.DISTILLING, pinned_step=s.best_step)
+        out[s.task] = (replace(out[s.task], phase=TaskPhase.AWAITING_SOFT_LABELS, pinned_step=s.best_step)
                        if distills_on_convergence else replace(out[s.task], decided=True))
     actions: list[TaskAction] = []
     for s in signals:

@@ -26,7 +26,7 @@ class Evaluator:
 
     Args:
         model: the (unwrapped) multi-task model. ranks: the process group (a world of one: no gathering).
-        batch_size: examples per batch (`training.evalBatchSize`). pad_id: the tokenizer's pad id.
+        batch_size: examples per batch on this rank (`training.evalBatchSizePerRank`). pad_id: the tokenizer's pad id.
         autocast: returns the forward passes' autocast context (`training.precision`).
         lockstep: every rank runs the same number of forward passes (the model is FSDP-sharded).
     """

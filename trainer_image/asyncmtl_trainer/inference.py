@@ -109,8 +109,8 @@ def _run(args: argparse.Namespace) -> int:
     tok = tokenize_split(task, split, tokenizer, spec.model.max_length, Path(args.workdir) / "cache")
     start, end = shard_range(len(tok), index, args.shards)
     part = subset(tok, start, end)
-    evaluator = Evaluator(model, Ranks(device=device), spec.training.eval_batch_size, int(tokenizer.pad_token_id or 0),
-                          lambda: inference_autocast(device, spec.training.precision))
+    evaluator = Evaluator(model, Ranks(device=device), spec.training.eval_batch_size_per_rank,
+                          int(tokenizer.pad_token_id or 0), lambda: inference_autocast(device, spec.training.precision))
     outputs = torch.from_numpy(evaluator.predict(task, part))  # (rows, num_labels) float32, in shard order
     ids = torch.arange(start, end, dtype=torch.int64)
     key = write_shard(storage, task.name, args.step, index, args.shards, ids, outputs, total=len(tok))

@@ -76,7 +76,7 @@ def bam_loss(task_type: TaskType, logits: torch.Tensor, target: torch.Tensor, te
 @dataclass
 class TaskLosses:
     """The per-task losses of a mixed batch (paper Eq. 3 sums them; the weighting method combines them):
-    supervised (Eq. 1) for a task in Training, KD (Eq. 2; BAM's annealed mix under `strategy: bam`) for a
+    supervised (Eq. 1) for a task in Training, KD (Eq. 2; BAM's annealed mix under `method: bam`) for a
     task in KD; tasks in other phases contribute nothing.
 
     Under torchrun a batch is this rank's slice (`Batch.global_rows`, `Batch.world`): each task's mean over its
@@ -85,7 +85,7 @@ class TaskLosses:
 
     Attributes:
         types: task -> its TaskType. distillation: `spec.distillation` (temperature, kdWeight).
-        anneals: BAM's teacher annealing (the strategy's). max_steps: `training.maxSteps` (the annealing's end).
+        anneals: BAM's teacher annealing (`spec.method: bam`). max_steps: `training.maxSteps` (the annealing's end).
         loss_scale: regression task -> divisor of its loss (normalizedMse).
         soft: task -> (train examples, num_labels) soft labels on the training device, once loaded.
     """

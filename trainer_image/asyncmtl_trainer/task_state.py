@@ -102,7 +102,7 @@ def kd_sampling_scale(states: Mapping[str, TaskState], kd_sampling_weight: float
 def paused(states: Mapping[str, TaskState], while_pending: str) -> bool:
     """Training holds: a task awaits its soft labels under `distillation.whilePending: Pause`, or no task is
     left to train."""
-    if while_pending == "Pause" and any(s.mode == TaskPhase.DISTILLING for s in states.values()):
+    if while_pending == "Pause" and any(s.mode == TaskPhase.AWAITING_SOFT_LABELS for s in states.values()):
         return True
     return not active_tasks(states)
 

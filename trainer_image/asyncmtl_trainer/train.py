@@ -27,7 +27,7 @@ from asyncmtl.lifecycle import TaskPhase
 from asyncmtl.logs import configure, run_logger
 from asyncmtl.spec import RunSpec
 from asyncmtl.storage import RunStorage
-from asyncmtl.strategy import Strategy
+from asyncmtl.method import Method
 from asyncmtl.storage_factory import open_run_storage
 from asyncmtl_trainer.batching import Batch, TokenizedSplit
 from asyncmtl_trainer.builder import build_training
@@ -102,7 +102,7 @@ class Trainer:
         self.task_specs = {t.name: t for t in spec.tasks}
         self.ranks = ranks or Ranks(device=local_device(spec.training.device))
         self.device = self.ranks.device
-        self.states = {t.name: TaskState(spec.resolved_strategy.initial_phase(spec.setting)) for t in spec.tasks}
+        self.states = {t.name: TaskState(spec.resolved_method.initial_phase(spec.setting)) for t in spec.tasks}
         self.step = 0
         self.rewinds = 0  # rewinds applied so far along the run's timeline (the batch draw's key)
         self.stop_requested = False
@@ -117,8 +117,8 @@ class Trainer:
         self.checkpointer = AsyncCheckpointer(storage, staging, background=opts.async_checkpoints, io=self.state_io)
 
     @property
-    def strategy(self) -> Strategy:
-        return self.spec.resolved_strategy
+    def method(self) -> Method:
+        return self.spec.resolved_method
 
     def setup(self) -> None:
         """Build the run (`builder.build_training`: data, model, optimizer, weighting) and export each task's
@@ -131,7 +131,7 @@ class Trainer:
         self.sampler, self.evaluator, self.chance, self.last_shared = b.sampler, b.evaluator, b.chance, b.last_shared
         self.loss_scale = b.loss_scale
         self.losses = TaskLosses({n: t.type for n, t in self.task_specs.items()}, self.spec.distillation,
-                                 self.strategy.anneals, self.spec.training.max_steps, b.loss_scale)
+                                 self.method.anneals, self.spec.training.max_steps, b.loss_scale)
         self.stepper = TrainingStep(b, self.losses, self.meter, self.spec.training.max_grad_norm,
                                     list(self.task_specs) if self.state_io.sharded else None)
         self.checkpoints = TrainingCheckpoints(self.checkpointer, self.ranks, self.model, self.optimizer,
@@ -162,7 +162,7 @@ class Trainer:
         """Apply one generation's signals together (`control_protocol.apply_generation`), carry out their
         effects, then acknowledge the generation through the metrics."""
         fx = apply_generation({n: st.control for n, st in self.states.items()}, signals,
-                              distills_on_convergence=self.strategy.distills_on_convergence)
+                              distills_on_convergence=self.method.distills_on_convergence)
         for task, best in fx.converged:  # in decision order: what a later run's easiest-first order reads. At the
             # task's best step (from the signal, not the step it is applied at), so a trainer resumed from an earlier
             # checkpoint that applies the signal again writes the same record, kept once
@@ -174,7 +174,7 @@ class Trainer:
             if task in fx.continual:
                 self.log.info("task %s converged (best step %d): it keeps training on its labels (continual)", task, best)
             else:
-                self.exporter.set_mode(task, TaskPhase.DISTILLING)
+                self.exporter.set_mode(task, TaskPhase.AWAITING_SOFT_LABELS)
                 self.log.info("task %s converged (best step %d): supervised loss dropped", task, best)
         if fx.rewind_to is not None:
             self.rewind(fx.rewind_to)
@@ -250,7 +250,7 @@ class Trainer:
         doc = self.control.document()
         if doc is not None:
             fx = replay({n: st.control for n, st in self.states.items()}, doc.signals, state.applied_generation,
-                        distills_on_convergence=self.strategy.distills_on_convergence)
+                        distills_on_convergence=self.method.distills_on_convergence)
             for name, c in fx.tasks.items():
                 self.states[name].control = c
             for task, uri in fx.soft_labels.items():
@@ -267,7 +267,7 @@ class Trainer:
         best checkpoints of tasks that may still need one, as a rewind target or teacher (training tasks), or,
         under BAM (every task distilled from the start, none ever converges), for the report's Best row."""
         needing = {n for n, s in self.states.items()
-                   if s.mode == TaskPhase.TRAINING or (s.mode == TaskPhase.KD and self.strategy.teacher)}
+                   if s.mode == TaskPhase.TRAINING or (s.mode == TaskPhase.KD and self.method.teacher)}
         bests = {n: (s.best.best_step, s.prev_best_step) for n, s in self.states.items()}
         pinned = {s.pinned_step for s in self.states.values() if s.pinned_step is not None}
         state = checkpoint_state(self.step, self.control.applied_generation, self.rewinds, self.states,
@@ -380,8 +380,8 @@ class Trainer:
 
     def decision_due(self) -> list[str]:
         """Tasks whose convergence the runtime decides on at this validation step (`task_state.due_for_decision`);
-        none under `distillation.whilePending: Continue` or a strategy that decides no convergence."""
-        if self.spec.distillation.while_pending != "Pause" or not self.strategy.decides_convergence:
+        none under `distillation.whilePending: Continue` or a method that decides no convergence."""
+        if self.spec.distillation.while_pending != "Pause" or not self.method.decides_convergence:
             return []
         return due_for_decision(self.states, self.chance, lambda n: rule_for(self.spec, self.task_specs[n]))
 
