@@ -89,7 +89,9 @@ class ValidationRecord(_Record):
     """One task's validation at one validation step. `value`: the task's metric (points, 0-100);
     `metrics`: every metric computed; `mode`: how the task was trained then (supervised, kd, ...);
     `generation`: the control generation applied; `best_step`/`best_value`: the trainer's best so
-    far; `rewinds`: rewinds applied before it (with kind, task and step: what makes it unique)."""
+    far; `rewinds`: rewinds applied before it (with kind, task and step: what makes it unique);
+    `epochs`: epochs of the task's training data drawn by then (examples drawn for it along the run's
+    timeline / its training-split size; None in histories written before it was recorded)."""
 
     time: float = 0.0
     step: int
@@ -102,6 +104,7 @@ class ValidationRecord(_Record):
     best_step: int | None = None
     best_value: float | None = None
     rewinds: int | None = None
+    epochs: float | None = None
 
     @property
     def kind(self) -> str:
@@ -144,7 +147,11 @@ def record_json(record: HistoryRecord) -> str:
     """The record as one history line (camelCase keys, as the trainer has always written them)."""
     if isinstance(record, EventRecord):
         return json.dumps(record.model_dump(by_alias=True, exclude_none=True))
-    return json.dumps(record.model_dump(by_alias=True))
+    # fields added later are written only when set, so a line reads as it always did
+    return json.dumps(record.model_dump(by_alias=True, exclude={k for k in _LATER_FIELDS if getattr(record, k) is None}))
+
+
+_LATER_FIELDS = ("epochs",)  # ValidationRecord fields histories before them lack
 
 
 def history_key(record: HistoryRecord) -> tuple:

@@ -150,6 +150,13 @@ class TaskSpec(_Strict):
                     "value beats its chance score (a constant predictor: the training split's class prior, or its "
                     "mean for regression) by this much, so a task that has not started to learn is not frozen on "
                     "a dip of its validation curve. Unset: no floor (the paper).")
+    min_epochs: float = Field(
+        0.0, ge=0.0, le=1000.0,
+        description="Epoch floor: the task is not declared converged before it has seen this many epochs of its own "
+                    "training data (examples the trainer drew for it, along the run's timeline, divided by its "
+                    "training-split size) at its last validation step. The size-proportional sampler gives a small "
+                    "task few examples per step, so a step floor (minSteps) does not guarantee it has seen its data; "
+                    "a validation curve read after a fraction of an epoch is mostly noise. 0: no floor (the paper).")
     sampling_weight: float = Field(1.0, gt=0.0, le=1e6,
                                    description="Multiplies the task's share of each batch (size-proportional).")
 

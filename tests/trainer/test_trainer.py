@@ -474,3 +474,53 @@ def test_continual_a_converged_task_keeps_its_labels_and_no_longer_holds_the_tra
     resumed.resume()
     rs = resumed.states["sentiment"]
     assert rs.mode == TaskPhase.TRAINING and rs.decided and resumed.decision_due() == []
+
+
+def test_the_trainer_counts_each_tasks_epochs_from_its_draws_and_decides_with_them(tmp_path, tiny_model):
+    """Epochs = examples the deterministic sampler drew for the task / its training-split size, at every
+    validation: in the trainer's state, the history, the exported gauge (what the runtimes read) and the
+    trainer's own decision barrier; a rewind restores the count of its checkpoint."""
+    from collections import Counter
+
+    from prometheus_client import generate_latest
+
+    from asyncmtl.artifacts import ValidationRecord, read_history
+    from asyncmtl.local.scrape import parse_trainer_metrics
+
+    tr = _trainer_with(tmp_path, tiny_model)  # batch 8, validation every 5 steps, 64 training examples per task
+    names = list(tr.task_specs)
+    drawn: list[Counter] = []  # cumulative examples per task after each step, drawn independently of the trainer
+    total: Counter = Counter()
+    for step in range(10):
+        total.update(t for t, _ in tr.sampler.draw(step, 0, names))
+        drawn.append(Counter(total))
+    assert sum(drawn[-1].values()) == 80 and all(drawn[-1][n] > 0 for n in names)
+    for _ in range(10):
+        tr.step_once()
+    sizes = {n: len(s) for n, s in tr.train.items()}
+    assert sizes == {"sentiment": 64, "sarcasm": 64}
+    obs = parse_trainer_metrics(generate_latest(tr.exporter.registry).decode(), "t")
+    records = [r for r in read_history(tr.storage) if isinstance(r, ValidationRecord)]
+    for n in names:
+        st = tr.states[n]
+        assert st.examples == drawn[9][n]
+        assert st.last_epochs == pytest.approx(drawn[9][n] / 64)
+        assert obs.tasks[n].last_epochs == pytest.approx(drawn[9][n] / 64)
+        assert [(r.step, r.epochs) for r in records if r.task == n] == [
+            (5, pytest.approx(drawn[4][n] / 64)), (10, pytest.approx(drawn[9][n] / 64))]
+        assert st.track(None).epochs == st.last_epochs
+    # the trainer's barrier reads the same floor as the decision core: not due below it, due at it
+    tr.spec.distillation.while_pending = "Pause"
+    st = tr.states["sentiment"]
+    st.best.best_step, st.best.best_value = 5, 99.0  # no improvement since step 5
+    tr.spec.tasks[0].patience = 1
+    tr.spec.tasks[0].min_epochs = st.last_epochs + 0.01
+    assert "sentiment" not in tr.decision_due()
+    tr.spec.tasks[0].min_epochs = st.last_epochs
+    assert "sentiment" in tr.decision_due()
+    tr.rewind(5)
+    for n in names:
+        assert tr.states[n].examples == drawn[4][n]
+        assert tr.states[n].last_epochs == pytest.approx(drawn[4][n] / 64)
+    obs = parse_trainer_metrics(generate_latest(tr.exporter.registry).decode(), "t")
+    assert obs.tasks["sarcasm"].last_epochs == pytest.approx(drawn[4]["sarcasm"] / 64)

@@ -184,3 +184,71 @@ def test_cut_keeps_the_chance_score():
     rule = ConvergenceRule(patience=2, validation_interval=IV, min_gain_over_chance=1.0)
     track, _ = _feed_with_chance([(100, 50), (200, 60), (300, 70)], rule, chance=30.0)
     assert track.cut(200, rule).chance == 30.0
+
+
+# ---- epoch floor (minEpochs, issue 24) ------------------------------------------------------------------------
+
+def _feed_with_epochs(points, rule):
+    """Feed (step, value, epochs) points one poll each, as the trainer exports them."""
+    track, history = Track(), []
+    for i, (step, value, epochs) in enumerate(points, start=1):
+        track, _ = observe(track, TaskObservation(validations=i, last_step=step, last_value=value,
+                                                  last_epochs=epochs), rule)
+        history.append(has_converged(track, rule))
+    return track, history
+
+
+def test_epoch_floor_holds_a_flat_curve_until_the_task_has_seen_its_data():
+    """A slow task's flat, noisy curve (best at 200) meets patience 2 at 400, after 0.4 epochs of its own data:
+    the paper rule converges there; with minEpochs 1 the first decision is at the first validation with at
+    least one epoch seen (700), and the rule itself is unchanged (best still at 200)."""
+    curve = [(100, 50.0, 0.1), (200, 53.0, 0.2), (300, 51.0, 0.3), (400, 52.0, 0.4), (500, 50.5, 0.5),
+             (600, 52.5, 0.9), (700, 51.5, 1.05), (800, 52.0, 1.2)]
+    _, plain = _feed_with_epochs(curve, ConvergenceRule(patience=2, validation_interval=IV))
+    track, floored = _feed_with_epochs(curve, ConvergenceRule(patience=2, validation_interval=IV, min_epochs=1.0))
+    assert plain.index(True) == 3  # step 400
+    assert floored.index(True) == 6 and not any(floored[:6])  # step 700
+    assert track.best_step == 200 and track.epochs == pytest.approx(1.2)
+
+
+@pytest.mark.parametrize("epochs,min_epochs,expected", [
+    (0.999, 1.0, False),
+    (1.0, 1.0, True),            # exactly the floor is enough
+    (1.0 - 1e-12, 1.0, True),    # float noise of examples/size does not decide
+    (0.0, 0.0, True),            # no floor: the paper rule
+    (None, 3.0, True),           # epochs not reported: the floor is unchecked (as the chance floor)
+])
+def test_epoch_floor_boundary(epochs, min_epochs, expected):
+    rule = ConvergenceRule(patience=1, validation_interval=IV, min_epochs=min_epochs)
+    track = Track(best_step=100, best_value=60.0, last_step=300, last_value=59.0, epochs=epochs)
+    assert has_converged(track, rule) is expected
+
+
+def test_epochs_survive_a_rewind_cut_and_a_torn_scrape_only_delays():
+    rule = ConvergenceRule(patience=1, validation_interval=IV, min_epochs=1.0)
+    track, _ = _feed_with_epochs([(100, 60.0, 0.5), (200, 58.0, 1.0), (300, 57.0, 1.5)], rule)
+    cut = track.cut(200, rule)
+    assert cut.last_step == 200 and cut.epochs == 1.0 and has_converged(cut, rule)
+    assert track.cut(100, rule).epochs == 0.5
+    # a scrape that read step 200 with step 100's epochs (the gauge is set after the step): not yet converged;
+    # the next poll of the same step reads its own epochs and the decision follows
+    torn, _ = observe(Track(), TaskObservation(validations=1, last_step=100, last_value=60.0, last_epochs=0.5), rule)
+    torn, _ = observe(torn, TaskObservation(validations=2, last_step=200, last_value=58.0, last_epochs=0.5), rule)
+    assert not has_converged(torn, rule)
+    fixed, _ = observe(torn, TaskObservation(validations=2, last_step=200, last_value=58.0, last_epochs=1.0), rule)
+    assert has_converged(fixed, rule) and fixed.points[-1].epochs == 1.0
+    again, _ = observe(fixed, TaskObservation(validations=2, last_step=200, last_value=58.0, last_epochs=0.5), rule)
+    assert again.epochs == 1.0  # epochs never fall within a step
+    assert again.cut(200, rule).epochs == 1.0  # the corrected value is what a rewind restores
+
+
+def test_rule_for_carries_min_epochs_and_its_default_is_the_paper_rule():
+    from asyncmtl.core.convergence import rule_for
+    from asyncmtl.spec import parse_run
+    from tests.conftest import builtin_task, run_doc
+
+    plain = builtin_task("sentiment")
+    floored = {**builtin_task("sarcasm"), "minEpochs": 2.5}
+    spec = parse_run(run_doc([plain, floored])).spec
+    assert rule_for(spec, spec.tasks[0]).min_epochs == 0.0
+    assert rule_for(spec, spec.tasks[1]).min_epochs == 2.5

@@ -29,7 +29,7 @@ from asyncmtl.spec import RunSpec
 from asyncmtl.storage import RunStorage
 from asyncmtl.strategy import Strategy
 from asyncmtl.storage_factory import open_run_storage
-from asyncmtl_trainer.batching import Batch, TokenizedSplit
+from asyncmtl_trainer.batching import Batch, TokenizedSplit, drawn_rows
 from asyncmtl_trainer.builder import build_training
 from asyncmtl_trainer.checkpoint import AsyncCheckpointer, CheckpointState, TrainingCheckpoints, retention
 from asyncmtl_trainer.control_client import ControlClient, ControlTick
@@ -222,7 +222,8 @@ class Trainer:
         for name, st in self.states.items():
             if resumed and st.validations:
                 self.exporter.validations.labels(self.opts.run, name).inc(st.validations)
-            self.exporter.set_task_state(name, st.last_step, st.last_value, st.best.best_step, st.best.best_value)
+            self.exporter.set_task_state(name, st.last_step, st.last_value, st.best.best_step, st.best.best_value,
+                                         st.last_epochs)
         self.exporter.complete_validation(self.step)
 
     def rewind(self, step: int) -> None:
@@ -323,12 +324,13 @@ class Trainer:
                 continue
             metrics = self.evaluate(name, self.val[name])
             value = metrics[t.metric.value]
-            st.record(self.step, value, rule_for(self.spec, t))
-            self.exporter.record_validation(name, self.step, value, st.best.best_step, st.best.best_value)
+            epochs = st.epochs(len(self.train[name]))
+            st.record(self.step, value, rule_for(self.spec, t), epochs)
+            self.exporter.record_validation(name, self.step, value, st.best.best_step, st.best.best_value, epochs)
             self.history.record(ValidationRecord(
                 time=now, step=self.step, task=name, metric=t.metric.value, value=value, metrics=metrics,
                 mode=st.mode, generation=self.control.applied_generation, best_step=st.best.best_step,
-                best_value=st.best.best_value), self.rewinds)
+                best_value=st.best.best_value, epochs=epochs), self.rewinds)
             if self.opts.report_delay_seconds:  # fault injection (determinism test): a slow report between tasks
                 time.sleep(self.opts.report_delay_seconds)
         self.exporter.complete_validation(self.step)  # after the last task: the step may now be decided on
@@ -359,10 +361,18 @@ class Trainer:
         """This rank's slice of the step's mixed batch (deterministic in seed, step and rewinds)."""
         return self.stepper.batch(self.ranks, self.step, self.rewinds, self.active_tasks(), self._sampling_scale())
 
+    def count_examples(self, batch: Batch) -> None:
+        """Add the step's draw to each task's examples drawn (the whole global batch's rows, the same on every
+        rank: what the epoch floor `minEpochs` counts)."""
+        for task, rows in drawn_rows(batch).items():
+            self.states[task].examples += rows
+
     def step_once(self) -> dict[str, torch.Tensor]:
         """Train one step; at a validation step, validate and checkpoint. Returns the step's task losses."""
         t0 = time.perf_counter()
-        losses = self.train_step(self.next_batch())
+        batch = self.next_batch()
+        self.count_examples(batch)
+        losses = self.train_step(batch)
         self.step += 1
         self.meter.timed(time.perf_counter() - t0, self.spec.training.batch_size)  # the whole global batch
         if self.step % LOSS_EXPORT_EVERY == 0:
