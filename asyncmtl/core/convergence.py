@@ -30,6 +30,20 @@ own decision barrier compare the same number. Prechelt (1998, "Early stopping �
 notes that validation curves have many local minima early on and that stopping criteria fire
 prematurely on them; a size-proportional sampler gives a small task few examples per step, so a step
 count (`minSteps`) is not an exposure floor for it, the epoch count is.
+
+Optional paired significance rule (`significance`, not in the paper): with a few hundred validation
+rows a checkpoint's score moves 1-3 points by chance, and the paper's rule, which compares raw
+values, fires on the first unlucky draws of a flat or slowly rising curve. Under this rule a
+validation counts toward `patience` only when the current checkpoint is *significantly* below the
+task's best one on the same validation rows: the trainer keeps the best checkpoint's per-example
+scores, draws a paired bootstrap of metric(best rows) − metric(current rows) (Efron & Tibshirani
+1993, "An Introduction to the Bootstrap", Ch. 13 percentile interval and Ch. 16 on paired tests;
+deterministic: seeded from the run seed, the task and the step) and calls the validation
+significantly worse when the lower bound of the one-sided (1 − significance) interval is above 0.
+The trainer reports how many consecutive validations were (`streak`, the
+`asyncmtl_validation_significant_streak` gauge, `ValidationRecord.streak`); the task converges when
+`streak >= patience`. A new best resets the streak, and so does a validation that is not significantly
+worse (Prechelt 1998 names the premature stops that "not improving for k steps" makes on noisy curves).
 """
 from __future__ import annotations
 
@@ -48,6 +62,8 @@ class ValidationPoint(BaseModel):
     value: float
     epochs: float | None = Field(None, description="Epochs of the task's training data drawn by this validation "
                                                    "(examples drawn / training-split size); None: not reported.")
+    streak: int | None = Field(None, ge=0, description="Consecutive validations up to this one significantly below "
+                                                       "the best (significance rule); None: not reported.")
 
 
 @dataclass(frozen=True)
@@ -67,6 +83,9 @@ class ConvergenceRule:
         min_epochs: epochs of its own training data (examples drawn for it / its training-split size)
             the task must have seen at its last validation before convergence may be declared
             (0: no floor, the paper).
+        significance: the paired rule's level α (e.g. 0.05): a validation counts toward `patience` only
+            when the current checkpoint is significantly below the best (see the module docstring); None:
+            every validation without improvement counts (the paper).
     """
 
     patience: int
@@ -77,6 +96,7 @@ class ConvergenceRule:
     smoothing: float = 0.0
     min_gain_over_chance: float | None = None
     min_epochs: float = 0.0
+    significance: float | None = None
 
     def smooth(self, value: float, previous: float | None) -> float:
         """The smoothed value after `value`, given the previous smoothed value (None: the first)."""
@@ -113,6 +133,8 @@ class Track(BaseModel):
     last_value: float | None = None
     epochs: float | None = Field(None, description="Epochs of its training data the task had seen at the last point "
                                                    "(as the trainer reported it); None: not reported.")
+    streak: int | None = Field(None, description="Consecutive validations up to the last point significantly below the "
+                                                 "best (the trainer's paired bootstrap); None: not reported.")
     smoothed: float | None = Field(None, description="The rule's smoothed value at the last point (smoothing > 0).")
     validations_seen: int = Field(0, description="Trainer's validations counter at the last observation.")
     missed: int = Field(0, description="Validations counted by the trainer but never seen as a point.")
@@ -147,7 +169,7 @@ class Track(BaseModel):
             last = kept[-1]
             out.points = [p.model_copy() for p in kept]
             out.smoothed, out.best_step, out.best_value = last.smoothed, last.best_step, last.best_value
-            out.last_step, out.last_value, out.epochs = last.step, last.value, last.epochs
+            out.last_step, out.last_value, out.epochs, out.streak = last.step, last.value, last.epochs, last.streak
         else:
             for p in kept:
                 out = out._add_point(p, rule)
@@ -162,8 +184,8 @@ class Track(BaseModel):
         t.smoothed = rule.smooth(p.value, t.smoothed)
         if rule.improves(t.smoothed, t.best_value):
             t.best_step, t.best_value = p.step, t.smoothed
-        t.last_step, t.last_value, t.epochs = p.step, p.value, p.epochs
-        t.points.append(TrackPoint(step=p.step, value=p.value, epochs=p.epochs, smoothed=t.smoothed,
+        t.last_step, t.last_value, t.epochs, t.streak = p.step, p.value, p.epochs, p.streak
+        t.points.append(TrackPoint(step=p.step, value=p.value, epochs=p.epochs, streak=p.streak, smoothed=t.smoothed,
                                    best_step=t.best_step, best_value=t.best_value))
         return t
 
@@ -223,6 +245,8 @@ class TaskObservation(BaseModel):
         chance: the task's chance score on its validation split (metric points; constant for a run).
         last_epochs: epochs of its training data the task had seen at `last_step` (examples drawn /
             training-split size; the trainer's count).
+        last_streak: consecutive validations up to `last_step` significantly below the best (the
+            significance rule; the trainer's paired bootstrap).
     """
 
     validations: int = 0
@@ -233,6 +257,7 @@ class TaskObservation(BaseModel):
     points: list[ValidationPoint] = Field(default_factory=list)
     chance: float | None = None
     last_epochs: float | None = None
+    last_streak: int | None = None
 
     def through(self, complete_step: int | None) -> "TaskObservation | None":
         """This observation if it describes only whole validation steps (steps <= `complete_step`,
@@ -281,6 +306,12 @@ def observe(track: Track, obs: TaskObservation, rule: ConvergenceRule, *,
         out.epochs = obs.last_epochs if out.epochs is None else max(out.epochs, obs.last_epochs)
         if out.points and out.points[-1].step == out.last_step:
             out.points[-1].epochs = out.epochs
+    if obs.last_streak is not None and obs.last_step is not None and obs.last_step == out.last_step:
+        # set by the trainer with the step (after it, exposed before it): a poll that read this step reads its streak
+        # once the step is complete (`through`), and a later poll of the same step reads the same value
+        out.streak = obs.last_streak
+        if out.points and out.points[-1].step == out.last_step:
+            out.points[-1].streak = out.streak
     # The trainer applies the same rule to every validation, seen or missed by us, so its
     # best-so-far is authoritative whenever it reports one.
     if obs.best_step is not None and obs.best_value is not None and (
@@ -304,8 +335,13 @@ def has_converged(track: Track, rule: ConvergenceRule) -> bool:
     `min_gain_over_chance` points above it, and, when the rule has an epoch floor and the task's epochs
     are known, with at least `min_epochs` epochs of its training data seen at the last validation).
 
+    Under the significance rule (`rule.significance` set) the patience count is the trainer's streak of
+    consecutive validations significantly below the best, not the validation steps since the best.
+
     Unknown epochs (a trainer that does not report them) leave the epoch floor unchecked, as an
-    unknown chance score leaves the chance floor: the decision is then the rule without that floor."""
+    unknown chance score leaves the chance floor: the decision is then the rule without that floor.
+    An unknown streak under the significance rule never converges (a trainer that does not run the
+    bootstrap cannot say a drop is significant)."""
     if track.last_step is None or track.best_step is None:
         return False
     if track.last_step < rule.min_steps:
@@ -315,6 +351,8 @@ def has_converged(track: Track, rule: ConvergenceRule) -> bool:
     if rule.min_gain_over_chance is not None and track.chance is not None and (
             track.best_value is None or not beats_chance(track.best_value, track.chance, rule)):
         return False
+    if rule.significance is not None:
+        return track.streak is not None and track.streak >= rule.patience
     return track.validation_steps_since_best(rule.validation_interval) >= rule.patience
 
 
@@ -353,4 +391,5 @@ def rule_for(spec: RunSpec, task: TaskSpec) -> ConvergenceRule:
         smoothing=task.smoothing,
         min_gain_over_chance=task.min_gain_over_chance,
         min_epochs=task.min_epochs,
+        significance=task.significance,
     )

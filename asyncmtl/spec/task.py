@@ -157,6 +157,16 @@ class TaskSpec(_Strict):
                     "training-split size) at its last validation step. The size-proportional sampler gives a small "
                     "task few examples per step, so a step floor (minSteps) does not guarantee it has seen its data; "
                     "a validation curve read after a fraction of an epoch is mostly noise. 0: no floor (the paper).")
+    significance: float | None = Field(
+        None, gt=0.0, lt=0.5,
+        description="Paired, noise-aware convergence rule: a validation counts toward patience only when the current "
+                    "checkpoint is significantly below the task's best one on the same validation rows — the lower "
+                    "bound of the one-sided (1 - significance) paired-bootstrap interval of metric(best) - "
+                    "metric(current) is above 0 (1000 resamples of the rows, seeded from the run seed, the task and "
+                    "the step; accuracy resamples each row's 0/1 correctness, other metrics are recomputed on the "
+                    "resampled rows) — and the task converges after patience consecutive such validations. With a "
+                    "few hundred validation rows a checkpoint's score moves 1-3 points by chance, and the raw rule "
+                    "fires on those draws. E.g. 0.05. Unset: every validation without improvement counts (the paper).")
     sampling_weight: float = Field(1.0, gt=0.0, le=1e6,
                                    description="Multiplies the task's share of each batch (size-proportional).")
 

@@ -252,3 +252,41 @@ def test_rule_for_carries_min_epochs_and_its_default_is_the_paper_rule():
     spec = parse_run(run_doc([plain, floored])).spec
     assert rule_for(spec, spec.tasks[0]).min_epochs == 0.0
     assert rule_for(spec, spec.tasks[1]).min_epochs == 2.5
+
+
+# ---- paired significance rule (significance, issue 24) -----------------------------------------------------------
+
+def test_significance_rule_counts_the_trainers_streak_not_the_steps_since_best():
+    """Best at 200, then three validations below it: the paper rule (patience 2) converges at 400; under the
+    significance rule only drops the trainer's paired bootstrap found significant count, consecutively."""
+    rule = ConvergenceRule(patience=2, validation_interval=IV, significance=0.05)
+    track, history = Track(), []
+    for i, (step, value, streak) in enumerate([(100, 50.0, 0), (200, 60.0, 0), (300, 59.0, 1), (400, 58.5, 0),
+                                               (500, 57.0, 1), (600, 56.0, 2)], start=1):
+        track, _ = observe(track, TaskObservation(validations=i, last_step=step, last_value=value,
+                                                  last_streak=streak), rule)
+        history.append(has_converged(track, rule))
+    assert history == [False] * 5 + [True]
+    paper = ConvergenceRule(patience=2, validation_interval=IV)
+    assert has_converged(track.cut(400, rule), paper) and not has_converged(track.cut(400, rule), rule)
+    assert track.cut(500, rule).streak == 1  # what a rewind to 500 restores
+
+
+@pytest.mark.parametrize("streak,expected", [(None, False), (0, False), (2, False), (3, True), (7, True)])
+def test_significance_rule_boundary_and_an_unreported_streak_never_converges(streak, expected):
+    rule = ConvergenceRule(patience=3, validation_interval=IV, significance=0.05)
+    track = Track(best_step=100, best_value=60.0, last_step=900, last_value=40.0, streak=streak)
+    assert has_converged(track, rule) is expected
+    # the other floors still apply on top of it
+    floored = ConvergenceRule(patience=3, validation_interval=IV, significance=0.05, min_epochs=2.0)
+    assert has_converged(track.model_copy(update={"epochs": 1.0}), floored) is False
+
+
+def test_rule_for_carries_significance_off_by_default():
+    from asyncmtl.core.convergence import rule_for
+    from asyncmtl.spec import parse_run
+    from tests.conftest import builtin_task, run_doc
+
+    spec = parse_run(run_doc([builtin_task("sentiment"), {**builtin_task("sarcasm"), "significance": 0.05}])).spec
+    assert rule_for(spec, spec.tasks[0]).significance is None
+    assert rule_for(spec, spec.tasks[1]).significance == 0.05
