@@ -380,6 +380,23 @@ class BestTracker(BaseModel):
         return False
 
 
+NOISE_WARNING_POINTS = 1.0  # `asyncmtl validate` warns above this validation noise (metric points)
+
+
+def validation_noise_points(rows: int) -> float:
+    """The standard error (metric points, 0-100) of an accuracy near 50 % measured on `rows` validation rows:
+    100·sqrt(0.25 / rows), the binomial worst case — how far a checkpoint's score moves by the draw of its
+    validation rows alone (1 point at 2500 rows, 2.9 at 300). `asyncmtl validate --data` warns when it is
+    above `NOISE_WARNING_POINTS`: the convergence rule then reads 1-point changes it cannot tell from chance.
+
+    Raises:
+        ValueError: `rows` < 1.
+    """
+    if rows < 1:
+        raise ValueError(f"validation rows: {rows} (at least 1)")
+    return 100.0 * (0.25 / rows) ** 0.5
+
+
 def rule_for(spec: RunSpec, task: TaskSpec) -> ConvergenceRule:
     """The convergence rule of `task` under `spec` (all AsyncMTL metrics are higher-is-better)."""
     return ConvergenceRule(

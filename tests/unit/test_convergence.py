@@ -290,3 +290,42 @@ def test_rule_for_carries_significance_off_by_default():
     spec = parse_run(run_doc([builtin_task("sentiment"), {**builtin_task("sarcasm"), "significance": 0.05}])).spec
     assert rule_for(spec, spec.tasks[0]).significance is None
     assert rule_for(spec, spec.tasks[1]).significance == 0.05
+
+
+# ---- validation noise (asyncmtl validate) -------------------------------------------------------------------
+
+@pytest.mark.parametrize("rows,points", [(2500, 1.0), (300, 2.8868), (100, 5.0), (10000, 0.5)])
+def test_validation_noise_is_the_standard_error_of_a_50_percent_accuracy(rows, points):
+    from asyncmtl.core.convergence import validation_noise_points
+
+    assert validation_noise_points(rows) == pytest.approx(points, abs=1e-4)
+
+
+def test_validate_warns_about_a_validation_split_too_small_to_tell_a_point(tmp_path, capsys):
+    """2499 rows: warned (noise just above 1 point), with the significance advice; 2500 rows: not warned; the
+    exit status stays 0 (advice, not an error)."""
+    import json
+
+    import yaml
+
+    from asyncmtl.cli import main
+    from tests.conftest import run_doc
+
+    tasks = []
+    for name, rows, extra in (("small", 2499, {}), ("large", 2500, {}), ("noisy", 300, {"significance": 0.05})):
+        for split, n in (("train", 20), ("validation", rows)):
+            (tmp_path / f"{name}-{split}.jsonl").write_text(
+                "".join(json.dumps({"text": f"row {i}", "label": i % 2}) + "\n" for i in range(n)))
+        tasks.append({"name": name, "type": "binary", **extra,
+                      "data": {"train": str(tmp_path / f"{name}-train.jsonl"),
+                               "validation": str(tmp_path / f"{name}-validation.jsonl")}})
+    spec = tmp_path / "run.yaml"
+    spec.write_text(yaml.safe_dump(run_doc(tasks)))
+    assert main(["validate", str(spec), "--data"]) == 0
+    err = capsys.readouterr().err
+    warned = [line for line in err.splitlines() if ": warning: task " in line]
+    assert len(warned) == 2, err
+    assert "task small: its validation split has 2499 rows" in warned[0] and "1.0 points" in warned[0]
+    assert "consider tasks[].significance" in warned[0]
+    assert "task noisy" in warned[1] and "2.9 points" in warned[1] and "its significance rule" in warned[1]
+    assert "task large" not in err
