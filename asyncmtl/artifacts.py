@@ -7,7 +7,7 @@ Layout, relative to the run's storage root (`runs/local/<run>/` locally,
 - `checkpoints/step-<8 digits>/{model.safetensors, training_state.pt, state.json}`, state.json last;
 - `softlabels/<task>/step-<8 digits>/...` (shard naming: `asyncmtl.softlabels`);
 - `reports/history.jsonl`: one `ValidationRecord` or `EventRecord` per line, in the order written;
-- `reports/validation_rows/<task>/step-<8 digits>-rewinds-<n>.npy`: the task's per-example validation rows at
+- `validation_rows/<task>/step-<8 digits>-rewinds-<n>.npy`: the task's per-example validation rows at
   that validation step (`asyncmtl_trainer.significance.example_rows`), and `.../labels.npy` its validation labels:
   what `benchmarks/replay_rule.py` replays the significance rule on without retraining;
 - `reports/best_checkpoint_scores.json`: `BestScores`, each task's best checkpoint scored when it converged;
@@ -41,11 +41,11 @@ REPORT_JSON = f"{REPORTS}/report.json"
 REPORT_MD = f"{REPORTS}/report.md"
 CURVES = f"{REPORTS}/curves.png"
 MODEL = "model"
-VALIDATION_ROWS = f"{REPORTS}/validation_rows"
+VALIDATION_ROWS = "validation_rows"
 CHECKPOINT_STATE = "state.json"  # written last: a checkpoint folder without it is incomplete
 CHECKPOINT_WEIGHTS = "model.safetensors"  # the model's weights (safetensors)
 CHECKPOINT_TRAINING = "training_state.pt"  # optimizer, scheduler, RNG and trackers (what a resume needs)
-RUN_PREFIXES = (CHECKPOINTS, SOFTLABELS, REPORTS, MODEL)  # everything a run stores (what cleanupOnDelete deletes)
+RUN_PREFIXES = (CHECKPOINTS, SOFTLABELS, REPORTS, MODEL, VALIDATION_ROWS)  # everything a run stores (what cleanupOnDelete deletes)
 RUN_OWNER = "run.json"  # which instance of a run (its Kubernetes UID) the artifacts belong to
 
 

@@ -14,7 +14,7 @@ issue). Nothing is trained; the rule is `asyncmtl.core.convergence` itself.
 The epoch floor (`minEpochs=1`) reads each validation's `epochs` from the history (runs trained before
 the trainer recorded them: the floor is unchecked). The significance rule (`significance=0.05`) replays
 the trainer's paired bootstrap (`asyncmtl_trainer.significance`) on the per-example rows each validation
-stored under `reports/validation_rows/` (seeded with `--seed`, the run's `training.seed`: the same seed
+stored under `validation_rows/` (seeded with `--seed`, the run's `training.seed`: the same seed
 gives the trainer's own streaks); a run without stored rows cannot be replayed under it (an error names
 the missing file). The task's type is read off the stored rows and labels: 1-D rows are accuracy,
 2-D labels multilabel, one output regression, two outputs binary, more multiclass.
