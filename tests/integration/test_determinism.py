@@ -82,7 +82,8 @@ def _decisions(run_dir: Path) -> list[tuple]:
         elif r.get("event") == "kd":
             trainer.append(("kd", (r["task"],), r["step"]))
         else:
-            trainer.append((r.get("event"), r.get("task"), r["step"], r.get("value"), r.get("mode")))
+            trainer.append((r.get("event"), r.get("task"), r["step"], r.get("value"), r.get("mode"), r.get("epochs"),
+                            r.get("streak")))
     return decided + [("SoftLabelsReady", *x) for x in ready] + trainer
 
 
@@ -152,14 +153,22 @@ def test_a_run_stopped_then_resumed_decides_as_if_undisturbed(calm, tmp_path, ti
     assert _finals(resumed) == _finals(calm)
 
 
-def test_the_epoch_floor_and_the_significance_rule_decide_the_same_whatever_the_timing(tmp_path, tiny_model,
-                                                                                       tweeteval_dir):
+RULES = {"hate": {"minEpochs": 2.5}, "emotion": {"significance": 0.05}}  # the epoch floor and the significance rule
+
+
+@pytest.fixture(scope="module")
+def calm_rules(tmp_path_factory, tiny_model, tweeteval_dir) -> Path:
+    """The run with RULES, undisturbed."""
+    return _run(tmp_path_factory.mktemp("calm-rules"), tiny_model, tweeteval_dir, delay=0.0, rules=RULES)
+
+
+def test_the_epoch_floor_and_the_significance_rule_decide_the_same_whatever_the_timing(calm_rules, tmp_path,
+                                                                                       tiny_model, tweeteval_dir):
     """minEpochs and significance are read by the runtime from the trainer's exported epochs and streak, and by
     the trainer's barrier from its own state: the same decisions, calm or rushed. hate (never improving) meets
     patience at 60 as irony does, but its epoch floor holds it until it has seen 2.5 epochs of its data."""
-    rules = {"hate": {"minEpochs": 2.5}, "emotion": {"significance": 0.05}}
-    calm_run = _run(tmp_path / "calm", tiny_model, tweeteval_dir, delay=0.0, rules=rules)
-    rushed = _run(tmp_path / "rushed", tiny_model, tweeteval_dir, delay=0.25, rules=rules)
+    calm_run = calm_rules
+    rushed = _run(tmp_path / "rushed", tiny_model, tweeteval_dir, delay=0.25, rules=RULES)
     a = _decisions(calm_run)
     assert a == _decisions(rushed)
     assert _finals(calm_run) == _finals(rushed)
@@ -173,3 +182,22 @@ def test_the_epoch_floor_and_the_significance_rule_decide_the_same_whatever_the_
     emotion = [r for r in history if r.get("task") == "emotion" and "value" in r]
     assert all(isinstance(r["streak"], int) for r in emotion)  # the trainer ran the bootstrap at every validation
     assert all("streak" not in r for r in hate)  # the rule is off for hate: no bootstrap, nothing recorded
+
+
+def test_a_run_with_the_new_rules_killed_then_resumed_decides_as_if_undisturbed(calm_rules, tmp_path, tiny_model,
+                                                                                 tweeteval_dir):
+    """SIGKILL once the first rewind's soft labels are ready, then `--resume`: the examples count, the best
+    checkpoint's validation rows and the streak come back from the checkpoint, so every decision is the same."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    run_dir = tmp_path / "store" / "local" / "det"
+    p = subprocess.Popen(_command(tmp_path, tiny_model, tweeteval_dir, delay=0.0, rules=RULES), cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for_soft_labels(run_dir, p)
+    p.send_signal(signal.SIGKILL)
+    p.communicate(timeout=120)
+    wait_for_lock_free(run_dir, "det", 30)
+    resumed = _run(tmp_path, tiny_model, tweeteval_dir, delay=0.0, resume=True, rules=RULES)
+    records = [parse_record(json.loads(line)) for line in (resumed / "reports" / "history.jsonl").read_text().splitlines()]
+    assert max(Counter(history_key(r) for r in records).values()) == 1
+    assert _decisions(resumed) == _decisions(calm_rules)
+    assert _finals(resumed) == _finals(calm_rules)
