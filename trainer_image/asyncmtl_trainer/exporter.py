@@ -26,8 +26,10 @@ class TrainerExporter(MetricsEndpoint):
         self.validation_complete_step = Gauge(
             M.VALIDATION_COMPLETE_STEP, "Last validation step reported for every validated task", ["run"], registry=r)
         self.validation_complete_step.labels(run).set(0)
-        # registered before the last step and set after it: a scrape that reads a task's last step N reads the
-        # epochs of step N or of an earlier step, never of a later one (a torn read only delays the epoch floor)
+        # registered after the complete step and before the last step, and set after the last step: a scrape that
+        # reads complete step C and a task's last step C (the only observations decided on, `TaskObservation.through`)
+        # reads the epochs and streak of step C exactly — they were set before C was complete, and not yet for a later
+        # step when the last step still read C
         self.last_epochs = Gauge(M.VALIDATION_LAST_EPOCHS, "Epochs of the task's training data drawn by the last validation",
                                  ["run", "task"], registry=r)
         self.streak = Gauge(M.VALIDATION_SIGNIFICANT_STREAK, "Consecutive validations significantly below the task's best "
