@@ -7,6 +7,9 @@ Layout, relative to the run's storage root (`runs/local/<run>/` locally,
 - `checkpoints/step-<8 digits>/{model.safetensors, training_state.pt, state.json}`, state.json last;
 - `softlabels/<task>/step-<8 digits>/...` (shard naming: `asyncmtl.softlabels`);
 - `reports/history.jsonl`: one `ValidationRecord` or `EventRecord` per line, in the order written;
+- `validation_rows/<task>/step-<8 digits>-rewinds-<n>.npy`: the task's per-example validation rows at
+  that validation step (`asyncmtl_trainer.significance.example_rows`), and `.../labels.npy` its validation labels:
+  what `benchmarks/replay_rule.py` replays the significance rule on without retraining;
 - `reports/best_checkpoint_scores.json`: `BestScores`, each task's best checkpoint scored when it converged;
 - `reports/final.json`: `FinalReport`, the final evaluation;
 - `reports/{report.json, report.md, curves.png}`: the run report (`asyncmtl.report`);
@@ -38,10 +41,11 @@ REPORT_JSON = f"{REPORTS}/report.json"
 REPORT_MD = f"{REPORTS}/report.md"
 CURVES = f"{REPORTS}/curves.png"
 MODEL = "model"
+VALIDATION_ROWS = "validation_rows"
 CHECKPOINT_STATE = "state.json"  # written last: a checkpoint folder without it is incomplete
 CHECKPOINT_WEIGHTS = "model.safetensors"  # the model's weights (safetensors)
 CHECKPOINT_TRAINING = "training_state.pt"  # optimizer, scheduler, RNG and trackers (what a resume needs)
-RUN_PREFIXES = (CHECKPOINTS, SOFTLABELS, REPORTS, MODEL)  # everything a run stores (what cleanupOnDelete deletes)
+RUN_PREFIXES = (CHECKPOINTS, SOFTLABELS, REPORTS, MODEL, VALIDATION_ROWS)  # everything a run stores (what cleanupOnDelete deletes)
 RUN_OWNER = "run.json"  # which instance of a run (its Kubernetes UID) the artifacts belong to
 
 
@@ -58,6 +62,34 @@ def checkpoint_file(step: int, name: str) -> str:
 def softlabel_key(task: str, step: int) -> str:
     """The folder of `task`'s soft labels computed from the checkpoint at `step`."""
     return f"{SOFTLABELS}/{task}/step-{step:08d}"
+
+
+def validation_rows_key(task: str, step: int | None = None, rewinds: int = 0) -> str:
+    """`task`'s per-example validation rows at validation `step` (steps) after `rewinds` rewinds (the history
+    record's step and rewinds); `step` None: the task's validation labels."""
+    if step is None:
+        return f"{VALIDATION_ROWS}/{task}/labels.npy"
+    return f"{VALIDATION_ROWS}/{task}/step-{step:08d}-rewinds-{rewinds}.npy"
+
+
+def write_array(storage: "RunStorage", key: str, array: object) -> None:
+    """A numpy array as a .npy file at `key` (numpy imported here: the module stays numpy-free to import)."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    storage.put_bytes(key, buf.getvalue())
+
+
+def read_array(storage: "RunStorage", key: str):  # -> numpy.ndarray
+    """The .npy array at `key` (raises the storage's error when it is missing)."""
+    import io
+
+    import numpy as np
+
+    return np.load(io.BytesIO(storage.get_bytes(key)), allow_pickle=False)
 
 
 def model_file(relative: str) -> str:
@@ -89,7 +121,11 @@ class ValidationRecord(_Record):
     """One task's validation at one validation step. `value`: the task's metric (points, 0-100);
     `metrics`: every metric computed; `mode`: how the task was trained then (supervised, kd, ...);
     `generation`: the control generation applied; `best_step`/`best_value`: the trainer's best so
-    far; `rewinds`: rewinds applied before it (with kind, task and step: what makes it unique)."""
+    far; `rewinds`: rewinds applied before it (with kind, task and step: what makes it unique);
+    `epochs`: epochs of the task's training data drawn by then (examples drawn for it along the run's
+    timeline / its training-split size; None in histories written before it was recorded);
+    `streak`: consecutive validations up to this one significantly below the best, and `lower_bound` (metric
+    points): this one's paired-bootstrap lower bound of best − current (significance rule only)."""
 
     time: float = 0.0
     step: int
@@ -102,6 +138,9 @@ class ValidationRecord(_Record):
     best_step: int | None = None
     best_value: float | None = None
     rewinds: int | None = None
+    epochs: float | None = None
+    streak: int | None = None
+    lower_bound: float | None = None
 
     @property
     def kind(self) -> str:
@@ -144,7 +183,11 @@ def record_json(record: HistoryRecord) -> str:
     """The record as one history line (camelCase keys, as the trainer has always written them)."""
     if isinstance(record, EventRecord):
         return json.dumps(record.model_dump(by_alias=True, exclude_none=True))
-    return json.dumps(record.model_dump(by_alias=True))
+    # fields added later are written only when set, so a line reads as it always did
+    return json.dumps(record.model_dump(by_alias=True, exclude={k for k in _LATER_FIELDS if getattr(record, k) is None}))
+
+
+_LATER_FIELDS = ("epochs", "streak", "lower_bound")  # ValidationRecord fields histories before them lack
 
 
 def history_key(record: HistoryRecord) -> tuple:

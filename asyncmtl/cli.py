@@ -1,7 +1,9 @@
 """The `asyncmtl` command line.
 
 - `asyncmtl run SPEC.yaml [--workdir DIR] [--resume] [--tweeteval-dir DIR]`: run locally.
-- `asyncmtl validate SPEC.yaml...`: check specs (and their data) without running anything.
+- `asyncmtl validate SPEC.yaml...`: check specs (and their data) without running anything; with `--data` it
+  warns when a task's validation split is too small to tell a 1-point change from chance (fewer than 2500
+  rows: `asyncmtl.core.convergence.validation_noise_points`).
 - `asyncmtl report WORKDIR`: rebuild report.md/json and curves.png of a local run.
 - `asyncmtl compare RUN...`: the paper's Table 3 and validation curves from finished runs;
   `--by-seed` (or `--experiment NAME`): methods over seeds, mean ± std and paired 95 % intervals.
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING
 from asyncmtl.logs import configure
 
 if TYPE_CHECKING:
+    from asyncmtl.spec import TaskSpec
     from asyncmtl.sweep import SweepRun
 
 
@@ -56,6 +59,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
 
 
+def noise_warnings(task: "TaskSpec", rows: int) -> list[str]:
+    """The warning for `task` whose validation split has `rows` rows, when its score's chance movement
+    (`validation_noise_points`) is above `NOISE_WARNING_POINTS` (fewer than 2500 rows); [] otherwise."""
+    from asyncmtl.core.convergence import NOISE_WARNING_POINTS, validation_noise_points
+
+    noise = validation_noise_points(rows)
+    if noise <= NOISE_WARNING_POINTS:
+        return []
+    advice = ("its significance rule compares checkpoints on the same rows" if task.significance is not None else
+              "consider tasks[].significance (a paired, noise-aware rule), minEpochs, a larger patience or a "
+              "larger validation split")
+    return [f"task {task.name}: its validation split has {rows} rows: a checkpoint's score moves by about "
+            f"{noise:.1f} points by chance (standard error of a 50 % accuracy), more than the "
+            f"{NOISE_WARNING_POINTS:g}-point changes the convergence rule reads; {advice}"]
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from asyncmtl.data import DataError, load_task_splits
     from asyncmtl.pretrained import ModelLoadError, resolve_pretrained
@@ -72,14 +91,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
             continue
         if args.data:
             try:
+                warnings = []
                 for t in resource.spec.tasks:
-                    load_task_splits(t, base_dir=Path(path).resolve().parent, tweeteval_dir=args.tweeteval_dir,
-                                     endpoint_url=resource.spec.storage.endpoint_url)
+                    splits = load_task_splits(t, base_dir=Path(path).resolve().parent, tweeteval_dir=args.tweeteval_dir,
+                                              endpoint_url=resource.spec.storage.endpoint_url)
+                    if "validation" in splits:
+                        warnings += noise_warnings(t, len(splits["validation"].examples))
                 resolve_pretrained(resource.spec.model.pretrained, Path(path).resolve().parent)
             except (DataError, ModelLoadError) as exc:
                 print(f"{path}: error: {exc}", file=sys.stderr)
                 rc = 2
                 continue
+            for w in warnings:  # advice, not an error: the exit status stays 0
+                print(f"{path}: warning: {w}", file=sys.stderr)
         print(f"{path}: ok ({resource.name}, {len(resource.spec.tasks)} tasks)")
     return rc
 

@@ -16,6 +16,12 @@ VALIDATION_LAST_STEP = f"{PREFIX}_validation_last_step"  # gauge: step of the la
 VALIDATION_LAST_VALUE = f"{PREFIX}_validation_last_value"  # gauge: metric value at that step (0-100)
 VALIDATION_BEST_STEP = f"{PREFIX}_validation_best_step"  # gauge: step of the best-so-far value
 VALIDATION_BEST_VALUE = f"{PREFIX}_validation_best_value"  # gauge: best-so-far value (minDelta rule)
+# gauge: epochs of the task's training data drawn by the last validation (examples drawn for it along the run's
+# timeline / its training-split size; set with the last step, read by the epoch floor `minEpochs`)
+VALIDATION_LAST_EPOCHS = f"{PREFIX}_validation_last_epochs"
+# gauge {task}: consecutive validations up to the last one significantly below the task's best (paired bootstrap of
+# the significance rule, `tasks[].significance`; unset while the rule is off). Set with the last step, as the epochs
+VALIDATION_SIGNIFICANT_STREAK = f"{PREFIX}_validation_significant_streak"
 TRAIN_LOSS = f"{PREFIX}_train_loss"  # gauge {task, kind=supervised|kd}: mean loss since the last export
 TRAIN_EXAMPLES = f"{PREFIX}_train_examples"  # counter {task, kind}: examples trained on
 GLOBAL_STEP = f"{PREFIX}_global_step"  # gauge: optimizer steps (goes down on a rewind)

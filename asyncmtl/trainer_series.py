@@ -14,7 +14,8 @@ from asyncmtl.core.observations import TrainerObservation
 
 # what the decision core reads: per task (labelled `task`) and per trainer
 TASK_SERIES = (f"{M.VALIDATIONS}_total", M.VALIDATION_LAST_STEP, M.VALIDATION_LAST_VALUE, M.VALIDATION_BEST_STEP,
-               M.VALIDATION_BEST_VALUE, M.TRAIN_SIZE, M.TASK_CHANCE)
+               M.VALIDATION_BEST_VALUE, M.TRAIN_SIZE, M.TASK_CHANCE, M.VALIDATION_LAST_EPOCHS,
+               M.VALIDATION_SIGNIFICANT_STREAK)
 TRAINER_SERIES = (M.GLOBAL_STEP, M.CONTROL_GENERATION, M.CONTROL_APPLIED_STEP, M.VALIDATION_COMPLETE_STEP)
 
 
@@ -62,7 +63,8 @@ def trainer_observation(samples: Iterable[Sample],
             validations=int(d[f"{M.VALIDATIONS}_total"]),
             last_step=_int(d.get(M.VALIDATION_LAST_STEP)), last_value=_num(d.get(M.VALIDATION_LAST_VALUE)),
             best_step=_int(d.get(M.VALIDATION_BEST_STEP)), best_value=_num(d.get(M.VALIDATION_BEST_VALUE)),
-            points=(points or {}).get(task, []), chance=_num(d.get(M.TASK_CHANCE)))
+            points=(points or {}).get(task, []), chance=_num(d.get(M.TASK_CHANCE)),
+            last_epochs=_num(d.get(M.VALIDATION_LAST_EPOCHS)), last_streak=_int(d.get(M.VALIDATION_SIGNIFICANT_STREAK)))
     return TrainerObservation(
         global_step=_int(trainer.get(M.GLOBAL_STEP)) or 0,
         applied_generation=_int(trainer.get(M.CONTROL_GENERATION)) or 0,

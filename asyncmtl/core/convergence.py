@@ -20,6 +20,30 @@ while its best validation value does not beat its *chance score* — the score a
 (the training split's class prior, or its mean for regression; scikit-learn's `DummyClassifier` /
 `DummyRegressor`) gets on the validation split — by at least that many points. A task that has not
 started to learn is then never frozen on a dip of its noisy validation curve at chance level.
+
+Optional epoch floor (`minEpochs`, not in the paper): a task is not declared converged before it has
+seen that many epochs of its own training data — the examples the trainer's sampler drew for it along
+the run's timeline (a rewind restores the count) divided by its training-split size — at its last
+validation. The trainer counts them and reports them with each validation (the
+`asyncmtl_validation_last_epochs` gauge, `ValidationRecord.epochs`), so the runtimes and the trainer's
+own decision barrier compare the same number. Prechelt (1998, "Early stopping — but when?", Sec. 2)
+notes that validation curves have many local minima early on and that stopping criteria fire
+prematurely on them; a size-proportional sampler gives a small task few examples per step, so a step
+count (`minSteps`) is not an exposure floor for it, the epoch count is.
+
+Optional paired significance rule (`significance`, not in the paper): with a few hundred validation
+rows a checkpoint's score moves 1-3 points by chance, and the paper's rule, which compares raw
+values, fires on the first unlucky draws of a flat or slowly rising curve. Under this rule a
+validation counts toward `patience` only when the current checkpoint is *significantly* below the
+task's best one on the same validation rows: the trainer keeps the best checkpoint's per-example
+scores, draws a paired bootstrap of metric(best rows) − metric(current rows) (Efron & Tibshirani
+1993, "An Introduction to the Bootstrap", Ch. 13 percentile interval and Ch. 16 on paired tests;
+deterministic: seeded from the run seed, the task and the step) and calls the validation
+significantly worse when the lower bound of the one-sided (1 − significance) interval is above 0.
+The trainer reports how many consecutive validations were (`streak`, the
+`asyncmtl_validation_significant_streak` gauge, `ValidationRecord.streak`); the task converges when
+`streak >= patience`. A new best resets the streak, and so does a validation that is not significantly
+worse (Prechelt 1998 names the premature stops that "not improving for k steps" makes on noisy curves).
 """
 from __future__ import annotations
 
@@ -36,6 +60,10 @@ class ValidationPoint(BaseModel):
 
     step: int = Field(..., ge=0)
     value: float
+    epochs: float | None = Field(None, description="Epochs of the task's training data drawn by this validation "
+                                                   "(examples drawn / training-split size); None: not reported.")
+    streak: int | None = Field(None, ge=0, description="Consecutive validations up to this one significantly below "
+                                                       "the best (significance rule); None: not reported.")
 
 
 @dataclass(frozen=True)
@@ -52,6 +80,12 @@ class ConvergenceRule:
             s_k = smoothing·s_(k−1) + (1−smoothing)·v_k, s_1 = v_1 (0: raw values, the paper).
         min_gain_over_chance: metric points the best value must exceed the task's chance score by
             before convergence may be declared (None: no floor, the paper).
+        min_epochs: epochs of its own training data (examples drawn for it / its training-split size)
+            the task must have seen at its last validation before convergence may be declared
+            (0: no floor, the paper).
+        significance: the paired rule's level α (e.g. 0.05): a validation counts toward `patience` only
+            when the current checkpoint is significantly below the best (see the module docstring); None:
+            every validation without improvement counts (the paper).
     """
 
     patience: int
@@ -61,6 +95,8 @@ class ConvergenceRule:
     direction: Literal["max", "min"] = "max"
     smoothing: float = 0.0
     min_gain_over_chance: float | None = None
+    min_epochs: float = 0.0
+    significance: float | None = None
 
     def smooth(self, value: float, previous: float | None) -> float:
         """The smoothed value after `value`, given the previous smoothed value (None: the first)."""
@@ -95,6 +131,10 @@ class Track(BaseModel):
     best_value: float | None = None
     last_step: int | None = None
     last_value: float | None = None
+    epochs: float | None = Field(None, description="Epochs of its training data the task had seen at the last point "
+                                                   "(as the trainer reported it); None: not reported.")
+    streak: int | None = Field(None, description="Consecutive validations up to the last point significantly below the "
+                                                 "best (the trainer's paired bootstrap); None: not reported.")
     smoothed: float | None = Field(None, description="The rule's smoothed value at the last point (smoothing > 0).")
     validations_seen: int = Field(0, description="Trainer's validations counter at the last observation.")
     missed: int = Field(0, description="Validations counted by the trainer but never seen as a point.")
@@ -129,7 +169,7 @@ class Track(BaseModel):
             last = kept[-1]
             out.points = [p.model_copy() for p in kept]
             out.smoothed, out.best_step, out.best_value = last.smoothed, last.best_step, last.best_value
-            out.last_step, out.last_value = last.step, last.value
+            out.last_step, out.last_value, out.epochs, out.streak = last.step, last.value, last.epochs, last.streak
         else:
             for p in kept:
                 out = out._add_point(p, rule)
@@ -144,9 +184,9 @@ class Track(BaseModel):
         t.smoothed = rule.smooth(p.value, t.smoothed)
         if rule.improves(t.smoothed, t.best_value):
             t.best_step, t.best_value = p.step, t.smoothed
-        t.last_step, t.last_value = p.step, p.value
-        t.points.append(TrackPoint(step=p.step, value=p.value, smoothed=t.smoothed, best_step=t.best_step,
-                                   best_value=t.best_value))
+        t.last_step, t.last_value, t.epochs, t.streak = p.step, p.value, p.epochs, p.streak
+        t.points.append(TrackPoint(step=p.step, value=p.value, epochs=p.epochs, streak=p.streak, smoothed=t.smoothed,
+                                   best_step=t.best_step, best_value=t.best_value))
         return t
 
     def state_at(self, step: int) -> "TrackPoint | None":
@@ -203,6 +243,10 @@ class TaskObservation(BaseModel):
         points: validation points recovered from a time series since the last poll
             (Prometheus range query); empty when only the latest values are known.
         chance: the task's chance score on its validation split (metric points; constant for a run).
+        last_epochs: epochs of its training data the task had seen at `last_step` (examples drawn /
+            training-split size; the trainer's count).
+        last_streak: consecutive validations up to `last_step` significantly below the best (the
+            significance rule; the trainer's paired bootstrap).
     """
 
     validations: int = 0
@@ -212,6 +256,8 @@ class TaskObservation(BaseModel):
     best_value: float | None = None
     points: list[ValidationPoint] = Field(default_factory=list)
     chance: float | None = None
+    last_epochs: float | None = None
+    last_streak: int | None = None
 
     def through(self, complete_step: int | None) -> "TaskObservation | None":
         """This observation if it describes only whole validation steps (steps <= `complete_step`,
@@ -253,6 +299,19 @@ def observe(track: Track, obs: TaskObservation, rule: ConvergenceRule, *,
         out = out._add_point(new_points[step], rule)
     if out is track:
         out = track.model_copy(deep=True)
+    if obs.last_epochs is not None and obs.last_step is not None and obs.last_step == out.last_step:
+        # the trainer sets the epochs gauge after the step's: a poll that read an earlier step's epochs with this
+        # step (a torn scrape) under-counts, and a later poll of the same step corrects it (epochs never fall
+        # within a step)
+        out.epochs = obs.last_epochs if out.epochs is None else max(out.epochs, obs.last_epochs)
+        if out.points and out.points[-1].step == out.last_step:
+            out.points[-1].epochs = out.epochs
+    if obs.last_streak is not None and obs.last_step is not None and obs.last_step == out.last_step:
+        # set by the trainer with the step (after it, exposed before it): a poll that read this step reads its streak
+        # once the step is complete (`through`), and a later poll of the same step reads the same value
+        out.streak = obs.last_streak
+        if out.points and out.points[-1].step == out.last_step:
+            out.points[-1].streak = out.streak
     # The trainer applies the same rule to every validation, seen or missed by us, so its
     # best-so-far is authoritative whenever it reports one.
     if obs.best_step is not None and obs.best_value is not None and (
@@ -273,14 +332,27 @@ def observe(track: Track, obs: TaskObservation, rule: ConvergenceRule, *,
 def has_converged(track: Track, rule: ConvergenceRule) -> bool:
     """Paper Sec. 3: no improvement for `patience` validation steps (and past `min_steps`, and, when
     the rule has a chance floor and the task's chance score is known, with a best value at least
-    `min_gain_over_chance` points above it)."""
+    `min_gain_over_chance` points above it, and, when the rule has an epoch floor and the task's epochs
+    are known, with at least `min_epochs` epochs of its training data seen at the last validation).
+
+    Under the significance rule (`rule.significance` set) the patience count is the trainer's streak of
+    consecutive validations significantly below the best, not the validation steps since the best.
+
+    Unknown epochs (a trainer that does not report them) leave the epoch floor unchecked, as an
+    unknown chance score leaves the chance floor: the decision is then the rule without that floor.
+    An unknown streak under the significance rule never converges (a trainer that does not run the
+    bootstrap cannot say a drop is significant)."""
     if track.last_step is None or track.best_step is None:
         return False
     if track.last_step < rule.min_steps:
         return False
+    if rule.min_epochs > 0 and track.epochs is not None and track.epochs < rule.min_epochs - 1e-9:
+        return False
     if rule.min_gain_over_chance is not None and track.chance is not None and (
             track.best_value is None or not beats_chance(track.best_value, track.chance, rule)):
         return False
+    if rule.significance is not None:
+        return track.streak is not None and track.streak >= rule.patience
     return track.validation_steps_since_best(rule.validation_interval) >= rule.patience
 
 
@@ -308,6 +380,23 @@ class BestTracker(BaseModel):
         return False
 
 
+NOISE_WARNING_POINTS = 1.0  # `asyncmtl validate` warns above this validation noise (metric points)
+
+
+def validation_noise_points(rows: int) -> float:
+    """The standard error (metric points, 0-100) of an accuracy near 50 % measured on `rows` validation rows:
+    100·sqrt(0.25 / rows), the binomial worst case — how far a checkpoint's score moves by the draw of its
+    validation rows alone (1 point at 2500 rows, 2.9 at 300). `asyncmtl validate --data` warns when it is
+    above `NOISE_WARNING_POINTS`: the convergence rule then reads 1-point changes it cannot tell from chance.
+
+    Raises:
+        ValueError: `rows` < 1.
+    """
+    if rows < 1:
+        raise ValueError(f"validation rows: {rows} (at least 1)")
+    return 100.0 * (0.25 / rows) ** 0.5
+
+
 def rule_for(spec: RunSpec, task: TaskSpec) -> ConvergenceRule:
     """The convergence rule of `task` under `spec` (all AsyncMTL metrics are higher-is-better)."""
     return ConvergenceRule(
@@ -318,4 +407,6 @@ def rule_for(spec: RunSpec, task: TaskSpec) -> ConvergenceRule:
         direction="max",
         smoothing=task.smoothing,
         min_gain_over_chance=task.min_gain_over_chance,
+        min_epochs=task.min_epochs,
+        significance=task.significance,
     )

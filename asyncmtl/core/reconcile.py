@@ -273,7 +273,13 @@ def _converge(spec: RunSpec, ctx: _Ctx, newly: list[str]) -> None:
             at = ", ".join(m for m in newly if st.tasks[m].track.best_step == rewind_to)
             how += (f" (the latest best of the tasks converging together: {at}'s; one rewind serves them all, and "
                     f"{n}'s soft labels still come from its own best checkpoint at step {ts.best_step})")
-        ctx.event("TaskConverged", f"task {n}: no improvement for {spec.task(n).patience} validation steps; "
+        task = spec.task(n)
+        why = (f"{task.patience} consecutive validations significantly below the best (paired bootstrap, "
+               f"significance {task.significance:g})" if task.significance is not None else
+               f"no improvement for {task.patience} validation steps")
+        if ts.track.epochs is not None:
+            why += f", {ts.track.epochs:.2f} epochs of its training data seen"
+        ctx.event("TaskConverged", f"task {n}: {why}; "
                   f"best {ts.best_value:.2f} at step {ts.best_step}, {how}", task=n, step=ts.converged_at_step)
     if rewind_to is not None:
         for name, ts in st.tasks.items():

@@ -63,11 +63,15 @@ class Progress:
                 continue
             tr_ = ts.track
             since = tr_.validation_steps_since_best(tr.validation_interval)
+            counted = (f"{tr_.streak or 0}/{t.patience} signif." if t.significance is not None  # the rule's count
+                       else f"{since}/{t.patience}")
+            if t.min_epochs and tr_.epochs is not None and tr_.epochs < t.min_epochs:
+                counted += f", {tr_.epochs:.2f}/{t.min_epochs:g} ep"
             table.add_row(
                 t.name, Text(ts.phase, style=PHASE_STYLE.get(ts.phase, "")),
                 f"{tr_.last_value:.2f} ({tr_.last_step})" if tr_.last_value is not None else "–",
                 f"{tr_.best_value:.2f} ({tr_.best_step})" if tr_.best_value is not None else "–",
-                f"{since}/{t.patience}" if ts.phase == "Training" else "–",
+                counted if ts.phase == "Training" else "–",
                 str(ts.converged_at_step) if ts.converged_at_step is not None else "–",
             )
         done = status.converged_count() if status else 0

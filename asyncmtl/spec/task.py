@@ -137,7 +137,13 @@ class TaskSpec(_Strict):
     label_range: tuple[float, float] | None = Field(
         None, description="Regression only: [min, max] of the labels; targets are normalised to [0, 1]."
     )
-    patience: int = Field(3, ge=1, description="Validation steps without improvement before the task converges.")
+    patience: int = Field(
+        3, ge=1,
+        description="Validation steps without improvement before the task converges (under significance: consecutive "
+                    "validations significantly below the best). The rule reads changes of a point or so: with n "
+                    "validation rows a checkpoint's accuracy moves by about 100·sqrt(0.25/n) points by chance (2.9 at "
+                    "300 rows, 1 at 2500), and `asyncmtl validate --data` warns when a validation split has fewer "
+                    "than 2500 rows.")
     min_delta: float = Field(0.0, ge=0.0, le=100.0, description="Smallest improvement (metric points) that counts.")
     min_steps: int = Field(0, ge=0, description="No convergence is declared before this training step.")
     smoothing: float = Field(
@@ -150,6 +156,23 @@ class TaskSpec(_Strict):
                     "value beats its chance score (a constant predictor: the training split's class prior, or its "
                     "mean for regression) by this much, so a task that has not started to learn is not frozen on "
                     "a dip of its validation curve. Unset: no floor (the paper).")
+    min_epochs: float = Field(
+        0.0, ge=0.0, le=1000.0,
+        description="Epoch floor: the task is not declared converged before it has seen this many epochs of its own "
+                    "training data (examples the trainer drew for it, along the run's timeline, divided by its "
+                    "training-split size) at its last validation step. The size-proportional sampler gives a small "
+                    "task few examples per step, so a step floor (minSteps) does not guarantee it has seen its data; "
+                    "a validation curve read after a fraction of an epoch is mostly noise. 0: no floor (the paper).")
+    significance: float | None = Field(
+        None, gt=0.0, lt=0.5,
+        description="Paired, noise-aware convergence rule: a validation counts toward patience only when the current "
+                    "checkpoint is significantly below the task's best one on the same validation rows — the lower "
+                    "bound of the one-sided (1 - significance) paired-bootstrap interval of metric(best) - "
+                    "metric(current) is above 0 (1000 resamples of the rows, seeded from the run seed, the task and "
+                    "the step; accuracy resamples each row's 0/1 correctness, other metrics are recomputed on the "
+                    "resampled rows) — and the task converges after patience consecutive such validations. With a "
+                    "few hundred validation rows a checkpoint's score moves 1-3 points by chance, and the raw rule "
+                    "fires on those draws. E.g. 0.05. Unset: every validation without improvement counts (the paper).")
     sampling_weight: float = Field(1.0, gt=0.0, le=1e6,
                                    description="Multiplies the task's share of each batch (size-proportional).")
 

@@ -30,7 +30,8 @@ from tests.conftest import tweeteval_task, wait_for_lock_free, wait_for_step
 pytestmark = pytest.mark.slow
 
 
-def _command(tmp: Path, tiny_model: Path, tweeteval_dir: Path, *, delay: float) -> list[str]:
+def _command(tmp: Path, tiny_model: Path, tweeteval_dir: Path, *, delay: float,
+             rules: dict[str, dict] | None = None) -> list[str]:
     doc = {
         "apiVersion": "asyncmtl.dev/v1alpha1", "kind": "AsyncMTLRun", "metadata": {"name": "det"},
         "spec": {
@@ -38,7 +39,7 @@ def _command(tmp: Path, tiny_model: Path, tweeteval_dir: Path, *, delay: float) 
             # hate and irony never improve on their first validation (minDelta 100), so they meet the rule
             # at the same validation step and must converge together, in one decision, with one rewind;
             # emotion goes on learning and converges on its own later
-            "tasks": [tweeteval_task(n, k, rows=(200, 100, 100), **extra) for n, k, extra in (
+            "tasks": [tweeteval_task(n, k, rows=(200, 100, 100), **extra, **(rules or {}).get(n, {})) for n, k, extra in (
                 ("emotion", 4, {}), ("hate", 2, {"minDelta": 100}), ("irony", 2, {"minDelta": 100}))],
             "training": {"batchSize": 16, "learningRate": 1e-3, "maxSteps": 500, "validationInterval": 20, "seed": 3},
             "distillation": {"whilePending": "Pause", "shards": 1},
@@ -53,8 +54,9 @@ def _command(tmp: Path, tiny_model: Path, tweeteval_dir: Path, *, delay: float) 
             "--tweeteval-dir", str(tweeteval_dir)]
 
 
-def _run(tmp: Path, tiny_model: Path, tweeteval_dir: Path, *, delay: float, resume: bool = False) -> Path:
-    cmd = _command(tmp, tiny_model, tweeteval_dir, delay=delay) + (["--resume"] if resume else [])
+def _run(tmp: Path, tiny_model: Path, tweeteval_dir: Path, *, delay: float, resume: bool = False,
+         rules: dict[str, dict] | None = None) -> Path:
+    cmd = _command(tmp, tiny_model, tweeteval_dir, delay=delay, rules=rules) + (["--resume"] if resume else [])
     env = dict(os.environ, ASYNCMTL_TRAINER_REPORT_DELAY=str(delay))
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, timeout=900, env=env)
     run_dir = tmp / "store" / "local" / "det"
@@ -80,7 +82,8 @@ def _decisions(run_dir: Path) -> list[tuple]:
         elif r.get("event") == "kd":
             trainer.append(("kd", (r["task"],), r["step"]))
         else:
-            trainer.append((r.get("event"), r.get("task"), r["step"], r.get("value"), r.get("mode")))
+            trainer.append((r.get("event"), r.get("task"), r["step"], r.get("value"), r.get("mode"), r.get("epochs"),
+                            r.get("streak")))
     return decided + [("SoftLabelsReady", *x) for x in ready] + trainer
 
 
@@ -148,3 +151,53 @@ def test_a_run_stopped_then_resumed_decides_as_if_undisturbed(calm, tmp_path, ti
     assert max(keys.values()) == 1, [k for k, n in keys.items() if n > 1]
     assert _decisions(resumed) == _decisions(calm)
     assert _finals(resumed) == _finals(calm)
+
+
+RULES = {"hate": {"minEpochs": 2.5}, "emotion": {"significance": 0.05}}  # the epoch floor and the significance rule
+
+
+@pytest.fixture(scope="module")
+def calm_rules(tmp_path_factory, tiny_model, tweeteval_dir) -> Path:
+    """The run with RULES, undisturbed."""
+    return _run(tmp_path_factory.mktemp("calm-rules"), tiny_model, tweeteval_dir, delay=0.0, rules=RULES)
+
+
+def test_the_epoch_floor_and_the_significance_rule_decide_the_same_whatever_the_timing(calm_rules, tmp_path,
+                                                                                       tiny_model, tweeteval_dir):
+    """minEpochs and significance are read by the runtime from the trainer's exported epochs and streak, and by
+    the trainer's barrier from its own state: the same decisions, calm or rushed. hate (never improving) meets
+    patience at 60 as irony does, but its epoch floor holds it until it has seen 2.5 epochs of its data."""
+    calm_run = calm_rules
+    rushed = _run(tmp_path / "rushed", tiny_model, tweeteval_dir, delay=0.25, rules=RULES)
+    a = _decisions(calm_run)
+    assert a == _decisions(rushed)
+    assert _finals(calm_run) == _finals(rushed)
+    converged = {d[1]: d[2] for d in a if d[0] == "TaskConverged"}
+    assert converged["irony"] == 60 and converged["hate"] > 60, a
+    history = [json.loads(line) for line in (calm_run / "reports" / "history.jsonl").read_text().splitlines()]
+    hate = [r for r in history if r.get("task") == "hate" and "value" in r]
+    # hate converged at the first validation (after the rewinds that run) with 2.5 epochs seen, none before
+    at = [r for r in hate if r["step"] == converged["hate"]]
+    assert at and at[-1]["epochs"] >= 2.5 and all(r["epochs"] < 2.5 for r in hate if r["step"] < converged["hate"])
+    emotion = [r for r in history if r.get("task") == "emotion" and "value" in r]
+    assert all(isinstance(r["streak"], int) for r in emotion)  # the trainer ran the bootstrap at every validation
+    assert all("streak" not in r for r in hate)  # the rule is off for hate: no bootstrap, nothing recorded
+
+
+def test_a_run_with_the_new_rules_killed_then_resumed_decides_as_if_undisturbed(calm_rules, tmp_path, tiny_model,
+                                                                                 tweeteval_dir):
+    """SIGKILL once the first rewind's soft labels are ready, then `--resume`: the examples count, the best
+    checkpoint's validation rows and the streak come back from the checkpoint, so every decision is the same."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    run_dir = tmp_path / "store" / "local" / "det"
+    p = subprocess.Popen(_command(tmp_path, tiny_model, tweeteval_dir, delay=0.0, rules=RULES), cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for_soft_labels(run_dir, p)
+    p.send_signal(signal.SIGKILL)
+    p.communicate(timeout=120)
+    wait_for_lock_free(run_dir, "det", 30)
+    resumed = _run(tmp_path, tiny_model, tweeteval_dir, delay=0.0, resume=True, rules=RULES)
+    records = [parse_record(json.loads(line)) for line in (resumed / "reports" / "history.jsonl").read_text().splitlines()]
+    assert max(Counter(history_key(r) for r in records).values()) == 1
+    assert _decisions(resumed) == _decisions(calm_rules)
+    assert _finals(resumed) == _finals(calm_rules)

@@ -42,3 +42,29 @@ def test_serve_announced_binds_a_free_port_and_writes_it_with_the_pid(tmp_path):
         assert json.loads((tmp_path / "wd" / "trainer.json").read_text()) == {"metricsPort": port, "pid": os.getpid()}
     finally:
         e.close()
+
+
+def test_epochs_and_streak_are_exposed_between_the_complete_step_and_the_last_step_and_set_after_it():
+    """A scrape reads the exposition top to bottom: complete step, then epochs and streak, then the last step. The
+    trainer sets the last step first, so a scrape that passes `through` (last step == complete step) reads the
+    epochs and streak of that very step."""
+    from prometheus_client import generate_latest
+
+    from asyncmtl.local.scrape import parse_trainer_metrics
+
+    e = TrainerExporter("r", ["a"])
+    e.record_validation("a", 20, 61.0, 20, 61.0, epochs=1.5, streak=0)
+    e.complete_validation(20)
+    text = generate_latest(e.registry).decode()
+    first = {name: text.index(f"\n{name}{{") for name in (M.VALIDATION_COMPLETE_STEP, M.VALIDATION_LAST_EPOCHS,
+                                                          M.VALIDATION_SIGNIFICANT_STREAK, M.VALIDATION_LAST_STEP)}
+    assert first[M.VALIDATION_COMPLETE_STEP] < first[M.VALIDATION_LAST_EPOCHS] < first[M.VALIDATION_LAST_STEP]
+    assert first[M.VALIDATION_COMPLETE_STEP] < first[M.VALIDATION_SIGNIFICANT_STREAK] < first[M.VALIDATION_LAST_STEP]
+    obs = parse_trainer_metrics(text, "r").tasks["a"]
+    assert (obs.last_step, obs.last_epochs, obs.last_streak) == (20, 1.5, 0)
+    calls = []  # the order the gauges are set in
+    for name in ("last_step", "last_epochs", "streak"):
+        gauge = getattr(e, name)
+        gauge.labels = (lambda g, n: lambda *a: calls.append(n) or g.__class__.labels(g, *a))(gauge, name)
+    e.set_task_state("a", 40, 60.0, 20, 61.0, 2.0, 1)
+    assert calls.index("last_step") < calls.index("last_epochs") and calls.index("last_step") < calls.index("streak")

@@ -474,3 +474,101 @@ def test_continual_a_converged_task_keeps_its_labels_and_no_longer_holds_the_tra
     resumed.resume()
     rs = resumed.states["sentiment"]
     assert rs.mode == TaskPhase.TRAINING and rs.decided and resumed.decision_due() == []
+
+
+def test_the_trainer_counts_each_tasks_epochs_from_its_draws_and_decides_with_them(tmp_path, tiny_model):
+    """Epochs = examples the deterministic sampler drew for the task / its training-split size, at every
+    validation: in the trainer's state, the history, the exported gauge (what the runtimes read) and the
+    trainer's own decision barrier; a rewind restores the count of its checkpoint."""
+    from collections import Counter
+
+    from prometheus_client import generate_latest
+
+    from asyncmtl.artifacts import ValidationRecord, read_history
+    from asyncmtl.local.scrape import parse_trainer_metrics
+
+    tr = _trainer_with(tmp_path, tiny_model)  # batch 8, validation every 5 steps, 64 training examples per task
+    names = list(tr.task_specs)
+    drawn: list[Counter] = []  # cumulative examples per task after each step, drawn independently of the trainer
+    total: Counter = Counter()
+    for step in range(10):
+        total.update(t for t, _ in tr.sampler.draw(step, 0, names))
+        drawn.append(Counter(total))
+    assert sum(drawn[-1].values()) == 80 and all(drawn[-1][n] > 0 for n in names)
+    for _ in range(10):
+        tr.step_once()
+    sizes = {n: len(s) for n, s in tr.train.items()}
+    assert sizes == {"sentiment": 64, "sarcasm": 64}
+    obs = parse_trainer_metrics(generate_latest(tr.exporter.registry).decode(), "t")
+    records = [r for r in read_history(tr.storage) if isinstance(r, ValidationRecord)]
+    for n in names:
+        st = tr.states[n]
+        assert st.examples == drawn[9][n]
+        assert st.last_epochs == pytest.approx(drawn[9][n] / 64)
+        assert obs.tasks[n].last_epochs == pytest.approx(drawn[9][n] / 64)
+        assert [(r.step, r.epochs) for r in records if r.task == n] == [
+            (5, pytest.approx(drawn[4][n] / 64)), (10, pytest.approx(drawn[9][n] / 64))]
+        assert st.track(None).epochs == st.last_epochs
+    # the trainer's barrier reads the same floor as the decision core: not due below it, due at it
+    tr.spec.distillation.while_pending = "Pause"
+    st = tr.states["sentiment"]
+    st.best.best_step, st.best.best_value = 5, 99.0  # no improvement since step 5
+    tr.spec.tasks[0].patience = 1
+    tr.spec.tasks[0].min_epochs = st.last_epochs + 0.01
+    assert "sentiment" not in tr.decision_due()
+    tr.spec.tasks[0].min_epochs = st.last_epochs
+    assert "sentiment" in tr.decision_due()
+    tr.rewind(5)
+    for n in names:
+        assert tr.states[n].examples == drawn[4][n]
+        assert tr.states[n].last_epochs == pytest.approx(drawn[4][n] / 64)
+    obs = parse_trainer_metrics(generate_latest(tr.exporter.registry).decode(), "t")
+    assert obs.tasks["sarcasm"].last_epochs == pytest.approx(drawn[4]["sarcasm"] / 64)
+
+
+def test_the_trainer_runs_the_paired_bootstrap_stores_the_rows_and_a_rewind_restores_the_best_rows(tmp_path, tiny_model):
+    """significance: every validation's per-example rows are stored (what replay_rule.py replays), the best
+    checkpoint's rows are kept and the streak is the paired bootstrap's, in the history and the exported gauge;
+    a rewind restores the best rows and streak of its checkpoint."""
+    import numpy as np
+    from prometheus_client import generate_latest
+
+    from asyncmtl.artifacts import ValidationRecord, read_array, read_history, validation_rows_key
+    from asyncmtl.local.scrape import parse_trainer_metrics
+    from asyncmtl_trainer.significance import bootstrap_seed, paired_lower_bound
+
+    tr = _trainer_with(tmp_path, tiny_model)
+    for t in tr.spec.tasks:
+        t.significance, t.metric = 0.05, type(t.metric)("accuracy")
+    for _ in range(15):
+        tr.step_once()
+    records = [r for r in read_history(tr.storage) if isinstance(r, ValidationRecord)]
+    obs = parse_trainer_metrics(generate_latest(tr.exporter.registry).decode(), "t")
+    for name, st in tr.states.items():
+        labels = read_array(tr.storage, validation_rows_key(name))
+        assert np.array_equal(labels, tr.val[name].labels.numpy())
+        rows = {s: read_array(tr.storage, validation_rows_key(name, s, 0)) for s in (5, 10, 15)}
+        assert all(r.shape == (32,) and r.dtype == np.int8 for r in rows.values())
+        mine = [r for r in records if r.task == name]
+        assert [r.value for r in mine] == pytest.approx([rows[s].mean() * 100 for s in (5, 10, 15)])
+        assert np.array_equal(st.best_rows, rows[st.best.best_step])
+        streak = 0  # the streak replayed from the stored rows with the same seeded bootstrap
+        for r in mine:
+            if r.best_step == r.step:
+                streak = 0
+                assert r.lower_bound is None
+            else:
+                lb = paired_lower_bound(tr.task_specs[name].type, tr.task_specs[name].metric, rows[r.best_step],
+                                        rows[r.step], labels, 0.05, bootstrap_seed(tr.spec.training.seed, name, r.step))
+                streak = streak + 1 if lb > 0 else 0
+                assert r.lower_bound == pytest.approx(lb)
+            assert r.streak == streak
+        assert st.streak == streak and obs.tasks[name].last_streak == streak
+    tr.checkpoints.settled()
+    target = min(tr.checkpointer.steps())  # a kept (best or previous best) checkpoint before step 15
+    assert target < 15
+    tr.rewind(target)
+    for name, st in tr.states.items():
+        then = [r for r in records if r.task == name and r.step == target][0]
+        assert st.streak == then.streak
+        assert np.array_equal(st.best_rows, read_array(tr.storage, validation_rows_key(name, then.best_step, 0)))

@@ -184,3 +184,148 @@ def test_cut_keeps_the_chance_score():
     rule = ConvergenceRule(patience=2, validation_interval=IV, min_gain_over_chance=1.0)
     track, _ = _feed_with_chance([(100, 50), (200, 60), (300, 70)], rule, chance=30.0)
     assert track.cut(200, rule).chance == 30.0
+
+
+# ---- epoch floor (minEpochs, issue 24) ------------------------------------------------------------------------
+
+def _feed_with_epochs(points, rule):
+    """Feed (step, value, epochs) points one poll each, as the trainer exports them."""
+    track, history = Track(), []
+    for i, (step, value, epochs) in enumerate(points, start=1):
+        track, _ = observe(track, TaskObservation(validations=i, last_step=step, last_value=value,
+                                                  last_epochs=epochs), rule)
+        history.append(has_converged(track, rule))
+    return track, history
+
+
+def test_epoch_floor_holds_a_flat_curve_until_the_task_has_seen_its_data():
+    """A slow task's flat, noisy curve (best at 200) meets patience 2 at 400, after 0.4 epochs of its own data:
+    the paper rule converges there; with minEpochs 1 the first decision is at the first validation with at
+    least one epoch seen (700), and the rule itself is unchanged (best still at 200)."""
+    curve = [(100, 50.0, 0.1), (200, 53.0, 0.2), (300, 51.0, 0.3), (400, 52.0, 0.4), (500, 50.5, 0.5),
+             (600, 52.5, 0.9), (700, 51.5, 1.05), (800, 52.0, 1.2)]
+    _, plain = _feed_with_epochs(curve, ConvergenceRule(patience=2, validation_interval=IV))
+    track, floored = _feed_with_epochs(curve, ConvergenceRule(patience=2, validation_interval=IV, min_epochs=1.0))
+    assert plain.index(True) == 3  # step 400
+    assert floored.index(True) == 6 and not any(floored[:6])  # step 700
+    assert track.best_step == 200 and track.epochs == pytest.approx(1.2)
+
+
+@pytest.mark.parametrize("epochs,min_epochs,expected", [
+    (0.999, 1.0, False),
+    (1.0, 1.0, True),            # exactly the floor is enough
+    (1.0 - 1e-12, 1.0, True),    # float noise of examples/size does not decide
+    (0.0, 0.0, True),            # no floor: the paper rule
+    (None, 3.0, True),           # epochs not reported: the floor is unchecked (as the chance floor)
+])
+def test_epoch_floor_boundary(epochs, min_epochs, expected):
+    rule = ConvergenceRule(patience=1, validation_interval=IV, min_epochs=min_epochs)
+    track = Track(best_step=100, best_value=60.0, last_step=300, last_value=59.0, epochs=epochs)
+    assert has_converged(track, rule) is expected
+
+
+def test_epochs_survive_a_rewind_cut_and_a_torn_scrape_only_delays():
+    rule = ConvergenceRule(patience=1, validation_interval=IV, min_epochs=1.0)
+    track, _ = _feed_with_epochs([(100, 60.0, 0.5), (200, 58.0, 1.0), (300, 57.0, 1.5)], rule)
+    cut = track.cut(200, rule)
+    assert cut.last_step == 200 and cut.epochs == 1.0 and has_converged(cut, rule)
+    assert track.cut(100, rule).epochs == 0.5
+    # a scrape that read step 200 with step 100's epochs (the gauge is set after the step): not yet converged;
+    # the next poll of the same step reads its own epochs and the decision follows
+    torn, _ = observe(Track(), TaskObservation(validations=1, last_step=100, last_value=60.0, last_epochs=0.5), rule)
+    torn, _ = observe(torn, TaskObservation(validations=2, last_step=200, last_value=58.0, last_epochs=0.5), rule)
+    assert not has_converged(torn, rule)
+    fixed, _ = observe(torn, TaskObservation(validations=2, last_step=200, last_value=58.0, last_epochs=1.0), rule)
+    assert has_converged(fixed, rule) and fixed.points[-1].epochs == 1.0
+    again, _ = observe(fixed, TaskObservation(validations=2, last_step=200, last_value=58.0, last_epochs=0.5), rule)
+    assert again.epochs == 1.0  # epochs never fall within a step
+    assert again.cut(200, rule).epochs == 1.0  # the corrected value is what a rewind restores
+
+
+def test_rule_for_carries_min_epochs_and_its_default_is_the_paper_rule():
+    from asyncmtl.core.convergence import rule_for
+    from asyncmtl.spec import parse_run
+    from tests.conftest import builtin_task, run_doc
+
+    plain = builtin_task("sentiment")
+    floored = {**builtin_task("sarcasm"), "minEpochs": 2.5}
+    spec = parse_run(run_doc([plain, floored])).spec
+    assert rule_for(spec, spec.tasks[0]).min_epochs == 0.0
+    assert rule_for(spec, spec.tasks[1]).min_epochs == 2.5
+
+
+# ---- paired significance rule (significance, issue 24) -----------------------------------------------------------
+
+def test_significance_rule_counts_the_trainers_streak_not_the_steps_since_best():
+    """Best at 200, then three validations below it: the paper rule (patience 2) converges at 400; under the
+    significance rule only drops the trainer's paired bootstrap found significant count, consecutively."""
+    rule = ConvergenceRule(patience=2, validation_interval=IV, significance=0.05)
+    track, history = Track(), []
+    for i, (step, value, streak) in enumerate([(100, 50.0, 0), (200, 60.0, 0), (300, 59.0, 1), (400, 58.5, 0),
+                                               (500, 57.0, 1), (600, 56.0, 2)], start=1):
+        track, _ = observe(track, TaskObservation(validations=i, last_step=step, last_value=value,
+                                                  last_streak=streak), rule)
+        history.append(has_converged(track, rule))
+    assert history == [False] * 5 + [True]
+    paper = ConvergenceRule(patience=2, validation_interval=IV)
+    assert has_converged(track.cut(400, rule), paper) and not has_converged(track.cut(400, rule), rule)
+    assert track.cut(500, rule).streak == 1  # what a rewind to 500 restores
+
+
+@pytest.mark.parametrize("streak,expected", [(None, False), (0, False), (2, False), (3, True), (7, True)])
+def test_significance_rule_boundary_and_an_unreported_streak_never_converges(streak, expected):
+    rule = ConvergenceRule(patience=3, validation_interval=IV, significance=0.05)
+    track = Track(best_step=100, best_value=60.0, last_step=900, last_value=40.0, streak=streak)
+    assert has_converged(track, rule) is expected
+    # the other floors still apply on top of it
+    floored = ConvergenceRule(patience=3, validation_interval=IV, significance=0.05, min_epochs=2.0)
+    assert has_converged(track.model_copy(update={"epochs": 1.0}), floored) is False
+
+
+def test_rule_for_carries_significance_off_by_default():
+    from asyncmtl.core.convergence import rule_for
+    from asyncmtl.spec import parse_run
+    from tests.conftest import builtin_task, run_doc
+
+    spec = parse_run(run_doc([builtin_task("sentiment"), {**builtin_task("sarcasm"), "significance": 0.05}])).spec
+    assert rule_for(spec, spec.tasks[0]).significance is None
+    assert rule_for(spec, spec.tasks[1]).significance == 0.05
+
+
+# ---- validation noise (asyncmtl validate) -------------------------------------------------------------------
+
+@pytest.mark.parametrize("rows,points", [(2500, 1.0), (300, 2.8868), (100, 5.0), (10000, 0.5)])
+def test_validation_noise_is_the_standard_error_of_a_50_percent_accuracy(rows, points):
+    from asyncmtl.core.convergence import validation_noise_points
+
+    assert validation_noise_points(rows) == pytest.approx(points, abs=1e-4)
+
+
+def test_validate_warns_about_a_validation_split_too_small_to_tell_a_point(tmp_path, capsys):
+    """2499 rows: warned (noise just above 1 point), with the significance advice; 2500 rows: not warned; the
+    exit status stays 0 (advice, not an error)."""
+    import json
+
+    import yaml
+
+    from asyncmtl.cli import main
+    from tests.conftest import run_doc
+
+    tasks = []
+    for name, rows, extra in (("small", 2499, {}), ("large", 2500, {}), ("noisy", 300, {"significance": 0.05})):
+        for split, n in (("train", 20), ("validation", rows)):
+            (tmp_path / f"{name}-{split}.jsonl").write_text(
+                "".join(json.dumps({"text": f"row {i}", "label": i % 2}) + "\n" for i in range(n)))
+        tasks.append({"name": name, "type": "binary", **extra,
+                      "data": {"train": str(tmp_path / f"{name}-train.jsonl"),
+                               "validation": str(tmp_path / f"{name}-validation.jsonl")}})
+    spec = tmp_path / "run.yaml"
+    spec.write_text(yaml.safe_dump(run_doc(tasks)))
+    assert main(["validate", str(spec), "--data"]) == 0
+    err = capsys.readouterr().err
+    warned = [line for line in err.splitlines() if ": warning: task " in line]
+    assert len(warned) == 2, err
+    assert "task small: its validation split has 2499 rows" in warned[0] and "1.0 points" in warned[0]
+    assert "consider tasks[].significance" in warned[0]
+    assert "task noisy" in warned[1] and "2.9 points" in warned[1] and "its significance rule" in warned[1]
+    assert "task large" not in err

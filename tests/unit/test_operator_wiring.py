@@ -76,7 +76,8 @@ def test_the_trainer_series_become_one_observation():
         Sample(f"{M.VALIDATIONS}_total", "a", 3.0), Sample(M.VALIDATION_LAST_STEP, "a", 300.0),
         Sample(M.VALIDATION_LAST_VALUE, "a", 61.5), Sample(M.VALIDATION_BEST_STEP, "a", 200.0),
         Sample(M.VALIDATION_BEST_VALUE, "a", 62.0), Sample(M.TRAIN_SIZE, "a", 1000.0),
-        Sample(M.TASK_CHANCE, "a", math.nan),
+        Sample(M.TASK_CHANCE, "a", math.nan), Sample(M.VALIDATION_LAST_EPOCHS, "a", 1.25),
+        Sample(M.VALIDATION_SIGNIFICANT_STREAK, "a", 2.0),
         Sample(M.VALIDATION_LAST_STEP, "b", 300.0),  # b has no validations counter yet: not a task
         Sample(M.GLOBAL_STEP, None, 310.0), Sample(M.CONTROL_GENERATION, None, 2.0),
         Sample(M.CONTROL_APPLIED_STEP, None, math.nan), Sample(M.VALIDATION_COMPLETE_STEP, None, 300.0),
@@ -84,7 +85,8 @@ def test_the_trainer_series_become_one_observation():
         points={"a": [ValidationPoint(step=300, value=61.5)]})
     a = obs.tasks["a"]
     assert list(obs.tasks) == ["a"] and (a.validations, a.last_step, a.best_step, a.best_value) == (3, 300, 200, 62.0)
-    assert a.chance is None and a.points == [ValidationPoint(step=300, value=61.5)]
+    assert a.chance is None and a.points == [ValidationPoint(step=300, value=61.5)] and a.last_epochs == 1.25
+    assert a.last_streak == 2
     assert (obs.global_step, obs.applied_generation, obs.applied_at_step, obs.validation_complete_step) == (310, 2, None, 300)
     assert obs.train_sizes == {"a": 1000}
 

@@ -80,3 +80,18 @@ def test_log_mode_prints_a_heartbeat_and_says_when_a_rewind_discards_steps(capsy
     progress.update(rewound, [])
     out = capsys.readouterr().out
     assert "[run=demo] rewound to step 150: steps 151-262 discarded" in out
+
+
+def test_render_shows_the_significance_streak_and_the_epochs_left_to_the_floor():
+    spec = parse_run(run_doc([builtin_task("sentiment", patience=3, significance=0.05),
+                              builtin_task("sarcasm", patience=2, minEpochs=1.5)],
+                             training={"validationInterval": 50, "maxSteps": 1000})).spec
+    track = Track(points=[ValidationPoint(step=50, value=80.0), ValidationPoint(step=150, value=79.0)],
+                  best_step=50, best_value=80.0, last_step=150, last_value=79.0, streak=1, epochs=0.75)
+    status = RunStatus(phase="Running", step=160, tasks={
+        "sentiment": TaskStatus(phase="Training", track=track), "sarcasm": TaskStatus(phase="Training", track=track)})
+    console = Console(record=True, width=140)
+    console.print(Progress(spec, "demo", live=False).render(status))
+    rows = {line.split("│")[1].strip(): line for line in console.export_text().splitlines() if line.count("│") >= 6}
+    assert "1/3 signif." in rows["sentiment"] and "2/3" not in rows["sentiment"]  # the streak, not steps since best
+    assert "2/2, 0.75/1.5 ep" in rows["sarcasm"]

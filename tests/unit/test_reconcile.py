@@ -33,6 +33,7 @@ class Sim:
         self.last: dict[str, tuple[int, float]] = {}
         self.applied = 0
         self.actions_log: list = []
+        self.extra: dict[str, dict] = {}  # task -> more TaskObservation fields at its last step (last_epochs, ...)
 
     def validate(self, step: int, values: dict[str, float]):
         for task, v in values.items():
@@ -51,7 +52,8 @@ class Sim:
 
     def obs(self, *, metrics=True, trainer_state="Running", inference=None, step=None, complete=None):
         tasks = {t: TaskObservation(validations=self.counts[t], last_step=self.last[t][0], last_value=self.last[t][1],
-                                    best_step=self.best[t][0], best_value=self.best[t][1]) for t in self.last}
+                                    best_step=self.best[t][0], best_value=self.best[t][1], **self.extra.get(t, {}))
+                 for t in self.last}
         m = TrainerObservation(global_step=step or max([s for s, _ in self.last.values()] or [0]),
                                applied_generation=self.applied, tasks=tasks,
                                validation_complete_step=complete) if metrics else None
@@ -457,3 +459,27 @@ def test_tasks_converging_together_share_one_rewind_and_the_event_says_why_its_s
     assert "best 70.00 at step 100, rewinding to step 200 (the latest best of the tasks converging together: b's;" \
         in msgs["a"] and "a's soft labels still come from its own best checkpoint at step 100" in msgs["a"]
     assert msgs["b"].endswith("best 20.00 at step 200, rewinding to step 200")
+
+
+@pytest.mark.parametrize("field,rule,values,converge_at", [
+    # the paper rule (patience 2) would converge at 400; one epoch is first seen at 600
+    ("last_epochs", {"minEpochs": 1.0}, [0.2, 0.4, 0.6, 0.8, 0.95, 1.0], 600),
+    # significance: only the trainer's streak counts (reaches patience 2 at 600)
+    ("last_streak", {"significance": 0.05}, [0, 0, 1, 0, 1, 2], 600),
+])
+def test_reconcile_decides_with_the_trainers_epochs_and_significance_streak(field, rule, values, converge_at):
+    """What the runtimes fold into the track (the trainer's exported epochs and streak) holds the decision back
+    as the trainer's own barrier does, and a rewind restores the values of its step."""
+    tasks = [builtin_task("sentiment", patience=2, **rule) | {"name": "a"}, builtin_task("sentiment") | {"name": "b"}]
+    sim = Sim(parse_run(run_doc(tasks, training={"validationInterval": IV, "maxSteps": 10000})).spec)
+    sim.poll(metrics=False)
+    decided = []
+    for i, v in enumerate(values, start=1):
+        sim.validate(i * IV, {"a": 70.0 if i == 2 else 69.0 - 0.1 * i, "b": 10.0 * i})
+        sim.extra["a"] = {field: v}
+        sim.poll()
+        decided.append(any(isinstance(s, ConvergedSignal) for s in sim.signals()))
+    assert decided.index(True) == converge_at // IV - 1
+    assert sim.status.tasks["a"].converged_at_step == converge_at
+    track = sim.status.tasks["a"].track  # cut back to the rewind (best) step 200: its epochs and streak then
+    assert track.last_step == 200 and (track.epochs if field == "last_epochs" else track.streak) == values[1]

@@ -175,6 +175,14 @@ class TaskSampler:
         return out
 
 
+def drawn_rows(batch: Batch) -> dict[str, int]:
+    """Rows per task in the whole step's draw that `batch` (a rank's slice, or the whole batch in one process)
+    belongs to: task -> examples drawn for it at that step."""
+    if batch.global_rows is not None:
+        return dict(batch.global_rows)
+    return {t: int(r.numel()) for t, r in batch.rows.items() if r.numel()}
+
+
 def draw_width(draw: list[tuple[str, int]], train: dict[str, TokenizedSplit]) -> int:
     """Tokens in the longest example of a draw (the padded width of its whole batch)."""
     return max(len(train[t].input_ids[j]) for t, j in draw)

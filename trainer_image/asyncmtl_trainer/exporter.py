@@ -26,6 +26,14 @@ class TrainerExporter(MetricsEndpoint):
         self.validation_complete_step = Gauge(
             M.VALIDATION_COMPLETE_STEP, "Last validation step reported for every validated task", ["run"], registry=r)
         self.validation_complete_step.labels(run).set(0)
+        # registered after the complete step and before the last step, and set after the last step: a scrape that
+        # reads complete step C and a task's last step C (the only observations decided on, `TaskObservation.through`)
+        # reads the epochs and streak of step C exactly — they were set before C was complete, and not yet for a later
+        # step when the last step still read C
+        self.last_epochs = Gauge(M.VALIDATION_LAST_EPOCHS, "Epochs of the task's training data drawn by the last validation",
+                                 ["run", "task"], registry=r)
+        self.streak = Gauge(M.VALIDATION_SIGNIFICANT_STREAK, "Consecutive validations significantly below the task's best "
+                            "(significance rule)", ["run", "task"], registry=r)  # as last_epochs
         self.validations = Counter(M.VALIDATIONS, "Validation steps run, per task", ["run", "task"], registry=r)
         self.last_step = Gauge(M.VALIDATION_LAST_STEP, "Step of the last validation", ["run", "task"], registry=r)
         self.last_value = Gauge(M.VALIDATION_LAST_VALUE, "Metric value (0-100) at the last validation", ["run", "task"], registry=r)
@@ -75,10 +83,12 @@ class TrainerExporter(MetricsEndpoint):
         for m in M.TASK_MODES:
             self.task_mode.labels(self.run, task, m).set(1.0 if m == mode else 0.0)
 
-    def record_validation(self, task: str, step: int, value: float, best_step: int | None, best_value: float | None) -> None:
-        """Export one validation result. The best is set before the counter so a scrape never sees
-        a counted validation without its best."""
-        self.set_task_state(task, step, value, best_step, best_value)
+    def record_validation(self, task: str, step: int, value: float, best_step: int | None, best_value: float | None,
+                          epochs: float | None = None, streak: int | None = None) -> None:
+        """Export one validation result (`epochs`: of the task's training data drawn by then; `streak`: of the
+        significance rule). The best is set before the counter so a scrape never sees a counted validation
+        without its best."""
+        self.set_task_state(task, step, value, best_step, best_value, epochs, streak)
         self.validations.labels(self.run, task).inc()
 
     def complete_validation(self, step: int) -> None:
@@ -88,13 +98,16 @@ class TrainerExporter(MetricsEndpoint):
         self.validation_complete_step.labels(self.run).set(step)
 
     def set_task_state(self, task: str, step: int | None, value: float | None, best_step: int | None,
-                       best_value: float | None) -> None:
-        """Set last/best gauges (also after a rewind, to the restored state; NaN when unknown)."""
+                       best_value: float | None, epochs: float | None = None, streak: int | None = None) -> None:
+        """Set last/best gauges, the epochs and the significance streak at the last step (also after a rewind, to
+        the restored state; NaN when unknown)."""
         nan = float("nan")
         self.last_step.labels(self.run, task).set(nan if step is None else step)
         self.last_value.labels(self.run, task).set(nan if value is None else value)
         self.best_step.labels(self.run, task).set(nan if best_step is None else best_step)
         self.best_value.labels(self.run, task).set(nan if best_value is None else best_value)
+        self.last_epochs.labels(self.run, task).set(nan if epochs is None else epochs)  # after the step: see __init__
+        self.streak.labels(self.run, task).set(nan if streak is None else streak)
 
 
 class TrainingMeter:

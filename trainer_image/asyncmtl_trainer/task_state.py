@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
+import numpy as np
+
 from asyncmtl.core.convergence import BestTracker, ConvergenceRule, Track, has_converged
 from asyncmtl.lifecycle import LEARNING, TaskPhase
 from asyncmtl_trainer.checkpoint import CheckpointState
@@ -21,6 +23,12 @@ class TaskState:
             the task's `TaskControl`, changed only through `asyncmtl_trainer.control_protocol`.
         best: best-so-far (the same rule as the decision core's). prev_best_step: the best before it (steps).
         last_step, last_value: the latest validation (steps, metric 0-100).
+        examples: training examples drawn for the task so far along the run's timeline (every phase it trains
+            in; a rewind restores the checkpoint's count). last_epochs: `examples` / its training-split size at
+            the latest validation (the epoch floor `minEpochs` reads it).
+        best_rows: the best checkpoint's per-example validation rows (`significance.example_rows`), kept only
+            under the significance rule. streak: consecutive validations up to the latest significantly below the
+            best (None: the rule is off). last_lower: the latest paired-bootstrap lower bound (metric points).
         history: [[step, value], ...] of its validations along the run's timeline.
         validations: validation steps scored. pinned_step: the checkpoint its soft labels are made from.
         decided: a decision barrier on its convergence was answered (continual MTL keeps training it).
@@ -32,6 +40,11 @@ class TaskState:
         self.prev_best_step: int | None = None
         self.last_step: int | None = None
         self.last_value: float | None = None
+        self.examples = 0
+        self.last_epochs: float | None = None
+        self.best_rows: np.ndarray | None = None
+        self.streak: int | None = None
+        self.last_lower: float | None = None
         self.history: list[list[float]] = []
         self.validations = 0
         self.pinned_step: int | None = None
@@ -45,29 +58,58 @@ class TaskState:
     def control(self, c: TaskControl) -> None:
         self.mode, self.pinned_step, self.decided = c.phase, c.pinned_step, c.decided
 
-    def record(self, step: int, value: float, rule: ConvergenceRule) -> None:
-        """A validation result at `step` (metric 0-100): best-so-far under `rule`, last point, history."""
+    def epochs(self, train_size: int) -> float:
+        """Epochs of its training data drawn so far: `examples` / `train_size` (examples; > 0)."""
+        return self.examples / train_size
+
+    def record(self, step: int, value: float, rule: ConvergenceRule, epochs: float | None = None) -> None:
+        """A validation result at `step` (metric 0-100) after `epochs` epochs of the task's training data:
+        best-so-far under `rule`, last point, history."""
         old_best = self.best.best_step
         if self.best.update(step, value, rule) and old_best is not None:
             self.prev_best_step = old_best
-        self.last_step, self.last_value = step, value
+        self.last_step, self.last_value, self.last_epochs = step, value, epochs
         self.history.append([step, value])
         self.validations += 1
+
+    def compare(self, rows: np.ndarray, is_best: bool, lower_bound: Callable[[np.ndarray, np.ndarray], float]) -> None:
+        """The significance rule after a validation (`record`) whose per-example `rows` made it the best
+        (`is_best`) or not: a new best keeps its rows and resets the streak; otherwise the streak grows when
+        `lower_bound(best_rows, rows)` (metric points) is above 0 and resets when it is not. Without the best's
+        rows (a checkpoint written before they were kept) nothing can be significant: the streak resets."""
+        self.last_lower = None
+        if is_best:
+            self.best_rows, self.streak = rows, 0
+            return
+        if self.best_rows is None:
+            self.streak = 0
+            return
+        self.last_lower = lower_bound(self.best_rows, rows)
+        self.streak = (self.streak or 0) + 1 if self.last_lower > 0 else 0
 
     def track(self, chance: float | None) -> Track:
         """The convergence rule's view of this task (`asyncmtl.core.convergence.has_converged`)."""
         return Track(best_step=self.best.best_step, best_value=self.best.best_value, last_step=self.last_step,
-                     last_value=self.last_value, chance=chance)
+                     last_value=self.last_value, epochs=self.last_epochs, streak=self.streak, chance=chance)
 
     def to_json(self) -> dict[str, Any]:
         return {"bestStep": self.best.best_step, "bestValue": self.best.best_value, "prevBestStep": self.prev_best_step,
-                "lastStep": self.last_step, "lastValue": self.last_value, "smoothed": self.best.smoothed}
+                "lastStep": self.last_step, "lastValue": self.last_value, "smoothed": self.best.smoothed,
+                "examples": self.examples, "lastEpochs": self.last_epochs, "streak": self.streak,
+                "bestRows": None if self.best_rows is None else {"dtype": str(self.best_rows.dtype),
+                                                                 "values": self.best_rows.tolist()}}
 
     def restore(self, d: dict[str, Any], history: list[list[float]]) -> None:
         """Trackers and history as a checkpoint stored them (`to_json`)."""
         self.best = BestTracker(best_step=d.get("bestStep"), best_value=d.get("bestValue"), smoothed=d.get("smoothed"))
         self.prev_best_step = d.get("prevBestStep")
         self.last_step, self.last_value = d.get("lastStep"), d.get("lastValue")
+        # checkpoints written before the count: 0 and unknown (the epoch floor is then unchecked until the next
+        # validation, and counts from the resume on)
+        self.examples, self.last_epochs = int(d.get("examples") or 0), d.get("lastEpochs")
+        rows = d.get("bestRows")
+        self.best_rows = None if rows is None else np.asarray(rows["values"], dtype=rows["dtype"])
+        self.streak, self.last_lower = d.get("streak"), None
         self.history = [list(p) for p in history]
 
 

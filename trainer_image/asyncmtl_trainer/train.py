@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from asyncmtl import termination
-from asyncmtl.artifacts import FINAL, CheckpointScore, FinalReport, ValidationRecord, read_best_scores, write_best_scores, write_final
+from asyncmtl.artifacts import (FINAL, CheckpointScore, FinalReport, ValidationRecord, read_best_scores, validation_rows_key,
+                                write_array, write_best_scores, write_final)
 from asyncmtl.control import Signal
 from asyncmtl.core.convergence import rule_for
 from asyncmtl.lifecycle import TaskPhase
@@ -29,7 +30,7 @@ from asyncmtl.spec import RunSpec
 from asyncmtl.storage import RunStorage
 from asyncmtl.method import Method
 from asyncmtl.storage_factory import open_run_storage
-from asyncmtl_trainer.batching import Batch, TokenizedSplit
+from asyncmtl_trainer.batching import Batch, TokenizedSplit, drawn_rows
 from asyncmtl_trainer.builder import build_training
 from asyncmtl_trainer.checkpoint import AsyncCheckpointer, CheckpointState, TrainingCheckpoints, retention
 from asyncmtl_trainer.control_client import ControlClient, ControlTick
@@ -39,6 +40,8 @@ from asyncmtl_trainer.exporter import TrainerExporter, TrainingMeter
 from asyncmtl_trainer.final import export_model, final_report
 from asyncmtl_trainer.history import HistoryLog
 from asyncmtl_trainer.losses import TaskLosses
+from asyncmtl_trainer.metrics import compute_metrics
+from asyncmtl_trainer.significance import bootstrap_seed, example_rows, paired_lower_bound
 from asyncmtl_trainer.sharding import StateIO
 from asyncmtl_trainer.softlabels import read_soft_labels
 from asyncmtl_trainer.step import TrainingStep
@@ -139,6 +142,9 @@ class Trainer:
                                                log=self.log)
         self.exporter.describe_tasks({n: s.mode for n, s in self.states.items()},
                                      {n: len(s) for n, s in self.train.items()}, self.chance)
+        if self.ranks.is_coordinator:  # the labels the stored validation rows are scored against
+            for name, split in self.val.items():
+                write_array(self.storage, validation_rows_key(name), split.labels.numpy())
         self.log.info("setup done in %.1fs: %d tasks, train sizes %s, chance scores %s, device %s, rank %d of %d (%s)",
                       b.seconds, len(self.train), {n: len(s) for n, s in self.train.items()},
                       {n: round(v, 2) for n, v in self.chance.items()}, self.device, self.ranks.rank, self.ranks.world,
@@ -222,7 +228,8 @@ class Trainer:
         for name, st in self.states.items():
             if resumed and st.validations:
                 self.exporter.validations.labels(self.opts.run, name).inc(st.validations)
-            self.exporter.set_task_state(name, st.last_step, st.last_value, st.best.best_step, st.best.best_value)
+            self.exporter.set_task_state(name, st.last_step, st.last_value, st.best.best_step, st.best.best_value,
+                                         st.last_epochs, st.streak)
         self.exporter.complete_validation(self.step)
 
     def rewind(self, step: int) -> None:
@@ -321,14 +328,27 @@ class Trainer:
             st = self.states[name]
             if st.mode == TaskPhase.PENDING:
                 continue
-            metrics = self.evaluate(name, self.val[name])
+            labels = self.val[name].labels.numpy()
+            outputs = self.predict(name, self.val[name])
+            metrics = compute_metrics(t.type, outputs, labels)
             value = metrics[t.metric.value]
-            st.record(self.step, value, rule_for(self.spec, t))
-            self.exporter.record_validation(name, self.step, value, st.best.best_step, st.best.best_value)
+            epochs = st.epochs(len(self.train[name]))
+            rule = rule_for(self.spec, t)
+            st.record(self.step, value, rule, epochs)
+            rows = example_rows(t.type, t.metric, outputs, labels)
+            if rule.significance is not None:
+                st.compare(rows, st.best.best_step == self.step, lambda best, cur, t=t, labels=labels: paired_lower_bound(
+                    t.type, t.metric, best, cur, labels, rule.significance,
+                    bootstrap_seed(self.spec.training.seed, t.name, self.step)))
+            self.exporter.record_validation(name, self.step, value, st.best.best_step, st.best.best_value, epochs,
+                                            st.streak)
+            if self.ranks.is_coordinator:  # what benchmarks/replay_rule.py replays rules on
+                write_array(self.storage, validation_rows_key(name, self.step, self.rewinds), rows)
             self.history.record(ValidationRecord(
                 time=now, step=self.step, task=name, metric=t.metric.value, value=value, metrics=metrics,
                 mode=st.mode, generation=self.control.applied_generation, best_step=st.best.best_step,
-                best_value=st.best.best_value), self.rewinds)
+                best_value=st.best.best_value, epochs=epochs, streak=st.streak, lower_bound=st.last_lower),
+                self.rewinds)
             if self.opts.report_delay_seconds:  # fault injection (determinism test): a slow report between tasks
                 time.sleep(self.opts.report_delay_seconds)
         self.exporter.complete_validation(self.step)  # after the last task: the step may now be decided on
@@ -359,10 +379,18 @@ class Trainer:
         """This rank's slice of the step's mixed batch (deterministic in seed, step and rewinds)."""
         return self.stepper.batch(self.ranks, self.step, self.rewinds, self.active_tasks(), self._sampling_scale())
 
+    def count_examples(self, batch: Batch) -> None:
+        """Add the step's draw to each task's examples drawn (the whole global batch's rows, the same on every
+        rank: what the epoch floor `minEpochs` counts)."""
+        for task, rows in drawn_rows(batch).items():
+            self.states[task].examples += rows
+
     def step_once(self) -> dict[str, torch.Tensor]:
         """Train one step; at a validation step, validate and checkpoint. Returns the step's task losses."""
         t0 = time.perf_counter()
-        losses = self.train_step(self.next_batch())
+        batch = self.next_batch()
+        self.count_examples(batch)
+        losses = self.train_step(batch)
         self.step += 1
         self.meter.timed(time.perf_counter() - t0, self.spec.training.batch_size)  # the whole global batch
         if self.step % LOSS_EXPORT_EVERY == 0:
