@@ -20,7 +20,7 @@ SERIES = {k: v for k, v in vars(M).items() if k.isupper() and isinstance(v, str)
 # `task` label")
 PER_TASK = {"VALIDATIONS", "VALIDATION_LAST_STEP", "VALIDATION_LAST_VALUE", "VALIDATION_BEST_STEP",
             "VALIDATION_BEST_VALUE", "TRAIN_LOSS", "TRAIN_EXAMPLES", "TASK_MODE", "TRAIN_SIZE", "TASK_CHANCE",
-            "LOSS_WEIGHT"}
+            "LOSS_WEIGHT", "VALIDATION_LAST_EPOCHS", "VALIDATION_SIGNIFICANT_STREAK"}
 
 
 def test_there_are_series_and_the_per_task_list_names_only_series():
