@@ -155,11 +155,11 @@ def init_ranks(device_pref: str) -> Ranks:
     Raises:
         DistributedSetupError: CUDA asked for but unavailable, or fewer GPUs than local ranks.
     """
-    use_cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
     if device_pref == "cuda" and not torch.cuda.is_available():
         raise DistributedSetupError("spec.training.device: cuda, but torch sees no CUDA device")
     if not under_torchrun():
-        return Ranks(device=torch.device("cuda") if use_cuda else torch.device("cpu"))
+        return Ranks(device=local_device(device_pref))
+    use_cuda = local_device(device_pref).type == "cuda"
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:

@@ -11,7 +11,7 @@ from typing import Mapping
 import torch
 
 from asyncmtl.lifecycle import TaskPhase
-from asyncmtl_trainer.batching import Batch, rank_batch
+from asyncmtl_trainer.batching import Batch, drawn_rows, rank_batch
 from asyncmtl_trainer.builder import TrainingSetup, last_layer_grad_norms, optimizer_step
 from asyncmtl_trainer.distributed import Ranks
 from asyncmtl_trainer.exporter import TrainingMeter
@@ -64,5 +64,5 @@ class TrainingStep:
                                     s.model(batch.input_ids, batch.attention_mask, batch.token_type_ids))
             w.after_step(after)
         kinds = {t: "kd" if modes[t] == TaskPhase.KD else "supervised" for t in whole}  # Eq. 2 or Eq. 1
-        self.meter.add(whole, kinds, batch.global_rows or {t: int(r.numel()) for t, r in batch.rows.items()})
+        self.meter.add(whole, kinds, drawn_rows(batch))
         return whole
